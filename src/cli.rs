@@ -1,0 +1,680 @@
+//! The command line: `init`, `serve`, `demo`, `tenant`, `user`, `config`, `doctor`,
+//! `backup`, `restore`. Errors here are `anyhow` and end the process with a message.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::{self, AppState};
+use crate::auth::{self, Authorized, OPERATOR_SETUP};
+use crate::config::{self, Config, Overrides};
+use crate::store::backup;
+use crate::store::tenant::{self as tenant_sql, UserFields};
+use crate::store::{self, Database, StoreMetrics, system};
+use crate::tenant::roster::{self, Progress, RosterFiles};
+use crate::tenant::{self, Role};
+use crate::{doctor, identity, server, tls};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ceredis",
+    version,
+    about = "CEREDIS Edge: the school-site appliance in one binary"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./ceredis.toml when present; env CEREDIS_CONFIG).
+    #[arg(long, global = true, env = "CEREDIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the configuration).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args, Default)]
+struct ServeArgs {
+    /// HTTPS address, e.g. 0.0.0.0:443 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Plain-HTTP redirect address, or "" to disable.
+    #[arg(long)]
+    redirect_listen: Option<String>,
+    /// Address people type, used in printed links.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Serve plain HTTP (development only).
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// First boot: data directory, site identity, local CA, one-time setup link.
+    Init {
+        /// On an initialised appliance with no operator yet: print a fresh setup link.
+        #[arg(long)]
+        new_setup_link: bool,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Serve the web UI and API.
+    Serve(ServeArgs),
+    /// Initialise (if needed) a demo appliance with a demo school, then serve it.
+    Demo(ServeArgs),
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    #[command(subcommand)]
+    User(UserCommand),
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check the appliance and say how to fix what is wrong.
+    Doctor,
+    /// Back up every database (consistent online snapshots) and the local CA.
+    Backup {
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Verify a backup and restore it into an empty data directory, with a new identity.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its one-time admin setup link.
+    Create {
+        slug: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    List,
+    Suspend {
+        slug: String,
+    },
+    Resume {
+        slug: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Teacher,
+    Student,
+    Researcher,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Teacher => Role::Teacher,
+            RoleArg::Student => Role::Student,
+            RoleArg::Researcher => Role::Researcher,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add one user and print their one-time password.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        given_name: String,
+        #[arg(long)]
+        family_name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Import OneRoster 1.1 CSV files (a directory holding them, or the files).
+    Import {
+        #[arg(long)]
+        tenant: String,
+        /// Report what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the commented example configuration (all defaults).
+    Example,
+    /// Print the effective configuration, secrets redacted.
+    Show,
+}
+
+pub fn main() -> ExitCode {
+    // Every file this process creates (databases, WAL, keys, backups) is private to its user.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Config> {
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        listen: serve.and_then(|s| s.listen),
+        redirect_listen: serve.and_then(|s| s.redirect_listen.clone()),
+        public_url: serve.and_then(|s| s.public_url.clone()),
+        insecure_http: serve.map(|s| s.insecure_http).unwrap_or(false),
+    };
+    Ok(Config::load(
+        cli.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CEREDIS_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let serve_args = match &cli.command {
+        Command::Serve(a) | Command::Demo(a) | Command::Init { serve: a, .. } => Some(a),
+        _ => None,
+    };
+    let config = load_config(&cli, serve_args)?;
+    init_logging(&config);
+    let rt = runtime()?;
+    match cli.command {
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { new_setup_link, .. } => rt
+            .block_on(init(&config, new_setup_link))
+            .map(|_| ExitCode::SUCCESS),
+        Command::Serve(_) => rt.block_on(serve(config, None)).map(|_| ExitCode::SUCCESS),
+        Command::Demo(_) => rt.block_on(demo(config)).map(|_| ExitCode::SUCCESS),
+        Command::Tenant(t) => rt
+            .block_on(tenant_command(config, t))
+            .map(|_| ExitCode::SUCCESS),
+        Command::User(u) => rt.block_on(user_command(config, u)),
+        Command::Doctor => {
+            let checks = doctor::full(&config);
+            let mut failed = 0;
+            for c in &checks {
+                println!(
+                    "[{}] {}: {}",
+                    if c.ok { " ok " } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+                if let Some(fix) = &c.fix {
+                    println!("       fix: {fix}");
+                }
+                failed += usize::from(!c.ok);
+            }
+            println!("{} checks, {failed} problem(s)", checks.len());
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Backup { to } => rt
+            .block_on(backup_command(&config, &to))
+            .map(|_| ExitCode::SUCCESS),
+        Command::Restore { from } => rt
+            .block_on(restore_command(&config, &from))
+            .map(|_| ExitCode::SUCCESS),
+    }
+}
+
+fn base_url(config: &Config) -> String {
+    config.base_url(config.listen)
+}
+
+/// Creates the data directory, system database, site identity and local CA, and prints a
+/// one-time setup link for the operator account. Returns the link.
+pub async fn init(config: &Config, new_setup_link: bool) -> Result<String> {
+    let dir = &config.data_dir;
+    let system_path = dir.join(app::SYSTEM_DB);
+    let fresh = !system_path.exists();
+    if !fresh && !new_setup_link {
+        bail!(
+            "{} is already initialised; use `ceredis init --new-setup-link` for a new operator setup link",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let db = Database::open(
+        "system",
+        &system_path,
+        system::MIGRATIONS,
+        app::db_options(config),
+        StoreMetrics::default(),
+    )?;
+    if fresh {
+        let id = identity::generate(dir)?;
+        let (site_id, public_key) = (id.site_id.clone(), id.public_key.clone());
+        db.write(move |c| system::set_site(c, &site_id, &public_key, None))
+            .await?;
+        tls::ensure_ca(dir, &id.site_id)?;
+        println!("Initialised {} as site {}", dir.display(), id.site_id);
+    } else if db.read(|c| system::operator_count(c)).await? > 0 {
+        bail!(
+            "an operator account already exists; sign in at {}/operator/login",
+            base_url(config)
+        );
+    }
+    let token = auth::issue_setup_token(&db, OPERATOR_SETUP, 24 * 3600)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let link = format!("{}/setup/{token}", base_url(config));
+    println!("Create the operator account (this link works once, for 24 hours):\n  {link}");
+    if !config.insecure_http {
+        println!(
+            "School PCs can trust this appliance by installing {}",
+            dir.join(tls::CA_CERT).display()
+        );
+    }
+    Ok(link)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn serve(config: Config, banner: Option<String>) -> Result<()> {
+    let state = AppState::open(config.clone())?;
+    server::prepare_tls(&state)?;
+    let main = server::bind(config.listen)?;
+    let bound = main.local_addr()?;
+    let redirect = match (config.insecure_http, config.redirect_addr()) {
+        (false, Some(addr)) => Some(server::bind(addr)?),
+        _ => None,
+    };
+    let url = config.base_url(bound);
+    // A stable line that scripts and tests wait for.
+    println!("ceredis: listening on {url}");
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    server::run(
+        state,
+        server::Listeners { main, redirect },
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+const DEMO_TENANT: &str = "demo";
+
+async fn demo(config: Config) -> Result<()> {
+    let mut banner = String::new();
+    if !config.data_dir.join(app::SYSTEM_DB).exists() {
+        let link = init(&config, false).await?;
+        banner.push_str(&format!("Operator setup link (once): {link}\n"));
+    }
+    let state = AppState::open(config.clone())?;
+    if state.tenants.get(DEMO_TENANT).await?.is_none() {
+        state
+            .tenants
+            .create(DEMO_TENANT, "École de démonstration")
+            .await?;
+        let handle = state
+            .tenants
+            .handle(DEMO_TENANT, &Authorized::console())
+            .await?;
+        let class = handle
+            .db
+            .write(|c| {
+                tenant_sql::insert_class(
+                    c,
+                    &tenant_sql::ClassFields {
+                        sourced_id: None,
+                        title: "CM2 A — Anglais".into(),
+                        class_code: Some("CM2A-EN".into()),
+                        org_sourced_id: None,
+                        active: true,
+                    },
+                )
+            })
+            .await?;
+        let people: [(&str, &str, &str, Role); 7] = [
+            ("mme.martin", "Claire", "Martin", Role::Teacher),
+            ("amel.benali", "Amel", "Benali", Role::Student),
+            ("lucas.bernard", "Lucas", "Bernard", Role::Student),
+            ("ines.dubois", "Inès", "Dubois", Role::Student),
+            ("noah.petit", "Noah", "Petit", Role::Student),
+            ("lea.robert", "Léa", "Robert", Role::Student),
+            ("yanis.moreau", "Yanis", "Moreau", Role::Student),
+        ];
+        banner.push_str(
+            "Demo school `demo`: one-time passwords (each must be replaced at first sign-in):\n",
+        );
+        for (username, given, family, role) in people {
+            let fields = UserFields {
+                sourced_id: None,
+                username: username.into(),
+                given_name: given.into(),
+                family_name: family.into(),
+                email: None,
+                role,
+                active: true,
+            };
+            let (user, otp) = tenant::create_user_with_otp(&handle, &state.hasher, fields)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let role_in_class = if role == Role::Teacher {
+                "teacher"
+            } else {
+                "student"
+            };
+            let uid = user.id;
+            handle
+                .db
+                .write(move |c| tenant_sql::enrol(c, None, class, uid, role_in_class))
+                .await?;
+            banner.push_str(&format!("  {:<8} {:<14} {otp}\n", role.as_str(), username));
+        }
+        let token = auth::issue_tenant_setup_token(&state, DEMO_TENANT)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        banner.push_str(&format!(
+            "Demo school admin setup link (once): {}/t/{DEMO_TENANT}/setup/{token}\n",
+            base_url(&config)
+        ));
+    } else {
+        banner.push_str("The demo school already exists: its one-time passwords were printed when it was created.\n");
+    }
+    drop(state);
+    banner.push_str(&format!(
+        "Sign in at {}/t/{DEMO_TENANT}/login",
+        base_url(&config)
+    ));
+    if !config.insecure_http {
+        banner.push_str(&format!(
+            "\n(the certificate comes from this appliance's own CA: trust {} or accept the browser warning)",
+            config.data_dir.join(tls::CA_CERT).display()
+        ));
+    }
+    serve(config, Some(banner)).await
+}
+
+async fn tenant_command(config: Config, command: TenantCommand) -> Result<()> {
+    let state = AppState::open(config.clone())?;
+    match command {
+        TenantCommand::Create { slug, name } => {
+            let t = state.tenants.create(&slug, &name).await?;
+            let token = auth::issue_tenant_setup_token(&state, &t.slug)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("Created tenant `{}` ({})", t.slug, t.name);
+            println!(
+                "Give this one-time link (valid 7 days) to the school's administrator:\n  {}/t/{}/setup/{token}",
+                base_url(&config),
+                t.slug
+            );
+        }
+        TenantCommand::List => {
+            for t in state.tenants.list().await? {
+                println!("{:<24} {:<10} {}", t.slug, t.status, t.name);
+            }
+        }
+        TenantCommand::Suspend { slug } => {
+            state.tenants.set_status(&slug, true).await?;
+            println!(
+                "Suspended `{slug}`: its users cannot sign in and its credentials stop working."
+            );
+        }
+        TenantCommand::Resume { slug } => {
+            state.tenants.set_status(&slug, false).await?;
+            println!("Resumed `{slug}`.");
+        }
+    }
+    Ok(())
+}
+
+fn read_roster(paths: &[PathBuf]) -> Result<RosterFiles> {
+    let mut files = RosterFiles::default();
+    for p in paths {
+        if p.is_dir() {
+            for name in roster::FILES {
+                let f = p.join(name);
+                if f.is_file() {
+                    files
+                        .add(
+                            name,
+                            std::fs::read_to_string(&f)
+                                .with_context(|| format!("cannot read {}", f.display()))?,
+                        )
+                        .map_err(anyhow::Error::msg)?;
+                }
+            }
+        } else {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            files
+                .add(&p.display().to_string(), text)
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
+    if files.is_empty() {
+        bail!(
+            "no OneRoster file found; expected some of {}",
+            roster::FILES.join(", ")
+        );
+    }
+    Ok(files)
+}
+
+async fn user_command(config: Config, command: UserCommand) -> Result<ExitCode> {
+    let state = AppState::open(config)?;
+    match command {
+        UserCommand::Add {
+            tenant,
+            username,
+            given_name,
+            family_name,
+            role,
+        } => {
+            let handle = state
+                .tenants
+                .handle(&tenant, &Authorized::console())
+                .await?;
+            let fields = UserFields {
+                sourced_id: None,
+                username,
+                given_name,
+                family_name,
+                email: None,
+                role: role.into(),
+                active: true,
+            };
+            let (user, otp) = tenant::create_user_with_otp(&handle, &state.hasher, fields)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!(
+                "Added {} ({}) to `{tenant}`. One-time password: {otp}",
+                user.username,
+                user.role.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Import {
+            tenant,
+            dry_run,
+            paths,
+        } => {
+            let handle = state
+                .tenants
+                .handle(&tenant, &Authorized::console())
+                .await?;
+            let files = read_roster(&paths)?;
+            let progress = std::sync::Arc::new(Progress::default());
+            let watcher = {
+                let p = progress.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        let v = p.snapshot();
+                        if v.total > 0 {
+                            eprintln!(
+                                "{}: {}/{} rows ({} %)",
+                                v.phase,
+                                v.done,
+                                v.total,
+                                v.done * 100 / v.total.max(1)
+                            );
+                        }
+                    }
+                })
+            };
+            let report = roster::run(&handle, files, dry_run, progress).await;
+            watcher.abort();
+            let report = report?;
+            for e in &report.errors {
+                println!("error   {}:{}: {}", e.file, e.line, e.message);
+            }
+            for w in &report.warnings {
+                println!("warning {}:{}: {}", w.file, w.line, w.message);
+            }
+            for (name, c) in [
+                ("orgs", &report.orgs),
+                ("users", &report.users),
+                ("classes", &report.classes),
+                ("enrollments", &report.enrollments),
+            ] {
+                println!(
+                    "{name:<12} created {:>6}  updated {:>6}  unchanged {:>6}  removed {:>6}",
+                    c.created, c.updated, c.unchanged, c.removed
+                );
+            }
+            if !report.errors.is_empty() {
+                println!("{} error(s): nothing was written.", report.errors.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            println!(
+                "{}",
+                if dry_run {
+                    "Dry run: nothing was written."
+                } else {
+                    "Import applied."
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn backup_command(config: &Config, to: &Path) -> Result<()> {
+    let site = {
+        let db = app::open_system(config, StoreMetrics::default())?;
+        db.read(|c| system::site(c)).await?.map(|s| s.site_id)
+    };
+    let data_dir = config.data_dir.clone();
+    let out = to.to_path_buf();
+    let manifest = tokio::task::spawn_blocking(move || {
+        backup::backup(&data_dir, &out, &[tls::CA_CERT, tls::CA_KEY], site, |p| {
+            eprintln!("snapshot {}", p.display())
+        })
+    })
+    .await??;
+    println!(
+        "Backed up {} files to {}",
+        manifest.files.len(),
+        to.display()
+    );
+    Ok(())
+}
+
+async fn restore_command(config: &Config, from: &Path) -> Result<()> {
+    let (from, dir) = (from.to_path_buf(), config.data_dir.clone());
+    let manifest = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok::<_, anyhow::Error>(backup::restore(&from, &dir)?)
+    })
+    .await??;
+    // A restored appliance is a new site: it must never sync as the one it was copied from.
+    let id = identity::generate(&config.data_dir)?;
+    let db = Database::open(
+        "system",
+        &config.data_dir.join(app::SYSTEM_DB),
+        store::system::MIGRATIONS,
+        app::db_options(config),
+        StoreMetrics::default(),
+    )?;
+    let (site_id, key, from_site) = (
+        id.site_id.clone(),
+        id.public_key.clone(),
+        manifest.site_id.clone(),
+    );
+    db.write(move |c| system::set_site(c, &site_id, &key, from_site.as_deref()))
+        .await?;
+    println!(
+        "Restored {} files into {}; integrity verified. New site identity {} (was {}).",
+        manifest.files.len(),
+        config.data_dir.display(),
+        id.site_id,
+        manifest.site_id.unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Interface languages: French first, English available. The language comes from the
+//! `lang` cookie (set by the language switch), else the browser's `Accept-Language`, else
+//! the configured default.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+
+use crate::app::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Fr,
+    En,
+}
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Fr => "fr",
+            Lang::En => "en",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Lang> {
+        match code {
+            "fr" => Some(Lang::Fr),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::Fr => Lang::En,
+            Lang::En => Lang::Fr,
+        }
+    }
+
+    /// The text for `key` in this language.
+    pub fn t(self, key: &str) -> &'static str {
+        match TEXTS.iter().find(|(k, _, _)| *k == key) {
+            Some((_, fr, en)) => match self {
+                Lang::Fr => fr,
+                Lang::En => en,
+            },
+            None => {
+                tracing::warn!(key, "missing interface text");
+                "…"
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Lang {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(l) = crate::auth::cookie(&parts.headers, "lang").and_then(Lang::parse) {
+            return Ok(l);
+        }
+        if let Some(accept) = parts
+            .headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+        {
+            for item in accept.split(',') {
+                let code = item.split(';').next().unwrap_or("").trim();
+                if let Some(l) = Lang::parse(code.get(..2).unwrap_or("")) {
+                    return Ok(l);
+                }
+            }
+        }
+        Ok(Lang::parse(&state.config.default_lang).unwrap_or(Lang::Fr))
+    }
+}
+
+/// (key, French, English)
+const TEXTS: &[(&str, &str, &str)] = &[
+    ("app.name", "CEREDIS Edge", "CEREDIS Edge"),
+    ("nav.logout", "Se déconnecter", "Sign out"),
+    ("nav.home", "Accueil", "Home"),
+    ("nav.switch_lang", "English", "Français"),
+    (
+        "nav.ca",
+        "Certificat de l'établissement",
+        "Site certificate",
+    ),
+    (
+        "landing.title",
+        "Choisissez votre établissement",
+        "Choose your school",
+    ),
+    (
+        "landing.none",
+        "Aucun établissement n'est encore ouvert sur cet appareil.",
+        "No school has been opened on this appliance yet.",
+    ),
+    (
+        "landing.operator",
+        "Console de l'opérateur",
+        "Operator console",
+    ),
+    ("login.title", "Connexion", "Sign in"),
+    ("login.username", "Identifiant", "User name"),
+    ("login.password", "Mot de passe", "Password"),
+    ("login.submit", "Se connecter", "Sign in"),
+    (
+        "login.failed",
+        "Identifiant ou mot de passe incorrect.",
+        "Wrong user name or password.",
+    ),
+    (
+        "login.wait",
+        "Trop de tentatives : réessayez dans quelques secondes.",
+        "Too many attempts: try again in a few seconds.",
+    ),
+    (
+        "password.title",
+        "Choisissez votre mot de passe",
+        "Choose your password",
+    ),
+    ("password.new", "Nouveau mot de passe", "New password"),
+    (
+        "password.confirm",
+        "Confirmez le mot de passe",
+        "Confirm the password",
+    ),
+    ("password.submit", "Enregistrer", "Save"),
+    (
+        "password.mismatch",
+        "Les deux mots de passe sont différents.",
+        "The two passwords differ.",
+    ),
+    (
+        "password.hint",
+        "Au moins 10 caractères. Une phrase facile à retenir convient très bien.",
+        "At least 10 characters. A phrase you can remember works well.",
+    ),
+    ("setup.title", "Première mise en service", "First boot"),
+    (
+        "setup.intro",
+        "Créez le compte de l'opérateur de cet appareil. Ce lien ne fonctionne qu'une fois.",
+        "Create the operator account of this appliance. This link works only once.",
+    ),
+    (
+        "setup.tenant_title",
+        "Ouverture de l'établissement",
+        "Opening the school's space",
+    ),
+    (
+        "setup.tenant_intro",
+        "Créez le premier compte administrateur de l'établissement. Ce lien ne fonctionne qu'une fois.",
+        "Create the school's first administrator account. This link works only once.",
+    ),
+    ("setup.given_name", "Prénom", "Given name"),
+    ("setup.family_name", "Nom", "Family name"),
+    ("setup.submit", "Créer le compte", "Create the account"),
+    (
+        "setup.used",
+        "Ce lien a déjà servi. Connectez-vous avec le compte créé.",
+        "This link has already been used. Sign in with the account it created.",
+    ),
+    (
+        "setup.expired",
+        "Ce lien a expiré. Demandez-en un nouveau à l'opérateur (ceredis init --new-setup-link).",
+        "This link has expired. Ask the operator for a new one (ceredis init --new-setup-link).",
+    ),
+    (
+        "setup.unknown",
+        "Ce lien n'est pas valide.",
+        "This link is not valid.",
+    ),
+    (
+        "operator.title",
+        "Console de l'opérateur",
+        "Operator console",
+    ),
+    ("operator.tenants", "Établissements", "Schools"),
+    (
+        "operator.create",
+        "Ouvrir un établissement",
+        "Open a school",
+    ),
+    (
+        "operator.slug",
+        "Nom court (dans l'adresse)",
+        "Short name (in the address)",
+    ),
+    ("operator.name", "Nom complet", "Full name"),
+    ("operator.suspend", "Suspendre", "Suspend"),
+    ("operator.resume", "Réactiver", "Resume"),
+    ("operator.health", "État de l'appareil", "Appliance health"),
+    ("operator.site", "Identité du site", "Site identity"),
+    (
+        "operator.setup_link",
+        "Lien à transmettre à l'administrateur de l'établissement (valable 7 jours, une seule fois) :",
+        "Link for the school's administrator (valid 7 days, once):",
+    ),
+    (
+        "operator.no_data",
+        "L'opérateur gère l'appareil ; il ne voit pas les données des établissements.",
+        "The operator runs the appliance; it does not see the schools' data.",
+    ),
+    ("status.active", "actif", "active"),
+    ("status.suspended", "suspendu", "suspended"),
+    ("role.admin", "Administrateur", "Administrator"),
+    ("role.teacher", "Enseignant", "Teacher"),
+    ("role.student", "Élève", "Student"),
+    ("role.researcher", "Chercheur", "Researcher"),
+    ("admin.title", "Administration", "Administration"),
+    ("admin.users", "Utilisateurs", "Users"),
+    ("admin.classes", "Classes", "Classes"),
+    ("admin.add_user", "Ajouter un utilisateur", "Add a user"),
+    ("admin.add_class", "Créer une classe", "Create a class"),
+    (
+        "admin.enrol",
+        "Inscrire dans une classe",
+        "Enrol in a class",
+    ),
+    ("admin.role", "Rôle", "Role"),
+    ("admin.class", "Classe", "Class"),
+    ("admin.title_field", "Intitulé", "Title"),
+    (
+        "admin.reset",
+        "Nouveau mot de passe provisoire",
+        "New one-time password",
+    ),
+    (
+        "admin.otp",
+        "Mot de passe provisoire (à usage unique, affiché une seule fois) :",
+        "One-time password (shown once only):",
+    ),
+    (
+        "admin.roster",
+        "Importer un annuaire OneRoster",
+        "Import a OneRoster roster",
+    ),
+    ("admin.credentials", "Identifiants d'API", "API credentials"),
+    (
+        "admin.no_password",
+        "pas encore de mot de passe",
+        "no password yet",
+    ),
+    (
+        "roster.files",
+        "Fichiers CSV OneRoster 1.1 (orgs, users, classes, enrollments)",
+        "OneRoster 1.1 CSV files (orgs, users, classes, enrollments)",
+    ),
+    (
+        "roster.dry_run",
+        "Simulation (ne rien enregistrer)",
+        "Dry run (write nothing)",
+    ),
+    ("roster.submit", "Importer", "Import"),
+    ("roster.progress", "Progression", "Progress"),
+    ("roster.report", "Rapport", "Report"),
+    (
+        "roster.errors",
+        "Erreurs (rien n'a été enregistré)",
+        "Errors (nothing was written)",
+    ),
+    ("roster.done", "Import terminé.", "Import finished."),
+    (
+        "roster.dry_done",
+        "Simulation terminée : rien n'a été enregistré.",
+        "Dry run finished: nothing was written.",
+    ),
+    ("teacher.title", "Mes classes", "My classes"),
+    (
+        "teacher.none",
+        "Vous n'avez encore aucune classe.",
+        "You have no class yet.",
+    ),
+    ("teacher.pupils", "Élèves", "Pupils"),
+    ("teacher.teachers", "Enseignants", "Teachers"),
+    ("student.title", "Mon espace", "My space"),
+    ("student.classes", "Mes classes", "My classes"),
+    (
+        "student.none",
+        "Tu n'es inscrit dans aucune classe pour l'instant.",
+        "You are not in any class yet.",
+    ),
+    ("researcher.title", "Espace recherche", "Research space"),
+    (
+        "researcher.intro",
+        "Les exports pseudonymisés de vos projets de recherche apparaîtront ici.",
+        "The pseudonymised exports of your research projects will appear here.",
+    ),
+    (
+        "error.title",
+        "Une erreur est survenue",
+        "Something went wrong",
+    ),
+    ("error.back", "Retour à l'accueil", "Back to the home page"),
+    (
+        "cred.label",
+        "Nom de l'application cliente",
+        "Client application name",
+    ),
+    ("cred.scopes", "Droits", "Scopes"),
+    (
+        "cred.create",
+        "Créer l'identifiant",
+        "Create the credential",
+    ),
+    (
+        "cred.secret",
+        "Secret (affiché une seule fois) :",
+        "Secret (shown once only):",
+    ),
+    ("cred.revoke", "Révoquer", "Revoke"),
+    ("cred.revoked", "révoqué", "revoked"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_text_exists_in_both_languages_and_keys_are_unique() {
+        let mut keys = std::collections::HashSet::new();
+        for (k, fr, en) in TEXTS {
+            assert!(keys.insert(*k), "duplicate key {k}");
+            assert!(!fr.is_empty() && !en.is_empty(), "{k}");
+        }
+        assert_eq!(Lang::Fr.t("login.title"), "Connexion");
+        assert_eq!(Lang::En.t("login.title"), "Sign in");
+    }
+}

@@ -1,0 +1,489 @@
+//! The HTTP surface: one file per resource, all routes declared in [`routes`] together
+//! with the access each needs, so that tests can walk the whole table (the tenant
+//! isolation matrix is generated from it).
+//!
+//! JSON API under `/api/…` and `/t/{tenant}/api/…`; server-rendered pages (maud, checked at
+//! compile time) elsewhere. Errors are JSON [`crate::error::ApiError`]s; [`html_errors`]
+//! turns them into pages (or a redirect to the login page) for browsers.
+
+pub mod classes;
+pub mod credentials;
+pub mod health;
+pub mod i18n;
+pub mod layout;
+pub mod operator;
+pub mod roster;
+pub mod session;
+pub mod setup;
+pub mod ui;
+pub mod users;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use maud::html;
+
+use crate::app::AppState;
+use crate::auth::{AdminOnly, AnyRole, Gate, ResearcherOnly, Staff, StudentOnly, TeacherOnly};
+use crate::error::ApiError;
+use crate::tenant::Role;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (login pages, assets, health).
+    Public,
+    /// The signed-in operator only.
+    Operator,
+    /// Signed-in users of the tenant in the path with one of these roles.
+    Members(&'static [Role]),
+    /// A machine client with the tenant's API credentials.
+    Machine,
+}
+
+fn members<G: Gate>() -> Access {
+    Access::Members(G::ROLES)
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+struct Table {
+    router: Router<AppState>,
+    specs: Vec<RouteSpec>,
+}
+
+impl Table {
+    fn add(
+        mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        route: MethodRouter<AppState>,
+    ) -> Table {
+        self.router = self.router.route(path, route);
+        self.specs.push(RouteSpec {
+            method,
+            path,
+            access,
+        });
+        self
+    }
+}
+
+/// Every route with the access it requires. `upload_limit` caps the roster upload body.
+pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
+    use Access::{Machine, Operator, Public};
+    let t = Table {
+        router: Router::new(),
+        specs: Vec::new(),
+    }
+    // Appliance-wide
+    .add(Method::GET, "/", Public, get(ui::landing))
+    .add(Method::GET, "/healthz", Public, get(health::healthz))
+    .add(Method::GET, "/readyz", Public, get(health::readyz))
+    .add(Method::GET, "/metrics", Public, get(health::metrics))
+    .add(Method::GET, "/ca.crt", Public, get(ui::ca_certificate))
+    .add(Method::GET, "/assets/{*path}", Public, get(ui::asset))
+    .add(Method::GET, "/lang/{code}", Public, get(ui::switch_lang))
+    .add(
+        Method::GET,
+        "/setup/{token}",
+        Public,
+        get(setup::operator_form),
+    )
+    .add(
+        Method::POST,
+        "/setup/{token}",
+        Public,
+        post(setup::operator_submit),
+    )
+    .add(
+        Method::GET,
+        "/operator/login",
+        Public,
+        get(session::operator_login_form),
+    )
+    .add(
+        Method::POST,
+        "/operator/login",
+        Public,
+        post(session::operator_login),
+    )
+    .add(
+        Method::POST,
+        "/operator/logout",
+        Operator,
+        post(session::operator_logout),
+    )
+    .add(Method::GET, "/operator", Operator, get(operator::console))
+    .add(
+        Method::POST,
+        "/operator/tenants",
+        Operator,
+        post(operator::create_form),
+    )
+    .add(
+        Method::POST,
+        "/operator/tenants/{slug}/status",
+        Operator,
+        post(operator::status_form),
+    )
+    .add(
+        Method::GET,
+        "/api/operator/tenants",
+        Operator,
+        get(operator::list),
+    )
+    .add(
+        Method::POST,
+        "/api/operator/tenants",
+        Operator,
+        post(operator::create),
+    )
+    // A tenant's realm
+    .add(
+        Method::GET,
+        "/t/{tenant}/login",
+        Public,
+        get(session::login_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/login",
+        Public,
+        post(session::login),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/logout",
+        members::<AnyRole>(),
+        post(session::logout),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/setup/{token}",
+        Public,
+        get(setup::tenant_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/setup/{token}",
+        Public,
+        post(setup::tenant_submit),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/password",
+        members::<AnyRole>(),
+        get(session::password_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/password",
+        members::<AnyRole>(),
+        post(session::password_submit),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/",
+        members::<AnyRole>(),
+        get(classes::home),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/classes/{class}",
+        members::<Staff>(),
+        get(classes::class_page),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/admin",
+        members::<AdminOnly>(),
+        get(users::admin_page),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/users",
+        members::<AdminOnly>(),
+        post(users::create_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/users/{user}/password",
+        members::<AdminOnly>(),
+        post(users::reset_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/classes",
+        members::<AdminOnly>(),
+        post(classes::create_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/enrolments",
+        members::<AdminOnly>(),
+        post(classes::enrol_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/credentials",
+        members::<AdminOnly>(),
+        post(credentials::create_form),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/credentials/{key}/revoke",
+        members::<AdminOnly>(),
+        post(credentials::revoke_form),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/admin/roster",
+        members::<AdminOnly>(),
+        get(roster::page),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/roster",
+        members::<AdminOnly>(),
+        post(roster::upload_form).layer(DefaultBodyLimit::max(upload_limit)),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/admin/roster/{job}",
+        members::<AdminOnly>(),
+        get(roster::job_page),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/research",
+        members::<ResearcherOnly>(),
+        get(users::research_page),
+    )
+    // A tenant's JSON API
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/me",
+        members::<AnyRole>(),
+        get(users::me),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/users",
+        members::<AdminOnly>(),
+        get(users::list),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/users",
+        members::<AdminOnly>(),
+        post(users::create),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/users/{user}/password",
+        members::<AdminOnly>(),
+        post(users::reset),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/classes",
+        members::<Staff>(),
+        get(classes::list),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/classes",
+        members::<AdminOnly>(),
+        post(classes::create),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/classes/{class}/members",
+        members::<Staff>(),
+        get(classes::members),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/classes/{class}/enrolments",
+        members::<AdminOnly>(),
+        post(classes::enrol),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/my/classes",
+        members::<StudentOnly>(),
+        get(classes::my_classes),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/teaching",
+        members::<TeacherOnly>(),
+        get(classes::teaching),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/credentials",
+        members::<AdminOnly>(),
+        get(credentials::list),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/credentials",
+        members::<AdminOnly>(),
+        post(credentials::create),
+    )
+    .add(
+        Method::DELETE,
+        "/t/{tenant}/api/credentials/{key}",
+        members::<AdminOnly>(),
+        delete(credentials::revoke),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/client",
+        Machine,
+        get(credentials::whoami),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/roster/import",
+        members::<AdminOnly>(),
+        post(roster::upload).layer(DefaultBodyLimit::max(upload_limit)),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/roster/jobs/{job}",
+        members::<AdminOnly>(),
+        get(roster::job),
+    );
+    (t.router, t.specs)
+}
+
+/// The route table alone, for tests and documentation.
+pub fn route_specs() -> Vec<RouteSpec> {
+    table(0).1
+}
+
+pub fn routes(state: &AppState) -> (Router<AppState>, Vec<RouteSpec>) {
+    let (router, specs) = table(state.config.limits.max_upload_bytes);
+    (router.fallback(not_found), specs)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+/// Security headers on every response: a CSP without inline script, HSTS (over HTTPS),
+/// no framing, no MIME sniffing, no cross-site referrers.
+pub async fn security_headers(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(), microphone=(), geolocation=(), interest-cohort=()"),
+    );
+    if !state.config.insecure_http {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// Browsers asking for HTML get errors as pages: a 401 becomes a redirect to the right
+/// login page, other errors a short page in the user's language.
+pub async fn html_errors(request: Request, next: Next) -> Response {
+    let wants_html = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.contains("text/html"))
+        .unwrap_or(false);
+    let path = request.uri().path().to_string();
+    let lang = crate::auth::cookie(request.headers(), "lang")
+        .and_then(i18n::Lang::parse)
+        .unwrap_or(i18n::Lang::Fr);
+    let response = next.run(request).await;
+    if !wants_html {
+        return response;
+    }
+    let Some(error) = response.extensions().get::<ApiError>().cloned() else {
+        return response;
+    };
+    if error.status == StatusCode::UNAUTHORIZED {
+        return Redirect::to(&login_path_for(&path)).into_response();
+    }
+    if error.code == "password_change_required"
+        && let Some(tenant) = tenant_of_path(&path)
+    {
+        return Redirect::to(&format!("/t/{tenant}/password")).into_response();
+    }
+    let body = layout::page(
+        lang,
+        lang.t("error.title"),
+        None,
+        html! {
+            (layout::alert(&error.message))
+            p.code { "(" (error.code) ")" }
+            p { a href="/" { (lang.t("error.back")) } }
+        },
+    );
+    let mut page = (error.status, body).into_response();
+    if let Some(v) = response.headers().get(header::RETRY_AFTER) {
+        page.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    page
+}
+
+fn tenant_of_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/t/")?
+        .split('/')
+        .next()
+        .filter(|s| !s.is_empty())
+}
+
+fn login_path_for(path: &str) -> String {
+    match tenant_of_path(path) {
+        Some(t) => format!("/t/{t}/login"),
+        None => "/operator/login".into(),
+    }
+}

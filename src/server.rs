@@ -1,0 +1,142 @@
+//! Serving: the HTTPS listener (the only public one), the plain-HTTP listener that only
+//! redirects to HTTPS, and graceful shutdown. Tests call [`run`] with listeners bound on
+//! port 0.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::app::{AppState, router};
+use crate::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Listeners {
+    pub main: TcpListener,
+    pub redirect: Option<TcpListener>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("main", &self.main.local_addr().ok())
+            .finish()
+    }
+}
+
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Prepares TLS material (re-issuing the server certificate when needed).
+pub fn prepare_tls(state: &AppState) -> Result<(), ServeError> {
+    if state.config.insecure_http {
+        return Ok(());
+    }
+    let names = tls::server_names(&state.config.tls.server_names);
+    if tls::ensure_server_cert(&state.config.data_dir, &names)? {
+        tracing::info!(names = ?names, "issued a new server certificate from the local CA");
+    }
+    Ok(())
+}
+
+/// Serves until `shutdown` completes, then drains connections for up to 10 s.
+pub async fn run(
+    state: AppState,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let main_addr = listeners.main.local_addr()?;
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let mut redirect_task = None;
+    if let Some(redirect) = listeners.redirect {
+        let https_port = main_addr.port();
+        let r =
+            Router::new().fallback(move |req: Request| async move { to_https(req, https_port) });
+        let redirect_handle = handle.clone();
+        redirect_task = Some(tokio::spawn(async move {
+            axum_server::from_tcp(redirect)?
+                .handle(redirect_handle)
+                .serve(r.into_make_service())
+                .await
+        }));
+    }
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing open requests");
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    state.set_ready(true);
+    let result = if state.config.insecure_http {
+        tracing::warn!(
+            "serving PLAIN HTTP (--insecure-http): passwords and sessions cross the network in clear; never use this on a school network"
+        );
+        axum_server::from_tcp(listeners.main)?
+            .handle(handle)
+            .serve(app)
+            .await
+    } else {
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(
+            &state.config.data_dir,
+        )?);
+        axum_server::from_tcp_rustls(listeners.main, config)?
+            .handle(handle)
+            .serve(app)
+            .await
+    };
+    state.set_ready(false);
+    if let Some(t) = redirect_task {
+        let _ = t.await;
+    }
+    Ok(result?)
+}
+
+fn to_https(req: Request, https_port: u16) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .map(|(name, _)| name)
+                .unwrap_or(h)
+                .to_string()
+        });
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return (StatusCode::BAD_REQUEST, "use https://").into_response();
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    Redirect::permanent(&format!("https://{host}{port}{path}")).into_response()
+}

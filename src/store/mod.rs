@@ -1,0 +1,598 @@
+//! Storage: the only module that touches `rusqlite`.
+//!
+//! Owns every SQLite file of the appliance: the system database (`system.db`, operator data)
+//! and one database per tenant (`tenants/<slug>/tenant.db`). Each [`Database`] has exactly one
+//! writer thread that applies jobs with **group commit**: the jobs waiting when a transaction
+//! starts share it, each inside its own savepoint (a failing job rolls back only itself), and
+//! every caller is answered only after `COMMIT` returned. Databases run in WAL mode with
+//! `synchronous=FULL`, so a returned `COMMIT` has been fsynced to the WAL: an acknowledged
+//! write survives a power cut or `SIGKILL`. Reads go through a small pool of read-only
+//! connections on blocking threads.
+//!
+//! Must not: hold a connection across an `.await`, edit a published migration (migrations are
+//! only ever appended), or be reached by handlers except through the tenant-scoped handles of
+//! `auth`.
+//!
+//! Key types: [`Database`], [`Migrations`], [`StoreError`], [`StoreMetrics`].
+
+pub mod backup;
+pub mod shared;
+pub mod system;
+pub mod tenant;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// What can go wrong in the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database writer of {0} has stopped")]
+    WriterStopped(String),
+    #[error("a write job panicked and was rolled back")]
+    JobPanicked,
+    #[error("database {path} has schema version {found}, newer than this binary knows ({known})")]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A domain rule refused the write; the message is meant for the user.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+}
+
+impl StoreError {
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    }
+}
+
+/// The add-only list of schema migrations of one kind of database. Entry `i` moves the
+/// database from `PRAGMA user_version = i` to `i + 1`. Never edit an entry: append one.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations(pub &'static [&'static str]);
+
+/// Metrics shared by every database of the process, labelled by database name.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub queue_depth: Family<DbLabel, Gauge>,
+    pub batch_size: Family<DbLabel, Histogram, fn() -> Histogram>,
+    pub commit_seconds: Family<DbLabel, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DbLabel {
+    pub db: String,
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+}
+
+fn commit_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 12,
+    ))
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            queue_depth: Family::default(),
+            batch_size: Family::new_with_constructor(batch_histogram),
+            commit_seconds: Family::new_with_constructor(commit_histogram),
+        }
+    }
+}
+
+impl StoreMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "ceredis_writer_queue_depth",
+            "Write jobs waiting for the database writer",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "ceredis_commit_batch_size",
+            "Write jobs committed together in one transaction (group commit)",
+            self.batch_size.clone(),
+        );
+        registry.register(
+            "ceredis_commit_duration_seconds",
+            "Time to run and durably commit one batch",
+            self.commit_seconds.clone(),
+        );
+    }
+}
+
+/// Tunables of one database.
+#[derive(Debug, Clone, Copy)]
+pub struct DbOptions {
+    pub read_connections: usize,
+    pub max_batch: usize,
+    pub queue_capacity: usize,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            read_connections: 4,
+            max_batch: 512,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// One SQLite database: a group-commit writer thread and a pool of read-only connections.
+/// Cheap to clone; the writer stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+    read_slots: Semaphore,
+    metrics: StoreMetrics,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("name", &self.inner.name)
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = FULL;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(conn)
+}
+
+/// Applies the migrations that the database file has not seen yet.
+pub fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    migrations: Migrations,
+) -> Result<(), StoreError> {
+    let known = migrations.0.len() as i64;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew {
+            path: path.display().to_string(),
+            found,
+            known,
+        });
+    }
+    for (i, sql) in migrations.0.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Database {
+    /// Opens (creating if needed) the database at `path`, applies migrations, and starts its
+    /// writer thread.
+    pub fn open(
+        name: &str,
+        path: &Path,
+        migrations: Migrations,
+        options: DbOptions,
+        metrics: StoreMetrics,
+    ) -> Result<Database, StoreError> {
+        let mut writer = open_connection(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        migrate(&mut writer, path, migrations)?;
+        restrict_permissions(path)?;
+
+        let mut readers = Vec::with_capacity(options.read_connections);
+        for _ in 0..options.read_connections.max(1) {
+            readers.push(open_connection(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?);
+        }
+
+        let (tx, rx) = mpsc::channel::<Job>(options.queue_capacity);
+        let label = DbLabel {
+            db: name.to_string(),
+        };
+        let thread_metrics = metrics.clone();
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name(format!("writer-{name}"))
+            .spawn(move || writer_loop(writer, rx, max_batch, thread_metrics, label))
+            .map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+
+        Ok(Database {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                writer: tx,
+                read_slots: Semaphore::new(readers.len()),
+                readers: Mutex::new(readers),
+                metrics,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Runs `job` in the writer's current transaction and returns its result once the
+    /// transaction is durably committed. An error from `job` rolls back only this job.
+    pub async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
+        let boxed: Job = Box::new(move |conn: &Connection| {
+            let outcome = run_in_savepoint(conn, job);
+            Box::new(move |commit: Result<(), String>| {
+                let result = match (outcome, commit) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                        Some(e),
+                    ))),
+                    (Ok(v), Ok(())) => Ok(v),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        let stopped = || StoreError::WriterStopped(self.inner.name.clone());
+        let label = DbLabel {
+            db: self.inner.name.clone(),
+        };
+        self.inner.metrics.queue_depth.get_or_create(&label).inc();
+        let sent = self.inner.writer.send(boxed).await;
+        if sent.is_err() {
+            self.inner.metrics.queue_depth.get_or_create(&label).dec();
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Runs `query` on a read-only connection on a blocking thread.
+    pub async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _slot = self
+            .inner
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::WriterStopped(self.inner.name.clone()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .readers
+                .lock()
+                .map_err(|_| StoreError::JobPanicked)?
+                .pop()
+                .ok_or_else(|| StoreError::WriterStopped(inner.name.clone()))?;
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| query(&conn)))
+                .unwrap_or(Err(StoreError::JobPanicked));
+            if let Ok(mut pool) = inner.readers.lock() {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::JobPanicked)?
+    }
+
+    /// `PRAGMA integrity_check` on a read connection: `Ok(vec![])` when healthy.
+    pub async fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| integrity_problems(conn)).await
+    }
+}
+
+/// Lines reported by `PRAGMA integrity_check`, minus the single `ok` of a healthy file.
+pub fn integrity_problems(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let lines = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(lines.into_iter().filter(|l| l != "ok").collect())
+}
+
+fn run_in_savepoint<T, F>(conn: &Connection, job: F) -> Result<T, StoreError>
+where
+    F: FnOnce(&Connection) -> Result<T, StoreError>,
+{
+    conn.execute_batch("SAVEPOINT job")?;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(conn)))
+        .unwrap_or(Err(StoreError::JobPanicked));
+    match outcome {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    mut jobs: mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: StoreMetrics,
+    label: DbLabel,
+) {
+    let depth = metrics.queue_depth.get_or_create(&label).clone();
+    let batch_size = metrics.batch_size.get_or_create(&label).clone();
+    let commit_seconds = metrics.commit_seconds.get_or_create(&label).clone();
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        depth.dec_by(batch.len() as i64);
+        batch_size.observe(batch.len() as f64);
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = e.to_string();
+            tracing::error!(db = %label.db, error = %message, "could not begin a write transaction");
+            for job in batch.drain(..) {
+                // The job never ran: tell its caller the batch failed.
+                let completion = job_failed(job, &conn);
+                completion(Err(message.clone()));
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.drain(..).map(|job| job(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Err(message) = &commit {
+            tracing::error!(db = %label.db, error = %message, "commit failed; the batch is rolled back");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        commit_seconds.observe(started.elapsed().as_secs_f64());
+        for done in completions {
+            done(commit.clone());
+        }
+    }
+}
+
+/// Runs a job outside any transaction only to obtain its completion, then rolls back
+/// whatever it did: used when `BEGIN` itself failed.
+fn job_failed(job: Job, conn: &Connection) -> Completion {
+    let _ = conn.execute_batch("BEGIN");
+    let completion = job(conn);
+    let _ = conn.execute_batch("ROLLBACK");
+    completion
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Seconds since the Unix epoch, the one time format stored in every database.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST_MIGRATIONS: Migrations = Migrations(&[
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE);",
+        "ALTER TABLE t ADD COLUMN n INTEGER NOT NULL DEFAULT 0;",
+    ]);
+
+    fn open(dir: &Path) -> Database {
+        Database::open(
+            "test",
+            &dir.join("t.db"),
+            TEST_MIGRATIONS,
+            DbOptions::default(),
+            StoreMetrics::default(),
+        )
+        .unwrap()
+    }
+
+    fn commits_so_far(db: &Database) -> f64 {
+        let mut registry = prometheus_client::registry::Registry::default();
+        db.inner.metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ceredis_commit_batch_size_count"))
+            .unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_queued_behind_a_commit_share_the_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        // Keep the writer busy so that the next 100 jobs queue up behind it.
+        let slow = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(|_| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |c| {
+                    c.execute("INSERT INTO t (v) VALUES (?1)", [format!("v{i}")])?;
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        slow.await.unwrap().unwrap();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let n: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(n, 100);
+        let commits = commits_so_far(&db);
+        assert!(
+            commits <= 5.0,
+            "101 writes took {commits} commits: not grouped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.write(|c| {
+            c.execute("INSERT INTO t (v) VALUES ('a')", [])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let dup = db
+            .write(|c| {
+                c.execute("INSERT INTO t (v) VALUES ('b')", [])?;
+                c.execute("INSERT INTO t (v) VALUES ('a')", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(dup.unwrap_err().is_unique_violation());
+        let values: Vec<String> = db
+            .read(|c| {
+                let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let rows = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            values,
+            vec!["a".to_string()],
+            "the half-done job left nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_refuse_a_newer_file() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let db = open(dir.path());
+        let version: i64 = db
+            .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(version, 2);
+        drop(db);
+        let older = Migrations(&TEST_MIGRATIONS.0[..1]);
+        let err = Database::open(
+            "test",
+            &dir.path().join("t.db"),
+            older,
+            DbOptions::default(),
+            StoreMetrics::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 2,
+                known: 1,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let err = db
+            .read(|c| {
+                c.execute("INSERT INTO t (v) VALUES ('x')", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(err.is_err());
+    }
+}
