@@ -222,9 +222,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Init { new_setup_link, .. } => rt
-            .block_on(init(&config, new_setup_link))
-            .map(|_| ExitCode::SUCCESS),
+        Command::Init { new_setup_link, .. } => {
+            let path = rt.block_on(init(&config, new_setup_link))?;
+            print_init(&config, &path);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(_) => rt.block_on(serve(config, None)).map(|_| ExitCode::SUCCESS),
         Command::Demo(_) => rt.block_on(demo(config)).map(|_| ExitCode::SUCCESS),
         Command::Tenant(t) => rt
@@ -266,8 +268,8 @@ fn base_url(config: &Config) -> String {
     config.base_url(config.listen)
 }
 
-/// Creates the data directory, system database, site identity and local CA, and prints a
-/// one-time setup link for the operator account. Returns the link.
+/// Creates the data directory, system database, site identity and local CA, and issues a
+/// one-time setup link for the operator account. Returns the link's path (`/setup/…`).
 pub async fn init(config: &Config, new_setup_link: bool) -> Result<String> {
     let dir = &config.data_dir;
     let system_path = dir.join(app::SYSTEM_DB);
@@ -297,8 +299,8 @@ pub async fn init(config: &Config, new_setup_link: bool) -> Result<String> {
         db.write(move |c| system::set_site(c, &site_id, &public_key, None))
             .await?;
         tls::ensure_ca(dir, &id.site_id)?;
-        println!("Initialised {} as site {}", dir.display(), id.site_id);
-    } else if db.read(|c| system::operator_count(c)).await? > 0 {
+        eprintln!("Initialised {} as site {}", dir.display(), id.site_id);
+    } else if db.read(system::operator_count).await? > 0 {
         bail!(
             "an operator account already exists; sign in at {}/operator/login",
             base_url(config)
@@ -307,15 +309,20 @@ pub async fn init(config: &Config, new_setup_link: bool) -> Result<String> {
     let token = auth::issue_setup_token(&db, OPERATOR_SETUP, 24 * 3600)
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let link = format!("{}/setup/{token}", base_url(config));
-    println!("Create the operator account (this link works once, for 24 hours):\n  {link}");
+    Ok(format!("/setup/{token}"))
+}
+
+fn print_init(config: &Config, setup_path: &str) {
+    println!(
+        "Create the operator account (this link works once, for 24 hours):\n  {}{setup_path}",
+        base_url(config)
+    );
     if !config.insecure_http {
         println!(
             "School PCs can trust this appliance by installing {}",
-            dir.join(tls::CA_CERT).display()
+            config.data_dir.join(tls::CA_CERT).display()
         );
     }
-    Ok(link)
 }
 
 async fn shutdown_signal() {
@@ -349,7 +356,7 @@ async fn serve(config: Config, banner: Option<String>) -> Result<()> {
     // A stable line that scripts and tests wait for.
     println!("ceredis: listening on {url}");
     if let Some(b) = banner {
-        println!("{b}");
+        println!("{}", b.replace(BASE_PLACEHOLDER, &url));
     }
     server::run(
         state,
@@ -361,12 +368,16 @@ async fn serve(config: Config, banner: Option<String>) -> Result<()> {
 }
 
 const DEMO_TENANT: &str = "demo";
+/// Replaced in the demo banner by the address actually bound.
+const BASE_PLACEHOLDER: &str = "{base}";
 
 async fn demo(config: Config) -> Result<()> {
     let mut banner = String::new();
     if !config.data_dir.join(app::SYSTEM_DB).exists() {
-        let link = init(&config, false).await?;
-        banner.push_str(&format!("Operator setup link (once): {link}\n"));
+        let path = init(&config, false).await?;
+        banner.push_str(&format!(
+            "Operator setup link (once): {BASE_PLACEHOLDER}{path}\n"
+        ));
     }
     let state = AppState::open(config.clone())?;
     if state.tenants.get(DEMO_TENANT).await?.is_none() {
@@ -435,7 +446,7 @@ async fn demo(config: Config) -> Result<()> {
             .map_err(|e| anyhow::anyhow!(e.message))?;
         banner.push_str(&format!(
             "Demo school admin setup link (once): {}/t/{DEMO_TENANT}/setup/{token}\n",
-            base_url(&config)
+            BASE_PLACEHOLDER
         ));
     } else {
         banner.push_str("The demo school already exists: its one-time passwords were printed when it was created.\n");
@@ -443,7 +454,7 @@ async fn demo(config: Config) -> Result<()> {
     drop(state);
     banner.push_str(&format!(
         "Sign in at {}/t/{DEMO_TENANT}/login",
-        base_url(&config)
+        BASE_PLACEHOLDER
     ));
     if !config.insecure_http {
         banner.push_str(&format!(
@@ -623,7 +634,7 @@ async fn user_command(config: Config, command: UserCommand) -> Result<ExitCode> 
 async fn backup_command(config: &Config, to: &Path) -> Result<()> {
     let site = {
         let db = app::open_system(config, StoreMetrics::default())?;
-        db.read(|c| system::site(c)).await?.map(|s| s.site_id)
+        db.read(system::site).await?.map(|s| s.site_id)
     };
     let data_dir = config.data_dir.clone();
     let out = to.to_path_buf();

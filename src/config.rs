@@ -77,7 +77,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// Extra DNS names and IP addresses for the certificate of the local CA.
@@ -166,15 +166,6 @@ impl Default for Config {
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
-        }
-    }
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            server_names: Vec::new(),
-            acme: AcmeConfig::default(),
         }
     }
 }

@@ -193,7 +193,12 @@ pub fn full(config: &Config) -> Vec<Check> {
                 format!("integrity check failed: {}", problems.join("; ")),
                 Some("stop the service and restore the last good backup: `ceredis restore --from BACKUP --data-dir NEW_DIR`".into()),
             )),
-            Err(e) => out.push(check(&name, false, format!("cannot open: {e}"), Some("check the file's owner and mode (the service user must read and write it)".into()))),
+            Err(e) => out.push(check(
+                &name,
+                false,
+                format!("cannot read: {e}"),
+                Some("if the file is damaged, stop the service and restore the last good backup (`ceredis restore --from BACKUP --data-dir NEW_DIR`); otherwise check its owner and mode".into()),
+            )),
         }
     }
     out

@@ -231,31 +231,37 @@ pub async fn start_session(
     db: &crate::store::Database,
     principal_id: i64,
     cookie_value: impl FnOnce(&str) -> String,
-) -> Result<String, ApiError> {
+) -> Result<(String, String), ApiError> {
     let token = password::random_token(32)?;
     let csrf = password::random_token(24)?;
     let hash = password::sha256(token.as_bytes());
     let ttl = i64::from(state.config.auth.session_hours) * 3600;
-    db.write(move |c| shared::insert_session(c, &hash, principal_id, &csrf, ttl))
+    let stored = csrf.clone();
+    db.write(move |c| shared::insert_session(c, &hash, principal_id, &stored, ttl))
         .await?;
-    Ok(cookie_value(&token))
+    Ok((cookie_value(&token), csrf))
 }
 
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-fn same_origin(headers: &HeaderMap) -> bool {
+/// Whether the `Origin` header (when sent) names this server. Over HTTP/2 the host comes in
+/// the `:authority` pseudo-header (the request URI), over HTTP/1.1 in `Host`.
+fn same_origin(request: &Request) -> bool {
+    let headers = request.headers();
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true; // Old browsers send no Origin; the token check still applies.
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
         .unwrap_or_default();
     origin
         .split_once("://")
-        .map(|(_, rest)| rest == host)
+        .map(|(_, rest)| rest.eq_ignore_ascii_case(host))
         .unwrap_or(false)
 }
 
@@ -287,7 +293,7 @@ async fn check_request(state: &AppState, mut request: Request) -> Result<Request
             || cookie(request.headers(), names.pre).is_some();
         let machine = request.headers().contains_key(header::AUTHORIZATION) && !has_cookie;
         if !machine {
-            if !same_origin(request.headers()) {
+            if !same_origin(&request) {
                 return Err(ApiError::forbidden(
                     "cross_origin",
                     "this request came from another site and was refused",
@@ -668,6 +674,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 #[derive(Debug)]
 pub struct LoginOutcome {
     pub cookie_value: String,
+    /// The session's CSRF token, for clients that send `X-CSRF-Token`.
+    pub csrf: String,
     pub role: Option<Role>,
     pub must_change_password: bool,
 }
@@ -772,12 +780,13 @@ pub async fn login_member(
         _ => return Err(LoginError::Rejected),
     };
     let slug_owned = tenant.slug.clone();
-    let cookie_value = start_session(state, &tenant.db, user.id, |token| {
+    let (cookie_value, csrf) = start_session(state, &tenant.db, user.id, |token| {
         tenant_cookie_value(&slug_owned, token)
     })
     .await?;
     Ok(LoginOutcome {
         cookie_value,
+        csrf,
         role: Some(user.role),
         must_change_password: user.must_change_password,
     })
@@ -804,10 +813,11 @@ pub async fn login_operator(
         Some(o) if ok => o,
         _ => return Err(LoginError::Rejected),
     };
-    let cookie_value =
+    let (cookie_value, csrf) =
         start_session(state, &state.system, operator.id, operator_cookie_value).await?;
     Ok(LoginOutcome {
         cookie_value,
+        csrf,
         role: None,
         must_change_password: false,
     })
@@ -859,7 +869,7 @@ pub async fn complete_tenant_setup(
     match created {
         Ok(user_id) => {
             let slug = tenant.slug.clone();
-            let cookie = start_session(state, &tenant.db, user_id, |t| {
+            let (cookie, _) = start_session(state, &tenant.db, user_id, |t| {
                 tenant_cookie_value(&slug, t)
             })
             .await?;

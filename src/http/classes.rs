@@ -1,10 +1,10 @@
 //! Classes and enrolments, and the role home pages built on them: a teacher sees their
 //! classes and pupils, a student their classes.
 
+use super::extract::{Form, Json};
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
 use maud::html;
 
 use super::i18n::Lang;

@@ -1,7 +1,7 @@
 //! Machine credentials of a tenant (for xAPI clients, later sync): created by the tenant
 //! admin with named scopes, shown once, stored as a SHA-256 digest, revocable.
 
-use axum::Json;
+use super::extract::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -114,7 +114,7 @@ async fn create_credential(
 }
 
 pub async fn list(m: Member<AdminOnly>) -> Result<Json<Vec<Credential>>, ApiError> {
-    Ok(Json(m.tenant.db.read(|c| sql::credentials(c)).await?))
+    Ok(Json(m.tenant.db.read(sql::credentials).await?))
 }
 
 pub async fn create(

@@ -21,6 +21,7 @@ pub fn page(lang: Lang, title: &str, viewer: Option<Viewer<'_>>, body: Markup) -
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · " (lang.t("app.name")) }
+                link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/assets/app.css";
                 script src="/assets/app.js" defer {}
             }

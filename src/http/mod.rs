@@ -8,6 +8,7 @@
 
 pub mod classes;
 pub mod credentials;
+pub mod extract;
 pub mod health;
 pub mod i18n;
 pub mod layout;

@@ -2,10 +2,10 @@
 //! health. The operator's extractor carries no tenant handle: nothing here can read a
 //! tenant's users, classes or evidence.
 
+use super::extract::{Form, Json};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
 use maud::html;
 
 use super::i18n::Lang;
@@ -104,7 +104,7 @@ async fn render_console(
     created: Option<&CreatedTenant>,
 ) -> Result<Response, ApiError> {
     let tenants = state.tenants.list().await?;
-    let site = state.system.read(|c| system::site(c)).await?;
+    let site = state.system.read(system::site).await?;
     let health = doctor::quick(&state.config);
     let body = html! {
         p.small { (lang.t("operator.no_data")) }

@@ -1,6 +1,6 @@
 //! Signing in and out (operator and tenant users) and choosing a new password.
 
-use axum::Form;
+use super::extract::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -127,6 +127,7 @@ fn login_success(
         axum::Json(serde_json::json!({
             "role": outcome.role,
             "must_change_password": outcome.must_change_password,
+            "csrf_token": outcome.csrf,
         }))
         .into_response()
     } else {

@@ -3,7 +3,7 @@
 //! operator when the tenant is created). No default credentials exist anywhere: these links
 //! are the only way in, and each works exactly once.
 
-use axum::Form;
+use super::extract::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -157,7 +157,7 @@ pub async fn operator_submit(
         Err(s) => return Ok(gone(lang, lang.t("setup.title"), s)),
     };
     tracing::info!(operator = %f.username.trim(), "operator account created from the setup link");
-    let cookie = auth::start_session(
+    let (cookie, _) = auth::start_session(
         &state,
         &state.system,
         operator_id,

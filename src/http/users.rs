@@ -1,10 +1,10 @@
 //! Users of a tenant: the admin page (users, classes, credentials), the JSON API, and the
 //! signed-in user's own profile.
 
+use super::extract::{Form, Json};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Form, Json};
 use maud::{Markup, html};
 
 use super::i18n::Lang;

@@ -335,7 +335,7 @@ impl Database {
 
     /// `PRAGMA integrity_check` on a read connection: `Ok(vec![])` when healthy.
     pub async fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|conn| integrity_problems(conn)).await
+        self.read(integrity_problems).await
     }
 }
 

@@ -162,7 +162,7 @@ impl Tenants {
     }
 
     pub async fn list(&self) -> Result<Vec<TenantRow>, TenantError> {
-        Ok(self.inner.system.read(|c| system::tenants(c)).await?)
+        Ok(self.inner.system.read(system::tenants).await?)
     }
 
     pub async fn get(&self, slug: &str) -> Result<Option<TenantRow>, TenantError> {
@@ -247,23 +247,6 @@ impl Tenants {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slugs_are_boring() {
-        for good in ["demo", "lycee-jean-moulin", "ecole42"] {
-            assert!(validate_slug(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "", "a", "Demo", "../x", "x/y", "-x", "x-", "1abc", "é", "a b", "op.x",
-        ] {
-            assert!(validate_slug(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// Why a user's fields are refused, naming the field.
 pub fn user_problem(u: &crate::store::tenant::UserFields) -> Option<String> {
     let name_ok = |s: &str| !s.trim().is_empty() && s.chars().count() <= 100;
@@ -332,4 +315,21 @@ pub async fn reset_password(
         })
         .await?;
     Ok((user, otp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_boring() {
+        for good in ["demo", "lycee-jean-moulin", "ecole42"] {
+            assert!(validate_slug(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "a", "Demo", "../x", "x/y", "-x", "x-", "1abc", "é", "a b", "op.x",
+        ] {
+            assert!(validate_slug(bad).is_err(), "{bad}");
+        }
+    }
 }

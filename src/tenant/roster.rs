@@ -132,8 +132,11 @@ impl ProgressView {
 /// tenant cannot watch another's import.
 #[derive(Debug, Clone, Default)]
 pub struct RosterJobs {
-    jobs: Arc<Mutex<Vec<(String, String, Arc<Progress>)>>>,
+    jobs: Arc<Mutex<Vec<JobEntry>>>,
 }
+
+/// (tenant slug, job id, progress)
+type JobEntry = (String, String, Arc<Progress>);
 
 const KEPT_JOBS: usize = 64;
 

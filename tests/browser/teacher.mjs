@@ -1,0 +1,108 @@
+// A teacher signs in to the demo school for the first time with the one-time password that
+// `ceredis demo` printed, chooses a password, and sees the class and its pupils.
+// Runs the real binary (BIN_CEREDIS; not CEREDIS_*, which the binary reads as configuration) and Debian's Chromium (CHROMIUM, default /usr/bin/chromium).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const bin = process.env.BIN_CEREDIS;
+const browserPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const shots = process.env.SCREENSHOT_DIR;
+
+function startDemo(dataDir) {
+  const child = spawn(bin, ["demo", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--redirect-listen", ""], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const lines = createInterface({ input: child.stdout });
+  return new Promise((resolve, reject) => {
+    const found = { child };
+    const timer = setTimeout(() => reject(new Error("ceredis demo did not start")), 60000);
+    lines.on("line", (line) => {
+      const url = line.match(/^ceredis: listening on https:\/\/localhost:(\d+)/);
+      if (url) found.base = `https://127.0.0.1:${url[1]}`;
+      const teacher = line.match(/^\s+teacher\s+(\S+)\s+(\S+)$/);
+      if (teacher) found.teacher = { username: teacher[1], otp: teacher[2] };
+      const pupil = line.match(/^\s+student\s+(\S+)\s+(\S+)$/);
+      if (pupil) (found.pupils ||= []).push(pupil[1]);
+      if (line.startsWith("Sign in at")) {
+        clearTimeout(timer);
+        resolve(found);
+      }
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`ceredis demo exited with ${code}`));
+    });
+  });
+}
+
+test("a teacher signs in with a one-time password and sees the class and its pupils", async () => {
+  assert.ok(bin, "BIN_CEREDIS must name the ceredis binary");
+  const dataDir = mkdtempSync(join(tmpdir(), "ceredis-browser-"));
+  const demo = await startDemo(dataDir);
+  const browser = await chromium.launch({
+    executablePath: browserPath,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  try {
+    // The appliance's own CA is not in Chromium's store: accept it for this test only.
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
+    const page = await context.newPage();
+    const consoleErrors = [];
+    page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+
+    await page.goto(`${demo.base}/t/demo/login`);
+    assert.equal(await page.locator("h1").textContent(), "Connexion · École de démonstration");
+    await page.getByLabel("Identifiant").fill(demo.teacher.username);
+    await page.getByLabel("Mot de passe").fill(demo.teacher.otp);
+    await page.getByRole("button", { name: "Se connecter" }).click();
+
+    // One-time password: the teacher must choose their own first.
+    await page.waitForURL("**/t/demo/password");
+    await page.getByLabel("Nouveau mot de passe").fill("le chat de la classe dort");
+    await page.getByLabel("Confirmez le mot de passe").fill("le chat de la classe dort");
+    await page.getByRole("button", { name: "Enregistrer" }).click();
+
+    await page.waitForURL("**/t/demo/");
+    assert.equal(await page.locator("h1").textContent(), "Mes classes");
+    const classLink = page.getByRole("link", { name: "CM2 A — Anglais" });
+    assert.equal(await classLink.count(), 1, "the teacher's class is listed");
+    const pupils = await page.locator("ol.pupils li").allTextContents();
+    assert.equal(pupils.length, demo.pupils.length, "every pupil of the class is listed");
+    for (const name of ["Benali Amel", "Bernard Lucas", "Dubois Inès", "Petit Noah", "Robert Léa", "Moreau Yanis"]) {
+      assert.ok(pupils.includes(name), `${name} is in ${pupils}`);
+    }
+    if (shots) await page.screenshot({ path: join(shots, "teacher-home.png"), fullPage: true });
+
+    // The class page, reached with the keyboard.
+    await classLink.focus();
+    await page.keyboard.press("Enter");
+    await page.waitForURL(/\/t\/demo\/classes\/\d+$/);
+    assert.equal(await page.locator("h1").textContent(), "CM2 A — Anglais");
+    assert.match(await page.locator("main").textContent(), /Claire Martin/);
+
+    // English is one click away.
+    await page.getByRole("link", { name: "English" }).click();
+    await page.goto(`${demo.base}/t/demo/`);
+    assert.equal(await page.locator("h1").textContent(), "My classes");
+
+    // The old one-time password no longer works.
+    const fresh = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
+    const again = await fresh.newPage();
+    await again.goto(`${demo.base}/t/demo/login`);
+    await again.getByLabel("Identifiant").fill(demo.teacher.username);
+    await again.getByLabel("Mot de passe").fill(demo.teacher.otp);
+    await again.getByRole("button", { name: "Se connecter" }).click();
+    assert.match(await again.locator("[role=alert]").textContent(), /incorrect/);
+    assert.deepEqual(consoleErrors, [], "no script or CSP errors in the page");
+  } finally {
+    await browser.close();
+    demo.child.kill("SIGTERM");
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});

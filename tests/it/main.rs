@@ -1,0 +1,10 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! The one integration-test binary: every test boots real `ceredis` processes.
+
+mod api;
+mod durability;
+mod isolation;
+mod operations;
+mod roster;
+mod support;
