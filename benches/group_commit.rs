@@ -8,6 +8,7 @@
 //!
 //! Run: `cargo bench --bench group_commit` (set `BENCH_DIR` to measure another disk).
 //! Prints writes/s for both and the ratio; target ≥ 3 000 writes/s for group commit.
+#![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -93,9 +93,13 @@ pub struct AcmeConfig {
     pub domain: String,
     pub contact_email: String,
     pub directory_url: String,
-    /// External account binding, for ACME CAs that require it.
+    /// External account binding, for ACME CAs that require it (key id and the base64url
+    /// HMAC key the CA gave).
     pub eab_key_id: String,
     pub eab_hmac_key: Secret,
+    /// PEM file of the root that signs the ACME directory's own HTTPS certificate, for a
+    /// private ACME CA; empty: the system's trusted roots.
+    pub ca_root: String,
 }
 
 impl Default for AcmeConfig {
@@ -106,6 +110,7 @@ impl Default for AcmeConfig {
             directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
             eab_key_id: String::new(),
             eab_hmac_key: Secret::default(),
+            ca_root: String::new(),
         }
     }
 }
@@ -322,6 +327,18 @@ impl Config {
                 "auth.argon2_memory_kib must be at least 8192 and argon2_iterations at least 1"
                     .into(),
             ));
+        }
+        if !self.tls.acme.domain.is_empty() {
+            if self.insecure_http {
+                return Err(bad(
+                    "tls.acme.domain and insecure_http exclude each other".into()
+                ));
+            }
+            if self.tls.acme.eab_key_id.is_empty() != self.tls.acme.eab_hmac_key.is_empty() {
+                return Err(bad(
+                    "tls.acme.eab_key_id and tls.acme.eab_hmac_key go together".into(),
+                ));
+            }
         }
         if self.store.read_connections == 0 || self.store.max_batch == 0 {
             return Err(bad(

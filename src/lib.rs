@@ -6,7 +6,8 @@
 //! - [`config`] — defaults < `ceredis.toml` < `CEREDIS_*` < flags; secrets redacted.
 //! - [`app`] — `AppState` (cheap clonable handles) and the router.
 //! - [`server`] — HTTPS listener, HTTP→HTTPS redirect, graceful shutdown.
-//! - [`tls`] — the site's local CA and server certificate.
+//! - [`tls`] — the site's local CA and server certificate; [`acme`] — certificates from an
+//!   ACME directory for a public domain.
 //! - [`identity`] — the site's Ed25519 identity.
 //! - [`http`] — one file per resource; every route and the access it needs in one table.
 //! - [`auth`] — sessions, CSRF, throttling, passwords, machine credentials, and the
@@ -16,6 +17,7 @@
 //!   add-only migrations, backup.
 //! - [`metrics`], [`doctor`], [`error`].
 
+pub mod acme;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,6 +24,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Acme(#[from] crate::acme::AcmeError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -51,7 +54,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Prepares TLS material (re-issuing the server certificate when needed).
 pub fn prepare_tls(state: &AppState) -> Result<(), ServeError> {
-    if state.config.insecure_http {
+    if state.config.insecure_http || !state.config.tls.acme.domain.is_empty() {
         return Ok(());
     }
     let names = tls::server_names(&state.config.tls.server_names);
@@ -84,28 +87,48 @@ pub async fn run(
         }));
     }
     let stopper = handle.clone();
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: finishing open requests");
+        let _ = stopping.send(true);
         stopper.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    state.set_ready(true);
-    let result = if state.config.insecure_http {
-        tracing::warn!(
-            "serving PLAIN HTTP (--insecure-http): passwords and sessions cross the network in clear; never use this on a school network"
-        );
-        axum_server::from_tcp(listeners.main)?
-            .handle(handle)
-            .serve(app)
-            .await
+    let tls_config = if state.config.insecure_http {
+        None
+    } else if state.config.tls.acme.domain.is_empty() {
+        Some(tls::server_config(&state.config.data_dir)?)
     } else {
-        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(
-            &state.config.data_dir,
-        )?);
-        axum_server::from_tcp_rustls(listeners.main, config)?
-            .handle(handle)
-            .serve(app)
-            .await
+        let acme = &state.config.tls.acme;
+        let resolver = Arc::new(crate::acme::CertResolver::new(
+            crate::acme::initial_certificate(&state.config.data_dir, &acme.domain)?,
+        ));
+        tokio::spawn(crate::acme::run(
+            acme.clone(),
+            state.config.data_dir.clone(),
+            resolver.clone(),
+            stop_signal,
+        ));
+        Some(crate::acme::server_config(resolver)?)
+    };
+    state.set_ready(true);
+    let result = match tls_config {
+        None => {
+            tracing::warn!(
+                "serving PLAIN HTTP (--insecure-http): passwords and sessions cross the network in clear; never use this on a school network"
+            );
+            axum_server::from_tcp(listeners.main)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+        Some(config) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+            axum_server::from_tcp_rustls(listeners.main, config)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
     };
     state.set_ready(false);
     if let Some(t) = redirect_task {

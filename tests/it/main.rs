@@ -2,6 +2,7 @@
 
 //! The one integration-test binary: every test boots real `ceredis` processes.
 
+mod acme;
 mod api;
 mod durability;
 mod isolation;

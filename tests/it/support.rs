@@ -20,6 +20,8 @@ pub struct Appliance {
     child: Option<Child>,
     pub base: String,
     env: Vec<(String, String)>,
+    /// The HTTPS address to serve on (`127.0.0.1:0` unless a test needs a known port).
+    pub listen: String,
 }
 
 impl Appliance {
@@ -60,6 +62,7 @@ impl Appliance {
             child: None,
             base: String::new(),
             env,
+            listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -68,12 +71,12 @@ impl Appliance {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.data.join("../server.log"))
+            .open(self.log_path())
             .unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--data-dir"])
             .arg(&self.data)
-            .args(["--listen", "127.0.0.1:0", "--redirect-listen", ""])
+            .args(["--listen", &self.listen, "--redirect-listen", ""])
             .envs(self.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -106,6 +109,10 @@ impl Appliance {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data.join("../server.log")
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
