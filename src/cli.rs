@@ -355,6 +355,12 @@ async fn serve(config: Config, banner: Option<String>) -> Result<()> {
     let url = config.base_url(bound);
     // A stable line that scripts and tests wait for.
     println!("ceredis: listening on {url}");
+    if config.insecure_http {
+        println!(
+            "WARNING: --insecure-http: plain HTTP, passwords and sessions travel in clear. \
+             Development only — never on a school network."
+        );
+    }
     if let Some(b) = banner {
         println!("{}", b.replace(BASE_PLACEHOLDER, &url));
     }

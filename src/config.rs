@@ -75,6 +75,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    /// Bearer token a Prometheus scraper sends to read `/metrics`; empty: only clients on
+    /// this machine (loopback) may read it.
+    pub metrics_token: Secret,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -171,6 +174,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            metrics_token: Secret::default(),
         }
     }
 }
@@ -471,11 +475,15 @@ mod tests {
     fn secrets_are_redacted_when_printed() {
         let c = Config::load(
             None,
-            env(&[("CEREDIS_TLS__ACME__EAB_HMAC_KEY", "s3cr3t-hmac")]),
+            env(&[
+                ("CEREDIS_TLS__ACME__EAB_HMAC_KEY", "s3cr3t-hmac"),
+                ("CEREDIS_METRICS_TOKEN", "s3cr3t-scrape"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
         assert_eq!(c.tls.acme.eab_hmac_key.expose(), "s3cr3t-hmac");
+        assert_eq!(c.metrics_token.expose(), "s3cr3t-scrape");
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert!(!c.to_toml().contains("s3cr3t"));
         assert!(c.to_toml().contains("[redacted]"));

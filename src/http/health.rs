@@ -6,7 +6,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use axum::http::HeaderMap;
+use subtle::ConstantTimeEq;
+
 use crate::app::AppState;
+use crate::auth::ClientIp;
+use crate::error::ApiError;
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -20,11 +25,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    match state
-        .system
-        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-        .await
-    {
+    match state.system.read(crate::store::system::site).await {
         Ok(_) => Json(serde_json::json!({"ready": true})).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "readiness check failed");
@@ -37,7 +38,31 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// Metrics name routes and tenants and count their activity: only loopback clients, or a
+/// scraper presenting `metrics_token`, may read them.
+pub async fn metrics(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+) -> Response {
+    let token = state.config.metrics_token.expose();
+    let allowed = if token.is_empty() {
+        ip.is_loopback()
+    } else {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|presented| bool::from(presented.as_bytes().ct_eq(token.as_bytes())))
+            .unwrap_or(false)
+    };
+    if !allowed {
+        return ApiError::forbidden(
+            "metrics_forbidden",
+            "metrics are readable from this machine only, or with the configured metrics token",
+        )
+        .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,

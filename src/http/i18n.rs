@@ -3,8 +3,8 @@
 //! the configured default.
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 
 use crate::app::AppState;
 
@@ -39,16 +39,41 @@ impl Lang {
 
     /// The text for `key` in this language.
     pub fn t(self, key: &str) -> &'static str {
-        match TEXTS.iter().find(|(k, _, _)| *k == key) {
-            Some((_, fr, en)) => match self {
-                Lang::Fr => fr,
-                Lang::En => en,
-            },
-            None => {
-                tracing::warn!(key, "missing interface text");
-                "…"
-            }
+        self.try_t(key).unwrap_or_else(|| {
+            tracing::warn!(key, "missing interface text");
+            "…"
+        })
+    }
+
+    /// The text for `key`, if the catalogue has it.
+    pub fn try_t(self, key: &str) -> Option<&'static str> {
+        TEXTS
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, fr, en)| match self {
+                Lang::Fr => *fr,
+                Lang::En => *en,
+            })
+    }
+}
+
+impl Lang {
+    /// The `lang` cookie, else the first of `Accept-Language` we speak, else `default`.
+    pub fn from_headers(headers: &HeaderMap, default: Lang) -> Lang {
+        if let Some(l) = crate::auth::cookie(headers, "lang").and_then(Lang::parse) {
+            return l;
         }
+        headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .into_iter()
+            .flat_map(|accept| accept.split(','))
+            .filter_map(|item| {
+                let code = item.split(';').next().unwrap_or("").trim();
+                Lang::parse(code.get(..2).unwrap_or(""))
+            })
+            .next()
+            .unwrap_or(default)
     }
 }
 
@@ -59,22 +84,8 @@ impl FromRequestParts<AppState> for Lang {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some(l) = crate::auth::cookie(&parts.headers, "lang").and_then(Lang::parse) {
-            return Ok(l);
-        }
-        if let Some(accept) = parts
-            .headers
-            .get(header::ACCEPT_LANGUAGE)
-            .and_then(|v| v.to_str().ok())
-        {
-            for item in accept.split(',') {
-                let code = item.split(';').next().unwrap_or("").trim();
-                if let Some(l) = Lang::parse(code.get(..2).unwrap_or("")) {
-                    return Ok(l);
-                }
-            }
-        }
-        Ok(Lang::parse(&state.config.default_lang).unwrap_or(Lang::Fr))
+        let default = Lang::parse(&state.config.default_lang).unwrap_or(Lang::Fr);
+        Ok(Lang::from_headers(&parts.headers, default))
     }
 }
 
@@ -296,6 +307,56 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "Something went wrong",
     ),
     ("error.back", "Retour à l'accueil", "Back to the home page"),
+    (
+        "error.not_found",
+        "Cette page n'existe pas, ou vous n'y avez pas accès.",
+        "This page does not exist, or you have no access to it.",
+    ),
+    (
+        "error.role_forbidden",
+        "Votre rôle ne donne pas accès à cette page.",
+        "Your role does not give access to this page.",
+    ),
+    (
+        "error.operator_no_tenant_data",
+        "L'opérateur de l'appareil ne peut pas lire les données d'un établissement.",
+        "The appliance operator cannot read a school's data.",
+    ),
+    (
+        "error.operator_only",
+        "Seul l'opérateur de l'appareil peut faire cela.",
+        "Only the appliance operator can do this.",
+    ),
+    (
+        "error.csrf_failed",
+        "Le formulaire a expiré ou ne vient pas de ce site : rechargez la page et recommencez.",
+        "The form has expired or did not come from this site: reload the page and try again.",
+    ),
+    (
+        "error.cross_origin",
+        "Cette demande venait d'un autre site : elle a été refusée.",
+        "This request came from another site and was refused.",
+    ),
+    (
+        "error.tenant_suspended",
+        "L'espace de cet établissement est suspendu : contactez l'opérateur de l'appareil.",
+        "This school's space is suspended: contact the appliance operator.",
+    ),
+    (
+        "error.too_many_attempts",
+        "Trop de tentatives : réessayez dans quelques secondes.",
+        "Too many attempts: try again in a few seconds.",
+    ),
+    (
+        "error.internal",
+        "Un problème est survenu sur l'appareil ; l'opérateur en trouvera le détail dans son journal.",
+        "Something went wrong on the appliance; the operator can find the details in its log.",
+    ),
+    (
+        "error.body_too_large",
+        "L'envoi est plus gros que ce que l'appareil accepte.",
+        "The upload is larger than this appliance accepts.",
+    ),
     (
         "cred.label",
         "Nom de l'application cliente",

@@ -440,9 +440,7 @@ pub async fn html_errors(request: Request, next: Next) -> Response {
         .map(|v| v.contains("text/html"))
         .unwrap_or(false);
     let path = request.uri().path().to_string();
-    let lang = crate::auth::cookie(request.headers(), "lang")
-        .and_then(i18n::Lang::parse)
-        .unwrap_or(i18n::Lang::Fr);
+    let lang = i18n::Lang::from_headers(request.headers(), i18n::Lang::Fr);
     let response = next.run(request).await;
     if !wants_html {
         return response;
@@ -463,7 +461,7 @@ pub async fn html_errors(request: Request, next: Next) -> Response {
         lang.t("error.title"),
         None,
         html! {
-            (layout::alert(&error.message))
+            (layout::alert(lang.try_t(&format!("error.{}", error.code)).unwrap_or(&error.message)))
             p.code { "(" (error.code) ")" }
             p { a href="/" { (lang.t("error.back")) } }
         },

@@ -165,7 +165,7 @@ async fn render_console(
     };
     let viewer = Viewer {
         name: &op.username,
-        role_label: "operator",
+        role_label: lang.t("operator.role"),
         logout_action: "/operator/logout".into(),
         csrf: &op.csrf,
     };

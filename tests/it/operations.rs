@@ -355,3 +355,35 @@ fn architecture_names_only_paths_that_exist() {
         "ARCHITECTURE.md names the module map ({named} paths)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_metrics_token_only_the_scraper_that_presents_it_reads_metrics() {
+    let mut app = Appliance::init_with_env(&[("CEREDIS_METRICS_TOKEN", "scrape-secret-123")]);
+    app.start();
+    let client = app.client();
+    let r = client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::FORBIDDEN, "metrics_forbidden".into())
+    );
+    let r = client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-secret-12")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-secret-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("ceredis_http_requests_total")
+    );
+}
