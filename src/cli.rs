@@ -136,7 +136,7 @@ enum UserCommand {
         #[arg(long, value_enum)]
         role: RoleArg,
     },
-    /// Import OneRoster 1.1 CSV files (a directory holding them, or the files).
+    /// Import OneRoster 1.1 CSV files (a directory holding them, the files, or a zip bundle).
     Import {
         #[arg(long)]
         tenant: String,
@@ -521,6 +521,11 @@ fn read_roster(paths: &[PathBuf]) -> Result<RosterFiles> {
                         .map_err(anyhow::Error::msg)?;
                 }
             }
+        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")) {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            files
+                .add_zip(&p.display().to_string(), &bytes)
+                .map_err(anyhow::Error::msg)?;
         } else {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read {}", p.display()))?;

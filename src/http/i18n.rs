@@ -211,6 +211,7 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "Lien à transmettre à l'administrateur de l'établissement (valable 7 jours, une seule fois) :",
         "Link for the school's administrator (valid 7 days, once):",
     ),
+    ("operator.role", "Opérateur", "Operator"),
     (
         "operator.no_data",
         "L'opérateur gère l'appareil ; il ne voit pas les données des établissements.",
@@ -390,5 +391,20 @@ mod tests {
         }
         assert_eq!(Lang::Fr.t("login.title"), "Connexion");
         assert_eq!(Lang::En.t("login.title"), "Sign in");
+    }
+
+    #[test]
+    fn every_key_the_pages_use_is_in_the_catalogue() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http");
+        let mut used = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for piece in text.split(".t(\"").skip(1) {
+                let key = piece.split('"').next().unwrap();
+                assert!(Lang::Fr.try_t(key).is_some(), "missing text `{key}`");
+                used += 1;
+            }
+        }
+        assert!(used > 50, "{used} keys used");
     }
 }

@@ -37,6 +37,10 @@ async fn read_upload(mut multipart: Multipart) -> Result<(RosterFiles, bool), Ap
                     continue;
                 }
                 let bytes = field.bytes().await.map_err(|e| bad(e.body_text()))?;
+                if filename.to_ascii_lowercase().ends_with(".zip") {
+                    files.add_zip(&filename, &bytes).map_err(bad)?;
+                    continue;
+                }
                 let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
                     bad(format!(
                         "{filename}: not UTF-8 text; export the CSV as UTF-8"
@@ -125,7 +129,7 @@ pub async fn page(lang: Lang, m: Member<AdminOnly>) -> Response {
         form method="post" enctype="multipart/form-data" action={ "/t/" (slug) "/admin/roster?_csrf=" (m.csrf) } {
             div.field {
                 label for="files" { (lang.t("roster.files")) }
-                input id="files" name="files" type="file" accept=".csv,text/csv" multiple required;
+                input id="files" name="files" type="file" accept=".csv,text/csv,.zip,application/zip" multiple required;
             }
             label.check { input type="checkbox" name="dry_run" checked; " " (lang.t("roster.dry_run")) }
             button type="submit" { (lang.t("roster.submit")) }

@@ -27,10 +27,16 @@ use crate::store::tenant::{self as sql, ClassFields, OrgFields, UserFields};
 pub const FILES: [&str; 4] = ["orgs.csv", "users.csv", "classes.csv", "enrollments.csv"];
 const CHUNK: usize = 500;
 
+/// Largest total of uncompressed CSV text read from one zip bundle (a guard against zip
+/// bombs; a school of 5 000 pupils exports a few MB).
+pub const MAX_ZIP_TEXT: u64 = 256 << 20;
+
 /// The CSV texts of one import, by OneRoster file name.
 #[derive(Debug, Default, Clone)]
 pub struct RosterFiles {
     pub files: HashMap<String, String>,
+    /// Files of a zip bundle that this import does not read (courses, sessions, …).
+    pub ignored: Vec<String>,
 }
 
 impl RosterFiles {
@@ -53,6 +59,55 @@ impl RosterFiles {
 
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
+    }
+
+    /// Reads a OneRoster zip bundle as exported by school information systems: the CSV
+    /// files this import needs, wherever they sit in the archive; others are listed as
+    /// ignored.
+    pub fn add_zip(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        use std::io::Read;
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+            .map_err(|e| format!("`{name}` is not a readable zip file: {e}"))?;
+        let mut budget = MAX_ZIP_TEXT;
+        for i in 0..archive.len() {
+            let entry = archive
+                .by_index(i)
+                .map_err(|e| format!("`{name}`: entry {i} is unreadable: {e}"))?;
+            if entry.is_dir() {
+                continue;
+            }
+            let path = entry
+                .name()
+                .map_err(|e| format!("`{name}`: entry {i} has an unreadable name: {e}"))?
+                .to_string();
+            let base = path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&path)
+                .to_ascii_lowercase();
+            if !FILES.contains(&base.as_str()) {
+                self.ignored.push(path);
+                continue;
+            }
+            let mut text = String::new();
+            let read = entry
+                .take(budget + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| {
+                    format!(
+                        "`{name}`: {path} is not UTF-8 text ({e}); export the CSV files as UTF-8"
+                    )
+                })?;
+            if read as u64 > budget {
+                return Err(format!(
+                    "`{name}` holds more than {} MB of CSV text: split the export",
+                    MAX_ZIP_TEXT >> 20
+                ));
+            }
+            budget -= read as u64;
+            self.files.insert(base, text);
+        }
+        Ok(())
     }
 }
 
@@ -867,6 +922,13 @@ pub async fn run(
     };
     progress.set_phase("validating");
     let parsed = parse(&files, &mut report.errors, &mut report.warnings);
+    for name in &files.ignored {
+        report.warnings.push(LineMessage {
+            file: name.clone(),
+            line: 0,
+            message: "not read by this import".into(),
+        });
+    }
     if files.is_empty() {
         report.errors.push(LineMessage {
             file: "-".into(),
@@ -990,6 +1052,36 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].line, 1);
         assert!(errors[0].message.contains("title"));
+    }
+
+    #[test]
+    fn a_zip_bundle_gives_its_csv_files_and_lists_the_others() {
+        use std::io::Write;
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut z = zip::ZipWriter::new(&mut buf);
+            let opts = zip::write::SimpleFileOptions::default();
+            z.start_file("export/users.csv", opts).unwrap();
+            z.write_all(b"sourcedId,enabledUser,role,username,givenName,familyName\nu1,true,student,a.b,A,B\n").unwrap();
+            z.start_file("export/courses.csv", opts).unwrap();
+            z.write_all(b"sourcedId,title\n").unwrap();
+            z.start_file("manifest.csv", opts).unwrap();
+            z.write_all(b"propertyName,value\n").unwrap();
+            z.finish().unwrap();
+        }
+        let mut f = RosterFiles::default();
+        f.add_zip("export.zip", buf.get_ref()).unwrap();
+        assert!(f.files["users.csv"].contains("a.b"));
+        assert_eq!(
+            f.ignored,
+            vec!["export/courses.csv".to_string(), "manifest.csv".into()]
+        );
+        assert!(
+            RosterFiles::default()
+                .add_zip("x.zip", b"not a zip")
+                .unwrap_err()
+                .contains("x.zip")
+        );
     }
 
     #[test]

@@ -41,16 +41,38 @@ fn enrollments(n: usize) -> String {
     s
 }
 
+/// A zip bundle as school systems export it: the CSV files in a folder, plus a manifest.
+fn zipped(files: &[(&str, String)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, text) in files {
+        z.start_file(format!("oneroster-export/{name}"), options)
+            .unwrap();
+        z.write_all(text.as_bytes()).unwrap();
+    }
+    z.start_file("oneroster-export/manifest.csv", options)
+        .unwrap();
+    z.write_all(b"propertyName,value\nmanifest.version,1.0\n")
+        .unwrap();
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+/// Uploads files; a name ending in `.zip` sends its text as `users.csv` inside a bundle.
 async fn upload(admin: &Session, files: &[(&str, String)], dry_run: bool) -> Value {
     let mut form = Form::new();
     for (name, text) in files {
-        form = form.part(
-            "files",
+        let part = if name.ends_with(".zip") {
+            Part::bytes(zipped(&[("users.csv", text.clone())])).file_name(name.to_string())
+        } else {
             Part::text(text.clone())
                 .file_name(name.to_string())
                 .mime_str("text/csv")
-                .unwrap(),
-        );
+                .unwrap()
+        };
+        form = form.part("files", part);
     }
     if dry_run {
         form = form.text("dry_run", "true");
@@ -134,6 +156,18 @@ async fn a_roster_imports_once_reimports_as_unchanged_and_refuses_broken_files_w
         assert_eq!(again[kind]["updated"], 0, "{kind}");
     }
     assert_eq!(again["users"]["unchanged"], 1201);
+
+    // The same users as a zip bundle (as school systems export them): nothing changes, and
+    // the files the import does not read are listed.
+    let from_zip = upload(&admin, &[("export.zip", users(1200))], false).await;
+    assert_eq!(from_zip["users"]["unchanged"], 1201, "{from_zip}");
+    assert!(
+        from_zip["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["file"] == "oneroster-export/manifest.csv")
+    );
 
     // The imported teacher sees the class and its pupils (after an admin-issued password).
     let users_list: Vec<Value> = admin.get("/t/ecole/api/users").await.json().await.unwrap();
