@@ -85,15 +85,21 @@ impl Hasher {
     }
 
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        let _slot = self
+        // The permit moves into the blocking task: a client that disconnects does not free
+        // its slot while the hash still runs.
+        let slot = self
             .slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| PasswordError::Stopped)?;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.hash_blocking(&password))
-            .await
-            .map_err(|_| PasswordError::Stopped)?
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            me.hash_blocking(&password)
+        })
+        .await
+        .map_err(|_| PasswordError::Stopped)?
     }
 
     /// Verifies `password` against `stored`; with `None` (no such account, or an account
@@ -119,12 +125,14 @@ impl Hasher {
     }
 
     async fn verify_inner(&self, password: String, stored: String) -> Result<bool, PasswordError> {
-        let _slot = self
+        let slot = self
             .slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| PasswordError::Stopped)?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let Ok(parsed) = PasswordHash::new(&stored) else {
                 return false;
             };

@@ -142,8 +142,51 @@ impl Default for DbOptions {
     }
 }
 
+/// Called with the batch's commit outcome once the transaction has ended.
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// A queued write: run inside the shared transaction, or failed without running.
+trait WriteJob: Send {
+    fn run(self: Box<Self>, conn: &Connection) -> Completion;
+    fn fail(self: Box<Self>, error: String);
+}
+
+struct Pending<T, F> {
+    job: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+fn commit_failed(message: String) -> StoreError {
+    StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+        Some(message),
+    ))
+}
+
+impl<T, F> WriteJob for Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Completion {
+        let Pending { job, reply } = *self;
+        let outcome = run_in_savepoint(conn, job);
+        Box::new(move |commit: Result<(), String>| {
+            let result = match (outcome, commit) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(commit_failed(e)),
+                (Ok(v), Ok(())) => Ok(v),
+            };
+            let _ = reply.send(result);
+        })
+    }
+
+    fn fail(self: Box<Self>, error: String) {
+        let _ = self.reply.send(Err(commit_failed(error)));
+    }
+}
+
+type Job = Box<dyn WriteJob>;
 
 /// One SQLite database: a group-commit writer thread and a pool of read-only connections.
 /// Cheap to clone; the writer stops when the last clone is dropped.
@@ -157,8 +200,7 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
-    read_slots: Semaphore,
-    metrics: StoreMetrics,
+    read_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Database {
@@ -252,9 +294,8 @@ impl Database {
                 name: name.to_string(),
                 path: path.to_path_buf(),
                 writer: tx,
-                read_slots: Semaphore::new(readers.len()),
+                read_slots: Arc::new(Semaphore::new(readers.len())),
                 readers: Mutex::new(readers),
-                metrics,
             }),
         })
     }
@@ -275,30 +316,12 @@ impl Database {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
-        let boxed: Job = Box::new(move |conn: &Connection| {
-            let outcome = run_in_savepoint(conn, job);
-            Box::new(move |commit: Result<(), String>| {
-                let result = match (outcome, commit) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-                        Some(e),
-                    ))),
-                    (Ok(v), Ok(())) => Ok(v),
-                };
-                let _ = reply.send(result);
-            })
-        });
         let stopped = || StoreError::WriterStopped(self.inner.name.clone());
-        let label = DbLabel {
-            db: self.inner.name.clone(),
-        };
-        self.inner.metrics.queue_depth.get_or_create(&label).inc();
-        let sent = self.inner.writer.send(boxed).await;
-        if sent.is_err() {
-            self.inner.metrics.queue_depth.get_or_create(&label).dec();
-            return Err(stopped());
-        }
+        self.inner
+            .writer
+            .send(Box::new(Pending { job, reply }))
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -308,14 +331,18 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let _slot = self
+        // The permit moves into the blocking task, so a cancelled request keeps its
+        // connection (and slot) until the query really ends.
+        let slot = self
             .inner
             .read_slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::WriterStopped(self.inner.name.clone()))?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let conn = inner
                 .readers
                 .lock()
@@ -387,38 +414,53 @@ fn writer_loop(
             }
         }
         let started = std::time::Instant::now();
-        depth.dec_by(batch.len() as i64);
+        depth.set(jobs.len() as i64);
         batch_size.observe(batch.len() as f64);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let message = e.to_string();
-            tracing::error!(db = %label.db, error = %message, "could not begin a write transaction");
+            let message = format!("could not start a write transaction: {e}");
+            tracing::error!(db = %label.db, error = %message);
             for job in batch.drain(..) {
-                // The job never ran: tell its caller the batch failed.
-                let completion = job_failed(job, &conn);
-                completion(Err(message.clone()));
+                job.fail(message.clone());
             }
             continue;
         }
-        let completions: Vec<Completion> = batch.drain(..).map(|job| job(&conn)).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+        let mut lost = None;
+        let mut queue = batch.drain(..);
+        for job in queue.by_ref() {
+            completions.push(job.run(&conn));
+            // SQLite rolls the whole transaction back on some errors (disk full, I/O):
+            // then nothing of this batch may be reported as written, and no later job may
+            // run outside a transaction.
+            if conn.is_autocommit() {
+                lost = Some(
+                    "the database rolled the transaction back (disk full or I/O error)".to_string(),
+                );
+                break;
+            }
+        }
+        if let Some(message) = &lost {
+            for job in queue {
+                job.fail(message.clone());
+            }
+        } else {
+            drop(queue);
+        }
+        let commit = match lost {
+            Some(message) => Err(message),
+            None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        };
         if let Err(message) = &commit {
             tracing::error!(db = %label.db, error = %message, "commit failed; the batch is rolled back");
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
         commit_seconds.observe(started.elapsed().as_secs_f64());
         for done in completions {
             done(commit.clone());
         }
     }
-}
-
-/// Runs a job outside any transaction only to obtain its completion, then rolls back
-/// whatever it did: used when `BEGIN` itself failed.
-fn job_failed(job: Job, conn: &Connection) -> Completion {
-    let _ = conn.execute_batch("BEGIN");
-    let completion = job(conn);
-    let _ = conn.execute_batch("ROLLBACK");
-    completion
 }
 
 #[cfg(unix)]
@@ -454,20 +496,24 @@ mod tests {
         "ALTER TABLE t ADD COLUMN n INTEGER NOT NULL DEFAULT 0;",
     ]);
 
-    fn open(dir: &Path) -> Database {
+    fn open_with(dir: &Path, metrics: StoreMetrics) -> Database {
         Database::open(
             "test",
             &dir.join("t.db"),
             TEST_MIGRATIONS,
             DbOptions::default(),
-            StoreMetrics::default(),
+            metrics,
         )
         .unwrap()
     }
 
-    fn commits_so_far(db: &Database) -> f64 {
+    fn open(dir: &Path) -> Database {
+        open_with(dir, StoreMetrics::default())
+    }
+
+    fn commits_so_far(metrics: &StoreMetrics) -> f64 {
         let mut registry = prometheus_client::registry::Registry::default();
-        db.inner.metrics.register(&mut registry);
+        metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let line = text
@@ -480,7 +526,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_queued_behind_a_commit_share_the_next_transaction() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path());
+        let metrics = StoreMetrics::default();
+        let db = open_with(dir.path(), metrics.clone());
         // Keep the writer busy so that the next 100 jobs queue up behind it.
         let slow = {
             let db = db.clone();
@@ -513,11 +560,80 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 100);
-        let commits = commits_so_far(&db);
+        let commits = commits_so_far(&metrics);
         assert!(
             commits <= 5.0,
             "101 writes took {commits} commits: not grouped"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_the_disk_fills_no_write_is_reported_that_did_not_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        // A tiny database: some of the writes below hit SQLITE_FULL.
+        db.write(|c| {
+            c.execute_batch("PRAGMA max_page_count = 40")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..120 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                let v = format!("{i:04}-{}", "x".repeat(1500));
+                let ok = db
+                    .write(move |c| {
+                        c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        Ok(())
+                    })
+                    .await
+                    .is_ok();
+                (i, ok)
+            }));
+        }
+        let mut acknowledged = Vec::new();
+        let mut refused = 0;
+        for t in tasks {
+            let (i, ok) = t.await.unwrap();
+            if ok {
+                acknowledged.push(i);
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(
+            refused > 0,
+            "the disk never filled: the test proves nothing"
+        );
+        let stored: std::collections::HashSet<i64> = db
+            .read(|c| {
+                let mut s = c.prepare("SELECT CAST(substr(v, 1, 4) AS INTEGER) FROM t")?;
+                let rows = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        for i in &acknowledged {
+            assert!(
+                stored.contains(i),
+                "write {i} was acknowledged but is not stored"
+            );
+        }
+        assert_eq!(
+            stored.len(),
+            acknowledged.len(),
+            "every stored write was acknowledged"
+        );
+        // The writer still works once space is freed.
+        db.write(|c| {
+            c.execute("DELETE FROM t", [])?;
+            c.execute("INSERT INTO t (v) VALUES ('after')", [])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
