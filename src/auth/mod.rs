@@ -246,19 +246,21 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Whether the `Origin` header (when sent) names this server. Over HTTP/2 the host comes in
-/// the `:authority` pseudo-header (the request URI), over HTTP/1.1 in `Host`.
+/// The host the client addressed: over HTTP/2 it comes in the `:authority` pseudo-header
+/// (the request URI), over HTTP/1.1 in `Host`.
+pub fn request_host<'a>(uri: &'a axum::http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+}
+
+/// Whether the `Origin` header (when sent) names this server.
 fn same_origin(request: &Request) -> bool {
     let headers = request.headers();
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true; // Old browsers send no Origin; the token check still applies.
     };
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
-        .unwrap_or_default();
+    let host = request_host(request.uri(), headers).unwrap_or_default();
     origin
         .split_once("://")
         .map(|(_, rest)| rest.eq_ignore_ascii_case(host))
@@ -299,16 +301,22 @@ async fn check_request(state: &AppState, mut request: Request) -> Result<Request
                     "this request came from another site and was refused",
                 ));
             }
-            let expected = match &session {
-                Some(s) => Some(s.csrf.clone()),
-                None => cookie(request.headers(), names.pre).map(str::to_string),
-            };
+            // The session's token, or the pre-session cookie's (double submit): a login or
+            // setup form shown before a session existed stays valid on a shared PC where
+            // someone is still signed in. Both are HttpOnly `__Host-` cookies that another
+            // site can neither read nor set.
+            let expected: Vec<String> = session
+                .iter()
+                .map(|s| s.csrf.clone())
+                .chain(cookie(request.headers(), names.pre).map(str::to_string))
+                .collect();
             let (provided, rebuilt) = provided_csrf(request, state).await?;
             request = rebuilt;
-            let ok = match (expected, provided) {
-                (Some(e), Some(p)) => e.as_bytes().ct_eq(p.as_bytes()).into(),
-                _ => false,
-            };
+            let ok = provided.is_some_and(|p| {
+                expected
+                    .iter()
+                    .any(|e| bool::from(e.as_bytes().ct_eq(p.as_bytes())))
+            });
             if !ok {
                 return Err(ApiError::forbidden(
                     "csrf_failed",
@@ -719,9 +727,15 @@ impl From<password::PasswordError> for LoginError {
     }
 }
 
-fn throttle_check(state: &AppState, account: &str, ip: std::net::IpAddr) -> Result<(), LoginError> {
-    match state.throttle.check(account, ip, std::time::Instant::now()) {
-        Some(wait) => {
+fn throttle_begin(
+    state: &AppState,
+    account: &str,
+    ip: std::net::IpAddr,
+) -> Result<throttle::Attempt, LoginError> {
+    state
+        .throttle
+        .begin(account, ip, std::time::Instant::now())
+        .map_err(|wait| {
             state
                 .metrics
                 .logins
@@ -729,19 +743,13 @@ fn throttle_check(state: &AppState, account: &str, ip: std::net::IpAddr) -> Resu
                     outcome: "throttled",
                 })
                 .inc();
-            Err(LoginError::Throttled(wait.as_secs().max(1)))
-        }
-        None => Ok(()),
-    }
+            LoginError::Throttled(wait.as_secs().max(1))
+        })
 }
 
-fn record(state: &AppState, account: &str, ip: std::net::IpAddr, ok: bool) {
+fn record(state: &AppState, attempt: throttle::Attempt, ok: bool) {
     if ok {
-        state.throttle.record_success(account);
-    } else {
-        state
-            .throttle
-            .record_failure(account, ip, std::time::Instant::now());
+        attempt.succeeded();
     }
     let outcome = if ok { "success" } else { "failure" };
     state
@@ -760,7 +768,7 @@ pub async fn login_member(
     ip: std::net::IpAddr,
 ) -> Result<LoginOutcome, LoginError> {
     let account = format!("t/{slug}/{}", username.to_lowercase());
-    throttle_check(state, &account, ip)?;
+    let attempt = throttle_begin(state, &account, ip)?;
     let tenant = state
         .tenants
         .handle(slug, &Authorized(()))
@@ -774,7 +782,7 @@ pub async fn login_member(
         .filter(|u| u.active);
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let ok = state.hasher.verify(password.to_string(), stored).await?;
-    record(state, &account, ip, ok);
+    record(state, attempt, ok);
     let user = match user {
         Some(u) if ok => u,
         _ => return Err(LoginError::Rejected),
@@ -800,7 +808,7 @@ pub async fn login_operator(
     ip: std::net::IpAddr,
 ) -> Result<LoginOutcome, LoginError> {
     let account = format!("op/{}", username.to_lowercase());
-    throttle_check(state, &account, ip)?;
+    let attempt = throttle_begin(state, &account, ip)?;
     let name = username.to_string();
     let operator = state
         .system
@@ -808,7 +816,7 @@ pub async fn login_operator(
         .await?;
     let stored = operator.as_ref().map(|o| o.password_hash.clone());
     let ok = state.hasher.verify(password.to_string(), stored).await?;
-    record(state, &account, ip, ok);
+    record(state, attempt, ok);
     let operator = match operator {
         Some(o) if ok => o,
         _ => return Err(LoginError::Rejected),

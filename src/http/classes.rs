@@ -1,8 +1,7 @@
 //! Classes and enrolments, and the role home pages built on them: a teacher sees their
 //! classes and pupils, a student their classes.
 
-use super::extract::{Form, Json};
-use axum::extract::Path;
+use super::extract::{Form, Json, Path};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;

@@ -1,8 +1,7 @@
 //! Machine credentials of a tenant (for xAPI clients, later sync): created by the tenant
 //! admin with named scopes, shown once, stored as a SHA-256 digest, revocable.
 
-use super::extract::Json;
-use axum::extract::Path;
+use super::extract::{Json, Path};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};

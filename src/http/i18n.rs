@@ -134,6 +134,16 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "Choisissez votre mot de passe",
         "Choose your password",
     ),
+    (
+        "password.current",
+        "Mot de passe actuel",
+        "Current password",
+    ),
+    (
+        "password.wrong_current",
+        "Le mot de passe actuel est incorrect.",
+        "The current password is wrong.",
+    ),
     ("password.new", "Nouveau mot de passe", "New password"),
     (
         "password.confirm",

@@ -2,9 +2,9 @@
 //! health. The operator's extractor carries no tenant handle: nothing here can read a
 //! tenant's users, classes or evidence.
 
-use super::extract::{Form, Json};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use super::extract::{Form, Json, Path};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
@@ -38,15 +38,12 @@ pub struct CreatedTenant {
     admin_setup_url: String,
 }
 
-/// `https://<host the browser used>`.
-pub fn origin(state: &AppState, headers: &HeaderMap) -> String {
+/// `https://<host the browser used>` (or the configured public URL).
+pub fn origin(state: &AppState, uri: &Uri, headers: &HeaderMap) -> String {
     if !state.config.public_url.is_empty() {
         return state.config.public_url.trim_end_matches('/').to_string();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
+    let host = auth::request_host(uri, headers).unwrap_or("localhost");
     let scheme = if state.config.insecure_http {
         "http"
     } else {
@@ -57,6 +54,7 @@ pub fn origin(state: &AppState, headers: &HeaderMap) -> String {
 
 async fn create_tenant(
     state: &AppState,
+    uri: &Uri,
     headers: &HeaderMap,
     slug: &str,
     name: &str,
@@ -65,7 +63,11 @@ async fn create_tenant(
     let token = auth::issue_tenant_setup_token(state, &tenant.slug).await?;
     tracing::info!(tenant = %tenant.slug, "tenant created");
     Ok(CreatedTenant {
-        admin_setup_url: format!("{}/t/{}/setup/{token}", origin(state, headers), tenant.slug),
+        admin_setup_url: format!(
+            "{}/t/{}/setup/{token}",
+            origin(state, uri, headers),
+            tenant.slug
+        ),
         tenant,
     })
 }
@@ -80,12 +82,13 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     _op: Operator,
+    uri: Uri,
     headers: HeaderMap,
     Json(t): Json<NewTenant>,
 ) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     Ok((
         StatusCode::CREATED,
-        Json(create_tenant(&state, &headers, &t.slug, &t.name).await?),
+        Json(create_tenant(&state, &uri, &headers, &t.slug, &t.name).await?),
     ))
 }
 
@@ -176,10 +179,11 @@ pub async fn create_form(
     State(state): State<AppState>,
     lang: Lang,
     op: Operator,
+    uri: Uri,
     headers: HeaderMap,
     Form(f): Form<NewTenantForm>,
 ) -> Result<Response, ApiError> {
-    let created = create_tenant(&state, &headers, &f.slug, &f.name).await?;
+    let created = create_tenant(&state, &uri, &headers, &f.slug, &f.name).await?;
     render_console(&state, lang, &op, Some(&created)).await
 }
 

@@ -2,11 +2,12 @@
 //! watch the import's progress and read its report.
 
 use axum::Json;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
+use super::extract::Path;
 use super::i18n::Lang;
 use super::layout::{self, alert, notice};
 use super::users::viewer;

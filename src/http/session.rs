@@ -1,7 +1,7 @@
 //! Signing in and out (operator and tenant users) and choosing a new password.
 
-use super::extract::Form;
-use axum::extract::{Path, State};
+use super::extract::{Form, Path};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
@@ -10,7 +10,9 @@ use super::i18n::Lang;
 use super::layout::{self, alert, csrf_field, field};
 use crate::app::AppState;
 use crate::auth::password::{password_problem, random_token};
-use crate::auth::{self, ClientIp, LoginError, LoginOutcome, Operator, PendingMember};
+use crate::auth::{
+    self, ClientIp, LoginError, LoginOutcome, MaybeSession, Operator, PendingMember,
+};
 use crate::error::ApiError;
 
 /// The pre-session CSRF token of a visitor who is not signed in: the existing cookie's
@@ -143,6 +145,7 @@ pub async fn login(
     State(state): State<AppState>,
     lang: Lang,
     ClientIp(ip): ClientIp,
+    MaybeSession(previous): MaybeSession,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     Form(f): Form<LoginForm>,
@@ -160,6 +163,7 @@ pub async fn login(
             } else {
                 format!("/t/{tenant}/")
             };
+            end_previous(&state, previous).await;
             Ok(login_success(&state, &headers, outcome, target))
         }
         Err(e) => login_failure(&state, lang, &headers, &title, e),
@@ -185,12 +189,26 @@ pub async fn operator_login(
     State(state): State<AppState>,
     lang: Lang,
     ClientIp(ip): ClientIp,
+    MaybeSession(previous): MaybeSession,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
     match auth::login_operator(&state, f.username.trim(), &f.password, ip).await {
-        Ok(outcome) => Ok(login_success(&state, &headers, outcome, "/operator".into())),
+        Ok(outcome) => {
+            end_previous(&state, previous).await;
+            Ok(login_success(&state, &headers, outcome, "/operator".into()))
+        }
         Err(e) => login_failure(&state, lang, &headers, lang.t("operator.title"), e),
+    }
+}
+
+/// Signing in on a browser where someone else is still signed in (a shared classroom PC)
+/// ends that earlier session on the server, not only in this browser.
+async fn end_previous(state: &AppState, previous: Option<auth::Session>) {
+    if let Some(p) = previous
+        && let Err(e) = p.end(state).await
+    {
+        tracing::warn!(error = %e, "could not end the previous session of this browser");
     }
 }
 
@@ -220,15 +238,21 @@ pub async fn operator_logout(
 
 #[derive(serde::Deserialize)]
 pub struct PasswordForm {
+    /// Required unless the user is replacing a one-time password they just signed in with.
+    #[serde(default)]
+    current: String,
     password: String,
     confirm: String,
 }
 
-fn password_body(lang: Lang, csrf: &str, problem: Option<&str>) -> Markup {
+fn password_body(lang: Lang, csrf: &str, ask_current: bool, problem: Option<&str>) -> Markup {
     html! {
         @if let Some(p) = problem { (alert(p)) }
         form.narrow method="post" {
             (csrf_field(csrf))
+            @if ask_current {
+                (field("current", lang.t("password.current"), "password", true, "current-password"))
+            }
             (field("password", lang.t("password.new"), "password", true, "new-password"))
             (field("confirm", lang.t("password.confirm"), "password", true, "new-password"))
             p.hint { (lang.t("password.hint")) }
@@ -238,11 +262,12 @@ fn password_body(lang: Lang, csrf: &str, problem: Option<&str>) -> Markup {
 }
 
 pub async fn password_form(lang: Lang, member: PendingMember) -> Response {
+    let ask_current = !member.user.must_change_password;
     layout::page(
         lang,
         lang.t("password.title"),
         None,
-        password_body(lang, &member.csrf, None),
+        password_body(lang, &member.csrf, ask_current, None),
     )
     .into_response()
 }
@@ -253,7 +278,15 @@ pub async fn password_submit(
     member: PendingMember,
     Form(f): Form<PasswordForm>,
 ) -> Result<Response, ApiError> {
-    let problem = if f.password != f.confirm {
+    let ask_current = !member.user.must_change_password;
+    let problem = if ask_current
+        && !state
+            .hasher
+            .verify(f.current.clone(), member.user.password_hash.clone())
+            .await?
+    {
+        Some(lang.t("password.wrong_current").to_string())
+    } else if f.password != f.confirm {
         Some(lang.t("password.mismatch").to_string())
     } else {
         password_problem(&f.password, &member.user.username)
@@ -265,12 +298,12 @@ pub async fn password_submit(
                 lang,
                 lang.t("password.title"),
                 None,
-                password_body(lang, &member.csrf, Some(&p)),
+                password_body(lang, &member.csrf, ask_current, Some(&p)),
             ),
         )
             .into_response();
         r.extensions_mut()
-            .insert(ApiError::bad_request("weak_password", p));
+            .insert(ApiError::bad_request("bad_password_change", p));
         return Ok(r);
     }
     let hash = state.hasher.hash(f.password).await?;

@@ -3,8 +3,8 @@
 //! operator when the tenant is created). No default credentials exist anywhere: these links
 //! are the only way in, and each works exactly once.
 
-use super::extract::Form;
-use axum::extract::{Path, State};
+use super::extract::{Form, Path};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};

@@ -2,17 +2,40 @@
 //! debug builds too), the landing page, the language switch and the CA certificate
 //! download that lets school PCs trust the appliance.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use rust_embed::RustEmbed;
 
+use super::extract::{Path, Query};
 use super::i18n::Lang;
 use super::layout;
 use crate::app::AppState;
 use crate::auth::{MaybeSession, Principal};
 use crate::error::ApiError;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_language_switch_returns_only_to_local_paths() {
+        for ok in ["/", "/t/demo/", "/t/demo/classes/3", "/operator#tenants"] {
+            assert!(super::is_local_path(ok), "{ok}");
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/%5Cevil.example",
+            "/%09/evil.example",
+            "https://evil.example",
+            "/\t/evil",
+            "evil",
+            "/a?next=//x",
+        ] {
+            assert!(!super::is_local_path(bad), "{bad}");
+        }
+    }
+}
 
 #[derive(RustEmbed)]
 #[folder = "assets/"]
@@ -66,10 +89,9 @@ pub async fn switch_lang(
     let Some(lang) = Lang::parse(&code) else {
         return ApiError::bad_request("unknown_language", "languages: fr, en").into_response();
     };
-    // Only local paths: never an open redirect.
     let next = q
         .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .filter(|n| is_local_path(n))
         .unwrap_or_else(|| "/".into());
     let mut r = Redirect::to(&next).into_response();
     let cookie = format!(
@@ -81,6 +103,17 @@ pub async fn switch_lang(
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
+}
+
+/// A path of this site only: never an open redirect (`//host`, `/\\host`, encoded or with
+/// control characters, which browsers may read as another host).
+fn is_local_path(next: &str) -> bool {
+    next.starts_with('/')
+        && next.len() < 512
+        && next
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.~#".contains(c))
+        && !next.starts_with("//")
 }
 
 pub async fn landing(

@@ -1,8 +1,8 @@
 //! Users of a tenant: the admin page (users, classes, credentials), the JSON API, and the
 //! signed-in user's own profile.
 
-use super::extract::{Form, Json};
-use axum::extract::{Path, State};
+use super::extract::{Form, Json, Path};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};

@@ -235,6 +235,8 @@ struct EnrolmentRow {
 struct Parsed {
     orgs: Vec<Op<OrgFields>>,
     users: Vec<Op<UserFields>>,
+    /// Line of each user row in users.csv, by sourcedId.
+    user_lines: HashMap<String, u64>,
     classes: Vec<Op<ClassFields>>,
     enrollments: Vec<Op<EnrolmentRow>>,
 }
@@ -305,6 +307,7 @@ fn for_each_row(
 ) {
     let file = sheet.file;
     let columns = sheet.columns.clone();
+    let mut seen: HashMap<String, u64> = HashMap::new();
     for record in sheet.reader.records() {
         match record {
             Ok(r) => {
@@ -317,6 +320,17 @@ fn for_each_row(
                         .trim()
                         .to_string()
                 };
+                let id = get("sourcedId");
+                if !id.is_empty()
+                    && let Some(first) = seen.insert(id.clone(), line)
+                {
+                    errors.push(LineMessage {
+                        file: file.into(),
+                        line,
+                        message: format!("sourcedId `{id}` is already used on line {first}"),
+                    });
+                    continue;
+                }
                 f(line, &get);
             }
             Err(e) => {
@@ -410,6 +424,7 @@ fn parse(
         let mut out = Vec::new();
         let mut local = Vec::new();
         let mut seen_usernames: HashMap<String, u64> = HashMap::new();
+        let mut user_lines: HashMap<String, u64> = HashMap::new();
         for_each_row(&mut sheet, &mut local, |line, get| {
             let id = get("sourcedId");
             if id.is_empty() {
@@ -487,8 +502,12 @@ fn parse(
                 )));
                 return;
             }
+            if let Some(sid) = &fields.sourced_id {
+                user_lines.insert(sid.clone(), line);
+            }
             out.push(Ok(Op::Upsert(fields)));
         });
+        parsed.user_lines = user_lines;
         errors.append(&mut local);
         for r in out {
             match r {
@@ -667,6 +686,23 @@ fn check_references(
                 .collect()
         })
         .unwrap_or_default();
+    for op in &parsed.users {
+        if let Op::Upsert(u) = op
+            && let Some(existing) = sql::user_by_username(conn, &u.username)?
+            && existing.sourced_id != u.sourced_id
+        {
+            let sid = u.sourced_id.as_deref().unwrap_or_default();
+            errors.push(LineMessage {
+                file: "users.csv".into(),
+                line: parsed.user_lines.get(sid).copied().unwrap_or(0),
+                message: format!(
+                    "username `{}` already belongs to another user of this school ({}); rename one of them",
+                    u.username,
+                    existing.sourced_id.as_deref().map(|s| format!("sourcedId {s}")).unwrap_or_else(|| "created by hand".into())
+                ),
+            });
+        }
+    }
     for op in &parsed.enrollments {
         if let Op::Upsert(e) = op {
             let line = lines.get(&e.sourced_id).copied().unwrap_or(0);

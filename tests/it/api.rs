@@ -388,3 +388,125 @@ async fn bad_input_gets_a_stable_code_and_writes_nothing() {
         (StatusCode::NOT_FOUND, "not_found".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_http2_and_http1_get_the_same_origin_checks_and_links() {
+    let mut app = Appliance::init();
+    app.start();
+    let op = operator(&app).await;
+    // The harness negotiates HTTP/2 (ALPN), as browsers do: the host then comes in
+    // `:authority`, not `Host`, and links and origin checks must still use it.
+    let r = op.get("/api/operator/tenants").await;
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let created: Value = op
+        .client
+        .post(app.url("/api/operator/tenants"))
+        .header("x-csrf-token", &op.csrf)
+        .header("origin", &app.base)
+        .json(&json!({"slug": "h2", "name": "H2"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = created["admin_setup_url"].as_str().unwrap();
+    assert!(
+        link.starts_with(&format!("{}/t/h2/setup/", app.base)),
+        "{link}"
+    );
+
+    // The same over HTTP/1.1.
+    let h1 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&app.ca_pem()).unwrap())
+        .tls_built_in_root_certs(false)
+        .cookie_store(true)
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let csrf = hidden_csrf(
+        &h1.get(app.url("/operator/login"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let r = h1
+        .post(app.url("/operator/login"))
+        .header("accept", "application/json")
+        .header("origin", &app.base)
+        .form(&[
+            ("username", "operator"),
+            ("password", PASSWORD),
+            ("_csrf", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    let token = r.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = h1
+        .post(app.url("/api/operator/tenants"))
+        .header("x-csrf-token", &token)
+        .header("origin", &app.base)
+        .json(&json!({"slug": "h1", "name": "H1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let link = r.json::<Value>().await.unwrap()["admin_setup_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        link.starts_with(&format!("{}/t/h1/setup/", app.base)),
+        "{link}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_pc_the_next_pupil_signs_in_and_the_previous_session_ends() {
+    let mut app = Appliance::init();
+    app.start();
+    let op = operator(&app).await;
+    let admin = tenant_with_admin(&app, &op, "ecole").await;
+    let (_, otp_a) = add_user(&admin, "ecole", "pupil-a", "student").await;
+    let (_, otp_b) = add_user(&admin, "ecole", "pupil-b", "student").await;
+    let a = activate(&app, "ecole", "pupil-a", &otp_a).await;
+    activate(&app, "ecole", "pupil-b", &otp_b).await;
+    // Pupil A walks away signed in; pupil B uses the same browser.
+    let login_page = a.get("/t/ecole/login").await.text().await.unwrap();
+    let csrf = hidden_csrf(&login_page);
+    let r = a
+        .client
+        .post(app.url("/t/ecole/login"))
+        .header("accept", "application/json")
+        .form(&[
+            ("username", "pupil-b"),
+            ("password", PASSWORD),
+            ("_csrf", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let me: Value = a.get("/t/ecole/api/me").await.json().await.unwrap();
+    assert_eq!(me["username"], "pupil-b");
+    // A's session was ended on the server: the list of A's sessions is empty, so A's old
+    // cookie (replaced in this browser) could not be replayed either.
+    let db = rusqlite::Connection::open_with_flags(
+        app.data_path().join("tenants/ecole/tenant.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let sessions_of_a: i64 = db
+        .query_row("SELECT count(*) FROM sessions s JOIN users u ON u.id = s.principal_id WHERE u.username = 'pupil-a'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sessions_of_a, 0);
+}

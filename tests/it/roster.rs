@@ -225,7 +225,7 @@ async fn a_roster_imports_once_reimports_as_unchanged_and_refuses_broken_files_w
 
     // Broken files: every problem with its line, and nothing written at all.
     let broken_users = format!(
-        "{}s-new,,,true,org-1,student,nouveau,,New,Pupil,,,,,,,06,\ns-bad,,,true,org-1,wizard,merlin,,Mer,Lin,,,,,,,06,\n",
+        "{}s-new,,,true,org-1,student,nouveau,,New,Pupil,,,,,,,06,\ns-bad,,,true,org-1,wizard,merlin,,Mer,Lin,,,,,,,06,\ns-clash,,,true,org-1,student,admin-ecole,,Ada,Clash,,,,,,,06,\ns-new,,,true,org-1,student,nouveau2,,Dup,Licate,,,,,,,06,\n",
         users(0)
     );
     let broken_enr = "sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,userSourcedId,role,primary,beginDate,endDate\ne-x,,,c-missing,org-1,s-new,student,false,,\n".to_string();
@@ -249,6 +249,18 @@ async fn a_roster_imports_once_reimports_as_unchanged_and_refuses_broken_files_w
             && e["line"] == 2
             && e["message"].as_str().unwrap().contains("c-missing")),
         "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e["file"] == "users.csv"
+            && e["line"] == 5
+            && e["message"].as_str().unwrap().contains("admin-ecole")),
+        "a clash with a hand-made account is found before writing: {errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e["file"] == "users.csv"
+            && e["line"] == 6
+            && e["message"].as_str().unwrap().contains("line 3")),
+        "duplicate sourcedId: {errors:?}"
     );
     assert_eq!(count_users(&admin).await, before, "nothing written");
 
