@@ -32,8 +32,9 @@ use crate::tls::{self, TlsError, write_private};
 
 pub const ACME_DIR: &str = "acme";
 const ACCOUNT: &str = "acme/account.json";
-pub const CERT: &str = "acme/cert.pem";
-const KEY: &str = "acme/key.pem";
+/// Certificate chain and its private key, in one file written atomically (a crash can never
+/// leave a key that does not match its certificate).
+pub const CERT: &str = "acme/certificate.pem";
 const ALPN_ACME: &[u8] = b"acme-tls/1";
 const RENEW_BEFORE_DAYS: i64 = 30;
 
@@ -136,18 +137,42 @@ fn read(path: &Path) -> Result<String, AcmeError> {
     })
 }
 
-/// The stored ACME certificate and its expiry, if one exists and parses.
-pub fn stored(data_dir: &Path) -> Option<(Arc<CertifiedKey>, OffsetDateTime)> {
-    let chain = std::fs::read_to_string(data_dir.join(CERT)).ok()?;
-    let key = std::fs::read_to_string(data_dir.join(KEY)).ok()?;
-    let (not_after, _) = tls::inspect(&chain)?;
-    Some((certified_key(&chain, &key).ok()?, not_after))
+/// A stored ACME certificate: the key to serve and the time to renew it.
+#[derive(Debug)]
+pub struct Stored {
+    pub key: Arc<CertifiedKey>,
+    pub renew_at: OffsetDateTime,
+}
+
+/// Renew 30 days before expiry, or after two thirds of the lifetime for short-lived
+/// certificates, whichever comes first.
+fn renewal_time(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    let lifetime = not_after - not_before;
+    let third: time::Duration = lifetime / 3;
+    let margin = third.min(time::Duration::days(RENEW_BEFORE_DAYS));
+    not_after - margin
+}
+
+/// The stored ACME certificate, if it exists, parses, matches its key and names `domain`.
+pub fn stored(data_dir: &Path, domain: &str) -> Option<Stored> {
+    let pem = std::fs::read_to_string(data_dir.join(CERT)).ok()?;
+    let (not_before, not_after, names) = tls::validity(&pem)?;
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(domain)) {
+        tracing::warn!(domain, "the stored ACME certificate is for other names; a new one will be ordered");
+        return None;
+    }
+    let key = certified_key(&pem, &pem).ok()?;
+    key.keys_match().ok()?;
+    Some(Stored {
+        key,
+        renew_at: renewal_time(not_before, not_after),
+    })
 }
 
 /// The certificate to start with: the stored ACME one, else one from the local CA.
 pub fn initial_certificate(data_dir: &Path, domain: &str) -> Result<Arc<CertifiedKey>, AcmeError> {
-    if let Some((key, _)) = stored(data_dir) {
-        return Ok(key);
+    if let Some(s) = stored(data_dir, domain) {
+        return Ok(s.key);
     }
     let mut names = tls::server_names(&[]);
     names.push(domain.to_string());
@@ -265,10 +290,15 @@ pub async fn obtain(
     let chain_pem = order.poll_certificate(&patience).await?;
     resolver.clear_challenges();
     let key = certified_key(&chain_pem, &key_pem)?;
-    let (not_after, _) = tls::inspect(&chain_pem)
+    key.keys_match()
+        .map_err(|e| AcmeError::Unusable(e.to_string()))?;
+    let (_, not_after, _) = tls::validity(&chain_pem)
         .ok_or_else(|| AcmeError::Unusable("unreadable certificate".into()))?;
-    write_private(&data_dir.join(KEY), key_pem.as_bytes(), false)?;
-    write_private(&data_dir.join(CERT), chain_pem.as_bytes(), true)?;
+    write_private(
+        &data_dir.join(CERT),
+        format!("{chain_pem}\n{key_pem}").as_bytes(),
+        false,
+    )?;
     resolver.set_current(key);
     tracing::info!(domain = %config.domain, expires = %not_after, "ACME certificate installed");
     Ok(not_after)
@@ -284,8 +314,7 @@ pub async fn run(
     let mut shutdown = shutdown;
     let mut retry = Duration::from_secs(60);
     loop {
-        let expires = stored(&data_dir).map(|(_, e)| e);
-        let renew_at = expires.map(|e| e - time::Duration::days(RENEW_BEFORE_DAYS));
+        let renew_at = stored(&data_dir, &config.domain).map(|s| s.renew_at);
         let now = OffsetDateTime::now_utc();
         let wait = match renew_at {
             Some(at) if at > now => {
@@ -294,7 +323,8 @@ pub async fn run(
             _ => match obtain(&config, &data_dir, &resolver).await {
                 Ok(_) => {
                     retry = Duration::from_secs(60);
-                    continue;
+                    // Never order again at once, even for very short-lived certificates.
+                    Duration::from_secs(10 * 60)
                 }
                 Err(e) => {
                     tracing::error!(domain = %config.domain, error = %e, retry_in_secs = retry.as_secs(), "could not obtain an ACME certificate; serving the previous certificate meanwhile");
@@ -308,5 +338,32 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_comes_30_days_early_or_after_two_thirds_of_a_short_life() {
+        let start = OffsetDateTime::UNIX_EPOCH;
+        let ninety = renewal_time(start, start + time::Duration::days(90));
+        assert_eq!(ninety, start + time::Duration::days(60));
+        let one_day = renewal_time(start, start + time::Duration::hours(24));
+        assert_eq!(one_day, start + time::Duration::hours(16));
+    }
+
+    #[test]
+    fn a_stored_certificate_for_another_domain_or_with_another_key_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["old.example".to_string()]).unwrap().self_signed(&key).unwrap();
+        write_private(&dir.path().join(CERT), format!("{}\n{}", cert.pem(), key.serialize_pem()).as_bytes(), false).unwrap();
+        assert!(stored(dir.path(), "old.example").is_some());
+        assert!(stored(dir.path(), "new.example").is_none(), "domain changed");
+        let other = KeyPair::generate().unwrap();
+        write_private(&dir.path().join(CERT), format!("{}\n{}", cert.pem(), other.serialize_pem()).as_bytes(), false).unwrap();
+        assert!(stored(dir.path(), "old.example").is_none(), "key does not match");
     }
 }

@@ -119,8 +119,15 @@ pub fn server_names(extra: &[String]) -> Vec<String> {
 
 /// Not-after time and subject alternative names of a PEM certificate.
 pub fn inspect(pem: &str) -> Option<(OffsetDateTime, Vec<String>)> {
+    validity(pem).map(|(_, not_after, names)| (not_after, names))
+}
+
+/// Not-before and not-after times and subject alternative names of the first certificate
+/// of a PEM text.
+pub fn validity(pem: &str) -> Option<(OffsetDateTime, OffsetDateTime, Vec<String>)> {
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -142,7 +149,7 @@ pub fn inspect(pem: &str) -> Option<(OffsetDateTime, Vec<String>)> {
         }
     }
     names.sort();
-    Some((not_after, names))
+    Some((not_before, not_after, names))
 }
 
 /// Issues (or re-issues) the server certificate when missing, close to expiry, or when the

@@ -170,7 +170,23 @@ pub fn backup(
         .map_err(|e| BackupError::BadManifest(e.to_string()))?;
     let path = out.join(MANIFEST);
     fs::write(&path, text).map_err(io(&path))?;
+    // The backup is reported done only once it is on disk.
+    for file in &manifest.files {
+        sync(&out.join(&file.path))?;
+    }
+    sync(&path)?;
+    for dir in [out.join("tenants"), out.join("tls"), out.to_path_buf()] {
+        if dir.is_dir() {
+            sync(&dir)?;
+        }
+    }
     Ok(manifest)
+}
+
+fn sync(path: &Path) -> Result<(), BackupError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }
 
 /// Checks a backup without touching any appliance: every file matches its manifest hash
@@ -183,6 +199,11 @@ pub fn verify(backup_dir: &Path) -> Result<Manifest, BackupError> {
     let text = fs::read_to_string(&path).map_err(io(&path))?;
     let manifest: Manifest =
         serde_json::from_str(&text).map_err(|e| BackupError::BadManifest(e.to_string()))?;
+    if !manifest.files.iter().any(|f| f.path == "system.db") {
+        return Err(BackupError::BadManifest(
+            "it lists no system.db: not a whole appliance".into(),
+        ));
+    }
     for file in &manifest.files {
         let rel = Path::new(&file.path);
         if rel.is_absolute()
@@ -222,13 +243,70 @@ pub fn restore(backup_dir: &Path, data_dir: &Path) -> Result<Manifest, BackupErr
     if data_dir.join("system.db").exists() {
         return Err(BackupError::TargetNotEmpty(data_dir.to_path_buf()));
     }
-    for file in &manifest.files {
-        let src = backup_dir.join(&file.path);
-        let dst = data_dir.join(&file.path);
-        if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
+    let mut copied = Vec::new();
+    let result = (|| {
+        for file in &manifest.files {
+            let src = backup_dir.join(&file.path);
+            let dst = data_dir.join(&file.path);
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            fs::copy(&src, &dst).map_err(io(&src))?;
+            copied.push(dst.clone());
+            sync(&dst)?;
         }
-        fs::copy(&src, &dst).map_err(io(&src))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        // Leave no half-restored appliance behind: a retry must find the directory empty.
+        for path in copied {
+            let _ = fs::remove_file(path);
+        }
+        return Err(e);
     }
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appliance(dir: &Path) {
+        fs::create_dir_all(dir.join("tenants/ecole")).unwrap();
+        for db in ["system.db", "tenants/ecole/tenant.db"] {
+            let c = Connection::open(dir.join(db)).unwrap();
+            c.execute_batch("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x');").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_nothing_behind_and_can_be_retried() {
+        let root = tempfile::tempdir().unwrap();
+        let (data, out, target) = (root.path().join("data"), root.path().join("b"), root.path().join("new"));
+        appliance(&data);
+        backup(&data, &out, &[], Some("site-1".into()), |_| {}).unwrap();
+        // `tenants` is a file in the target: the tenant database cannot be copied.
+        fs::create_dir_all(&target).unwrap();
+        fs::write(target.join("tenants"), b"in the way").unwrap();
+        assert!(restore(&out, &target).is_err());
+        assert!(!target.join("system.db").exists(), "no half-restored appliance");
+        fs::remove_file(target.join("tenants")).unwrap();
+        let manifest = restore(&out, &target).unwrap();
+        assert_eq!(manifest.files.len(), 2);
+        assert!(target.join("tenants/ecole/tenant.db").exists());
+    }
+
+    #[test]
+    fn a_backup_without_the_system_database_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (data, out) = (root.path().join("data"), root.path().join("b"));
+        appliance(&data);
+        backup(&data, &out, &[], None, |_| {}).unwrap();
+        let text = fs::read_to_string(out.join(MANIFEST)).unwrap();
+        let mut m: Manifest = serde_json::from_str(&text).unwrap();
+        m.files.retain(|f| f.path != "system.db");
+        fs::write(out.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+        let err = verify(&out).unwrap_err().to_string();
+        assert!(err.contains("system.db"), "{err}");
+    }
 }

@@ -188,7 +188,7 @@ async fn a_public_domain_gets_its_certificate_from_an_acme_directory() {
     let log = std::fs::read_to_string(app.log_path()).unwrap_or_default();
     assert!(served, "no ACME certificate was served; server log:\n{log}");
     assert!(log.contains("ACME certificate installed"), "{log}");
-    assert!(app.data_path().join("acme/cert.pem").exists());
+    assert!(app.data_path().join("acme/certificate.pem").exists());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
