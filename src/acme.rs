@@ -158,7 +158,10 @@ pub fn stored(data_dir: &Path, domain: &str) -> Option<Stored> {
     let pem = std::fs::read_to_string(data_dir.join(CERT)).ok()?;
     let (not_before, not_after, names) = tls::validity(&pem)?;
     if !names.iter().any(|n| n.eq_ignore_ascii_case(domain)) {
-        tracing::warn!(domain, "the stored ACME certificate is for other names; a new one will be ordered");
+        tracing::warn!(
+            domain,
+            "the stored ACME certificate is for other names; a new one will be ordered"
+        );
         return None;
     }
     let key = certified_key(&pem, &pem).ok()?;
@@ -358,12 +361,31 @@ mod tests {
     fn a_stored_certificate_for_another_domain_or_with_another_key_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["old.example".to_string()]).unwrap().self_signed(&key).unwrap();
-        write_private(&dir.path().join(CERT), format!("{}\n{}", cert.pem(), key.serialize_pem()).as_bytes(), false).unwrap();
+        let cert = CertificateParams::new(vec!["old.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        write_private(
+            &dir.path().join(CERT),
+            format!("{}\n{}", cert.pem(), key.serialize_pem()).as_bytes(),
+            false,
+        )
+        .unwrap();
         assert!(stored(dir.path(), "old.example").is_some());
-        assert!(stored(dir.path(), "new.example").is_none(), "domain changed");
+        assert!(
+            stored(dir.path(), "new.example").is_none(),
+            "domain changed"
+        );
         let other = KeyPair::generate().unwrap();
-        write_private(&dir.path().join(CERT), format!("{}\n{}", cert.pem(), other.serialize_pem()).as_bytes(), false).unwrap();
-        assert!(stored(dir.path(), "old.example").is_none(), "key does not match");
+        write_private(
+            &dir.path().join(CERT),
+            format!("{}\n{}", cert.pem(), other.serialize_pem()).as_bytes(),
+            false,
+        )
+        .unwrap();
+        assert!(
+            stored(dir.path(), "old.example").is_none(),
+            "key does not match"
+        );
     }
 }

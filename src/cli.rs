@@ -298,7 +298,11 @@ pub async fn init(config: &Config, new_setup_link: bool) -> Result<String> {
         let (site_id, public_key) = (id.site_id.clone(), id.public_key.clone());
         db.write(move |c| system::set_site(c, &site_id, &public_key, None))
             .await?;
-        tls::ensure_ca(dir, &id.site_id)?;
+        tls::ensure_ca(
+            dir,
+            &id.site_id,
+            &tls::server_names(&config.tls.server_names),
+        )?;
         eprintln!("Initialised {} as site {}", dir.display(), id.site_id);
     } else if db.read(system::operator_count).await? > 0 {
         bail!(

@@ -58,6 +58,16 @@ pub fn prepare_tls(state: &AppState) -> Result<(), ServeError> {
         return Ok(());
     }
     let names = tls::server_names(&state.config.tls.server_names);
+    let constrained = tls::ca_dns_constraints(&state.config.data_dir);
+    for name in names
+        .iter()
+        .filter(|n| constrained.as_ref().is_some_and(|c| !tls::ca_permits(n, c)))
+    {
+        tracing::warn!(
+            name = %name,
+            "the local CA is limited to local names and addresses and to the names given at first boot; browsers will refuse `{name}`: use ACME for a public name"
+        );
+    }
     if tls::ensure_server_cert(&state.config.data_dir, &names)? {
         tracing::info!(names = ?names, "issued a new server certificate from the local CA");
     }

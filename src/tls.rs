@@ -68,8 +68,90 @@ pub fn write_private(path: &Path, contents: &[u8], public: bool) -> Result<(), T
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// DNS suffixes of school networks that the local CA may certify, besides the appliance's
+/// own names: it can never vouch for a public site (a leaked backup holds its key).
+const LOCAL_SUFFIXES: &[&str] = &[
+    "localhost",
+    "local",
+    "lan",
+    "internal",
+    "intranet",
+    "home.arpa",
+];
+
+/// Private and loopback address ranges the local CA may certify.
+fn private_ranges() -> Vec<rcgen::GeneralSubtree> {
+    use rcgen::{CidrSubnet, GeneralSubtree};
+    vec![
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([127, 0, 0, 0], 8)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([10, 0, 0, 0], 8)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([172, 16, 0, 0], 12)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([192, 168, 0, 0], 16)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([169, 254, 0, 0], 16)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([100, 64, 0, 0], 10)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(
+            std::net::Ipv6Addr::LOCALHOST.octets(),
+            128,
+        )),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(
+            [0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            7,
+        )),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            10,
+        )),
+    ]
+}
+
+/// Whether the local CA's name constraints allow `name` (a DNS name or an IP address).
+pub fn ca_permits(name: &str, ca_names: &[String]) -> bool {
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return match ip {
+            std::net::IpAddr::V4(v4) => {
+                v4.is_loopback()
+                    || v4.is_private()
+                    || v4.is_link_local()
+                    || (v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]))
+            }
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback()
+                    || (v6.octets()[0] & 0xfe) == 0xfc
+                    || (v6.octets()[0] == 0xfe && (v6.octets()[1] & 0xc0) == 0x80)
+            }
+        };
+    }
+    let name = name.to_ascii_lowercase();
+    LOCAL_SUFFIXES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(ca_names.iter().map(|n| n.to_ascii_lowercase()))
+        .any(|allowed| name == allowed || name.ends_with(&format!(".{allowed}")))
+}
+
+/// The DNS names the data directory's CA is constrained to; `None` for a CA without name
+/// constraints (made by an earlier version).
+pub fn ca_dns_constraints(data_dir: &Path) -> Option<Vec<String>> {
+    let pem = std::fs::read_to_string(data_dir.join(CA_CERT)).ok()?;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let constraints = cert.name_constraints().ok()??;
+    let permitted = constraints.value.permitted_subtrees.as_ref()?;
+    Some(
+        permitted
+            .iter()
+            .filter_map(|t| match &t.base {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
 /// Creates the local CA if the data directory has none. Returns whether one was created.
-pub fn ensure_ca(data_dir: &Path, site_label: &str) -> Result<bool, TlsError> {
+/// The CA is name-constrained to `names` (the appliance's DNS names at first boot), the
+/// local suffixes and private address ranges.
+pub fn ensure_ca(data_dir: &Path, site_label: &str, names: &[String]) -> Result<bool, TlsError> {
     if data_dir.join(CA_CERT).exists() {
         return Ok(false);
     }
@@ -83,6 +165,22 @@ pub fn ensure_ca(data_dir: &Path, site_label: &str) -> Result<bool, TlsError> {
     dn.push(DnType::OrganizationName, "CEREDIS Edge");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let mut permitted: Vec<rcgen::GeneralSubtree> = LOCAL_SUFFIXES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(
+            names
+                .iter()
+                .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+                .cloned(),
+        )
+        .map(rcgen::GeneralSubtree::DnsName)
+        .collect();
+    permitted.extend(private_ranges());
+    params.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: Vec::new(),
+    });
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -238,11 +336,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_local_ca_may_certify_only_local_names_and_private_addresses() {
+        let own = vec!["ceredis.ecole-jaures.fr".to_string()];
+        for ok in [
+            "localhost",
+            "vm.local",
+            "ceredis.lan",
+            "ceredis.ecole-jaures.fr",
+            "a.ceredis.ecole-jaures.fr",
+            "10.1.2.3",
+            "192.168.0.10",
+            "127.0.0.1",
+            "::1",
+            "fd00::1",
+        ] {
+            assert!(ca_permits(ok, &own), "{ok}");
+        }
+        for bad in [
+            "google.com",
+            "ecole-jaures.fr",
+            "evillocal",
+            "8.8.8.8",
+            "2001:db8::1",
+            "local.evil.com",
+        ] {
+            assert!(!ca_permits(bad, &own), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_ca_issues_a_certificate_for_the_names_and_reissues_when_they_change() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(ensure_ca(dir.path(), "test").unwrap());
+        assert!(ensure_ca(dir.path(), "test", &["ecole.example".to_string()]).unwrap());
+        let constrained = ca_dns_constraints(dir.path()).unwrap();
         assert!(
-            !ensure_ca(dir.path(), "test").unwrap(),
+            constrained.contains(&"ecole.example".to_string())
+                && constrained.contains(&"local".to_string())
+        );
+        assert!(
+            !ensure_ca(dir.path(), "test", &[]).unwrap(),
             "the CA is made once"
         );
         let names = vec!["localhost".to_string(), "127.0.0.1".into()];

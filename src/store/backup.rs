@@ -275,21 +275,29 @@ mod tests {
         fs::create_dir_all(dir.join("tenants/ecole")).unwrap();
         for db in ["system.db", "tenants/ecole/tenant.db"] {
             let c = Connection::open(dir.join(db)).unwrap();
-            c.execute_batch("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x');").unwrap();
+            c.execute_batch("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x');")
+                .unwrap();
         }
     }
 
     #[test]
     fn a_failed_restore_leaves_nothing_behind_and_can_be_retried() {
         let root = tempfile::tempdir().unwrap();
-        let (data, out, target) = (root.path().join("data"), root.path().join("b"), root.path().join("new"));
+        let (data, out, target) = (
+            root.path().join("data"),
+            root.path().join("b"),
+            root.path().join("new"),
+        );
         appliance(&data);
         backup(&data, &out, &[], Some("site-1".into()), |_| {}).unwrap();
         // `tenants` is a file in the target: the tenant database cannot be copied.
         fs::create_dir_all(&target).unwrap();
         fs::write(target.join("tenants"), b"in the way").unwrap();
         assert!(restore(&out, &target).is_err());
-        assert!(!target.join("system.db").exists(), "no half-restored appliance");
+        assert!(
+            !target.join("system.db").exists(),
+            "no half-restored appliance"
+        );
         fs::remove_file(target.join("tenants")).unwrap();
         let manifest = restore(&out, &target).unwrap();
         assert_eq!(manifest.files.len(), 2);
