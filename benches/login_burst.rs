@@ -1,5 +1,5 @@
 //! A classroom login burst: 35 pupils sign in at the same second, against the release
-//! binary on this machine, with the default argon2id parameters (19 MiB, 2 passes).
+//! binary on this machine, with the default argon2id parameters (12 MiB, 3 passes).
 //!
 //! Run: `cargo bench --bench login_burst`. Prints p50 / p99 / max per burst and overall;
 //! target p99 ≤ 1 s on 2 cores.

@@ -183,8 +183,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             session_hours: 12,
-            argon2_memory_kib: 19_456,
-            argon2_iterations: 2,
+            argon2_memory_kib: 12_288,
+            argon2_iterations: 3,
             argon2_lanes: 1,
             hash_concurrency: 0,
             failures_before_delay: 5,
@@ -446,7 +446,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.auth.session_hours, 6, "env beats file");
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"), "flag beats env");
-        assert_eq!(c.auth.argon2_iterations, 2, "defaults fill the rest");
+        assert_eq!(c.auth.argon2_iterations, 3, "defaults fill the rest");
     }
 
     #[test]
