@@ -108,7 +108,7 @@ pub fn quick(config: &Config) -> Vec<Check> {
             None,
         )),
     }
-    for (name, rel, fix) in [
+    let mut certificates = vec![
         (
             "site CA certificate",
             tls::CA_CERT,
@@ -119,7 +119,15 @@ pub fn quick(config: &Config) -> Vec<Check> {
             tls::SERVER_CERT,
             "restart `ceredis serve`: it re-issues the server certificate from the local CA",
         ),
-    ] {
+    ];
+    if !config.tls.acme.domain.is_empty() {
+        certificates.push((
+            "ACME certificate",
+            crate::acme::CERT,
+            "renewal is failing: read the log (`could not obtain an ACME certificate`); the domain must reach this appliance on port 443",
+        ));
+    }
+    for (name, rel, fix) in certificates {
         let path = dir.join(rel);
         let Ok(pem) = std::fs::read_to_string(&path) else {
             if rel == tls::CA_CERT && !config.insecure_http && config.tls.acme.domain.is_empty() {

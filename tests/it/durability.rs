@@ -83,6 +83,10 @@ async fn every_acknowledged_write_survives_sigkill_twenty_times() {
         assert_eq!(titles.len(), stored.len(), "no duplicates");
     }
     assert!(acknowledged.len() >= rounds * 40);
+    println!(
+        "{rounds} SIGKILL rounds, {} acknowledged writes checked: 0 lost, 0 duplicated",
+        acknowledged.len()
+    );
     let doctor = app.cli(&["doctor"]);
     assert!(
         String::from_utf8_lossy(&doctor.stdout).contains("tenants/ecole/tenant.db: integrity ok")
