@@ -11,6 +11,8 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::RustlsAcceptor;
 
 use crate::app::{AppState, router};
 use crate::tls;
@@ -128,13 +130,20 @@ pub async fn run(
                 "serving PLAIN HTTP (--insecure-http): passwords and sessions cross the network in clear; never use this on a school network"
             );
             axum_server::from_tcp(listeners.main)?
+                .acceptor(NoDelayAcceptor::new())
                 .handle(handle)
                 .serve(app)
                 .await
         }
         Some(config) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            axum_server::from_tcp_rustls(listeners.main, config)?
+            // TCP_NODELAY: TLS handshakes and small responses leave at once instead of
+            // waiting on the peer's delayed ACK (~40 ms).
+            let acceptor = RustlsAcceptor::new(config)
+                .handshake_timeout(Duration::from_secs(10))
+                .acceptor(NoDelayAcceptor::new());
+            axum_server::from_tcp(listeners.main)?
+                .acceptor(acceptor)
                 .handle(handle)
                 .serve(app)
                 .await
