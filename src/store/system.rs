@@ -163,6 +163,14 @@ pub struct OperatorRow {
     pub password_hash: String,
 }
 
+fn operator_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRow> {
+    Ok(OperatorRow {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        password_hash: r.get(2)?,
+    })
+}
+
 pub fn operator_by_name(
     conn: &Connection,
     username: &str,
@@ -171,13 +179,7 @@ pub fn operator_by_name(
         .query_row(
             "SELECT id, username, password_hash FROM operators WHERE username = ?1",
             [username],
-            |r| {
-                Ok(OperatorRow {
-                    id: r.get(0)?,
-                    username: r.get(1)?,
-                    password_hash: r.get(2)?,
-                })
-            },
+            operator_from_row,
         )
         .optional()?)
 }
@@ -187,13 +189,7 @@ pub fn operator_by_id(conn: &Connection, id: i64) -> Result<Option<OperatorRow>,
         .query_row(
             "SELECT id, username, password_hash FROM operators WHERE id = ?1",
             [id],
-            |r| {
-                Ok(OperatorRow {
-                    id: r.get(0)?,
-                    username: r.get(1)?,
-                    password_hash: r.get(2)?,
-                })
-            },
+            operator_from_row,
         )
         .optional()?)
 }

@@ -345,6 +345,16 @@ fn for_each_row(
     }
 }
 
+/// Rows that parsed go to `rows`, the others to `errors`.
+fn split<T>(out: Vec<Result<T, LineMessage>>, rows: &mut Vec<T>, errors: &mut Vec<LineMessage>) {
+    for r in out {
+        match r {
+            Ok(row) => rows.push(row),
+            Err(e) => errors.push(e),
+        }
+    }
+}
+
 fn is_deleted(status: &str) -> Result<bool, String> {
     match status.to_ascii_lowercase().as_str() {
         "" | "active" => Ok(false),
@@ -398,12 +408,7 @@ fn parse(
             }
         });
         errors.append(&mut local);
-        for r in out {
-            match r {
-                Ok(op) => parsed.orgs.push(op),
-                Err(e) => errors.push(e),
-            }
-        }
+        split(out, &mut parsed.orgs, errors);
     }
 
     if let Some(text) = files.files.get("users.csv")
@@ -509,12 +514,7 @@ fn parse(
         });
         parsed.user_lines = user_lines;
         errors.append(&mut local);
-        for r in out {
-            match r {
-                Ok(op) => parsed.users.push(op),
-                Err(e) => errors.push(e),
-            }
-        }
+        split(out, &mut parsed.users, errors);
     }
 
     if let Some(text) = files.files.get("classes.csv")
@@ -552,12 +552,7 @@ fn parse(
             }
         });
         errors.append(&mut local);
-        for r in out {
-            match r {
-                Ok(op) => parsed.classes.push(op),
-                Err(e) => errors.push(e),
-            }
-        }
+        split(out, &mut parsed.classes, errors);
     }
 
     if let Some(text) = files.files.get("enrollments.csv")
@@ -629,12 +624,11 @@ fn parse(
             }
         });
         errors.append(&mut local);
-        for r in out {
-            match r {
-                Ok((_, op)) => parsed.enrollments.push(op),
-                Err(e) => errors.push(e),
-            }
-        }
+        split(
+            out.into_iter().map(|r| r.map(|(_, op)| op)).collect(),
+            &mut parsed.enrollments,
+            errors,
+        );
     }
     errors.sort_by(|a, b| {
         (FILES.iter().position(|f| *f == a.file), a.line)
