@@ -50,15 +50,8 @@ async fn main() {
         let mut ready = Vec::new();
         for (name, pass) in &pupils {
             let client = app.client();
-            let page = client
-                .get(app.url("/t/college/login"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            ready.push((client, hidden_csrf(&page), name.clone(), pass.clone()));
+            let csrf = form_csrf(&client, &app.url("/t/college/login")).await;
+            ready.push((client, csrf, name.clone(), pass.clone()));
         }
         let barrier = Arc::new(Barrier::new(PUPILS));
         let url = app.url("/t/college/login");

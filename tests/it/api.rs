@@ -49,15 +49,7 @@ async fn after_init_no_credential_guess_works_and_the_setup_link_works_once() {
     let client = app.client();
     let r = client.get(app.url(&app.setup_path)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::GONE);
-    let pre = client
-        .get(app.url("/operator/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = hidden_csrf(&pre);
+    let csrf = form_csrf(&client, &app.url("/operator/login")).await;
     let r = client
         .post(app.url(&app.setup_path))
         .form(&[
@@ -89,16 +81,7 @@ async fn sessions_use_host_prefixed_secure_cookies_and_end_on_logout() {
 
     // Inspect the cookie a fresh login sets.
     let client = app.client();
-    let csrf = hidden_csrf(
-        &client
-            .get(app.url("/t/ecole/login"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let csrf = form_csrf(&client, &app.url("/t/ecole/login")).await;
     let r = client
         .post(app.url("/t/ecole/login"))
         .form(&[
@@ -177,36 +160,19 @@ async fn state_changes_without_the_csrf_token_or_from_another_origin_are_refused
     let body = json!({"title": "6e B"});
     let url = app.url("/t/ecole/api/classes");
 
-    let r = admin.client.post(&url).json(&body).send().await.unwrap();
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::FORBIDDEN, "csrf_failed".into())
-    );
-    let r = admin
-        .client
-        .post(&url)
-        .header("x-csrf-token", "guessed")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::FORBIDDEN, "csrf_failed".into())
-    );
-    // The operator's token does not work for the admin's session.
-    let r = admin
-        .client
-        .post(&url)
-        .header("x-csrf-token", &op.csrf)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(r).await,
-        (StatusCode::FORBIDDEN, "csrf_failed".into())
-    );
+    // No token, a guessed one, and the operator's (valid, but for another session).
+    for token in [None, Some("guessed"), Some(op.csrf.as_str())] {
+        let mut request = admin.client.post(&url).json(&body);
+        if let Some(t) = token {
+            request = request.header("x-csrf-token", t);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::FORBIDDEN, "csrf_failed".into()),
+            "token {token:?}"
+        );
+    }
     let r = admin
         .client
         .post(&url)
@@ -425,15 +391,7 @@ async fn browsers_on_http2_and_http1_get_the_same_origin_checks_and_links() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let csrf = hidden_csrf(
-        &h1.get(app.url("/operator/login"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let csrf = form_csrf(&h1, &app.url("/operator/login")).await;
     let r = h1
         .post(app.url("/operator/login"))
         .header("accept", "application/json")

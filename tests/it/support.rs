@@ -159,6 +159,12 @@ pub fn client_trusting(ca_pem: &[u8]) -> Client {
         .unwrap()
 }
 
+/// Opens a form page with `client` (which receives the pre-session cookie) and returns the
+/// page's CSRF field.
+pub async fn form_csrf(client: &Client, url: &str) -> String {
+    hidden_csrf(&client.get(url).send().await.unwrap().text().await.unwrap())
+}
+
 /// The `_csrf` hidden field of a page.
 pub fn hidden_csrf(html: &str) -> String {
     let at = html
@@ -208,15 +214,7 @@ pub async fn login(
     password: &str,
 ) -> Result<Session, Response> {
     let client = app.client();
-    let page = client
-        .get(app.url(login_path))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = hidden_csrf(&page);
+    let csrf = form_csrf(&client, &app.url(login_path)).await;
     let r = client
         .post(app.url(login_path))
         .header("accept", "application/json")
@@ -281,16 +279,7 @@ pub async fn tenant_with_admin(app: &Appliance, op: &Session, slug: &str) -> Ses
     let url = v["admin_setup_url"].as_str().unwrap();
     let path = &url[url.find("/t/").unwrap()..];
     let client = app.client();
-    let csrf = hidden_csrf(
-        &client
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let csrf = form_csrf(&client, &app.url(path)).await;
     let admin = format!("admin-{slug}");
     let r = client
         .post(app.url(path))
