@@ -69,6 +69,9 @@ enum Command {
     Tenant(TenantCommand),
     #[command(subcommand)]
     User(UserCommand),
+    /// Machine credentials of a tenant (xAPI clients).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Check the appliance and say how to fix what is wrong.
@@ -145,6 +148,21 @@ enum UserCommand {
         dry_run: bool,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Create a credential and print its key id and secret (shown once).
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        label: String,
+        /// xAPI scopes: statements/write, statements/read, statements/read/mine, state,
+        /// define, profile, all/read, all.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
     },
 }
 
@@ -233,6 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .block_on(tenant_command(config, t))
             .map(|_| ExitCode::SUCCESS),
         Command::User(u) => rt.block_on(user_command(config, u)),
+        Command::Credential(c) => rt.block_on(credential_command(config, c)),
         Command::Doctor => {
             let checks = doctor::full(&config);
             let mut failed = 0;
@@ -644,6 +663,29 @@ async fn user_command(config: Config, command: UserCommand) -> Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn credential_command(config: Config, command: CredentialCommand) -> Result<ExitCode> {
+    let state = AppState::open(config)?;
+    let CredentialCommand::Add {
+        tenant,
+        label,
+        scopes,
+    } = command;
+    let handle = state
+        .tenants
+        .handle(&tenant, &Authorized::console())
+        .await?;
+    let created = tenant::create_credential(&handle, label, scopes, None)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    println!("key_id={}", created.key_id);
+    println!("secret={}", created.secret);
+    println!("scopes={}", created.scopes.join(" "));
+    eprintln!(
+        "The secret is shown only now. xAPI endpoint: <appliance URL>/t/{tenant}/xapi/ (HTTP Basic: key_id as user, secret as password)."
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn backup_command(config: &Config, to: &Path) -> Result<()> {

@@ -13,6 +13,7 @@
 //! - [`auth`] — sessions, CSRF, throttling, passwords, machine credentials, and the
 //!   extractors that make access control a type.
 //! - [`tenant`] — tenants, roles, OneRoster import.
+//! - [`lrs`] — the built-in xAPI learning record store (1.0.3 and 2.0.0), one per tenant.
 //! - [`store`] — the only module that touches SQLite: group-commit writers, read pools,
 //!   add-only migrations, backup.
 //! - [`metrics`], [`doctor`], [`error`].
@@ -26,6 +27,7 @@ pub mod doctor;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod lrs;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -242,6 +242,13 @@ pub async fn start_session(
     Ok((cookie_value(&token), csrf))
 }
 
+/// Paths of a tenant's xAPI endpoint (`/t/{tenant}/xapi/…`).
+fn is_lrs_path(path: &str) -> bool {
+    path.strip_prefix("/t/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, rest)| rest.starts_with("xapi/"))
+}
+
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -293,7 +300,12 @@ async fn check_request(state: &AppState, mut request: Request) -> Result<Request
     if !is_safe(request.method()) {
         let has_cookie = cookie(request.headers(), names.session).is_some()
             || cookie(request.headers(), names.pre).is_some();
-        let machine = request.headers().contains_key(header::AUTHORIZATION) && !has_cookie;
+        // No ambient credentials: an `Authorization` header (a browser never adds one to a
+        // forged request), or the LRS, whose alternate request syntax carries the
+        // credentials in the form body.
+        let machine = (request.headers().contains_key(header::AUTHORIZATION)
+            || is_lrs_path(request.uri().path()))
+            && !has_cookie;
         if !machine {
             if !same_origin(&request) {
                 return Err(ApiError::forbidden(
@@ -594,9 +606,8 @@ impl ApiClient {
     }
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
+fn basic_credentials(authorization: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = authorization.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
@@ -606,6 +617,44 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (user, pass) = text.split_once(':')?;
     Some((user.to_string(), pass.to_string()))
+}
+
+/// Checks HTTP Basic credentials (the value of an `Authorization` header) against the
+/// machine credentials of tenant `slug`. `None`: missing, unknown, revoked or wrong, or the
+/// tenant is unknown or suspended (all look the same).
+pub async fn basic_client(
+    state: &AppState,
+    slug: &str,
+    authorization: Option<&str>,
+) -> Result<Option<ApiClient>, ApiError> {
+    let Some((key_id, secret)) = authorization.and_then(basic_credentials) else {
+        return Ok(None);
+    };
+    let tenant = match state.tenants.handle(slug, &Authorized(())).await {
+        Ok(t) => t,
+        Err(_) => return Ok(None),
+    };
+    let lookup = key_id.clone();
+    let found = tenant
+        .db
+        .read(move |c| tenant_sql::credential(c, &lookup))
+        .await?;
+    let presented = password::sha256(secret.as_bytes());
+    // Compare against a digest even when the key is unknown, so timing reveals nothing.
+    let (stored, usable) = match &found {
+        Some(c) => (c.secret_sha256.clone(), c.revoked_at.is_none()),
+        None => (vec![0u8; 32], false),
+    };
+    let matches: bool = presented.ct_eq(&stored).into();
+    Ok(match found {
+        Some(c) if matches && usable => Some(ApiClient {
+            tenant,
+            key_id: c.key_id,
+            label: c.label,
+            scopes: c.scopes,
+        }),
+        _ => None,
+    })
 }
 
 impl FromRequestParts<AppState> for ApiClient {
@@ -629,35 +678,83 @@ impl FromRequestParts<AppState> for ApiClient {
             .await
             .map_err(|_| ApiError::not_found().into_response())?;
         let slug = path_tenant(&params).ok_or_else(|| ApiError::not_found().into_response())?;
-        let (key_id, secret) = basic_credentials(&parts.headers).ok_or_else(challenge)?;
-        let tenant = match state.tenants.handle(&slug, &Authorized(())).await {
-            Ok(t) => t,
-            // Unknown and suspended tenants look the same as bad credentials.
-            Err(_) => return Err(challenge()),
-        };
-        let lookup = key_id.clone();
-        let found = tenant
-            .db
-            .read(move |c| tenant_sql::credential(c, &lookup))
-            .await
-            .map_err(|e| ApiError::from(e).into_response())?;
-        let presented = password::sha256(secret.as_bytes());
-        // Compare against a digest even when the key is unknown, so timing reveals nothing.
-        let (stored, usable) = match &found {
-            Some(c) => (c.secret_sha256.clone(), c.revoked_at.is_none()),
-            None => (vec![0u8; 32], false),
-        };
-        let matches: bool = presented.ct_eq(&stored).into();
-        match found {
-            Some(c) if matches && usable => Ok(ApiClient {
-                tenant,
-                key_id: c.key_id,
-                label: c.label,
-                scopes: c.scopes,
-            }),
-            _ => Err(challenge()),
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match basic_client(state, &slug, authorization).await {
+            Ok(Some(client)) => Ok(client),
+            Ok(None) => Err(challenge()),
+            Err(e) => Err(e.into_response()),
         }
     }
+}
+
+/// Who is calling the tenant's LRS: a machine credential, or a signed-in member of the
+/// tenant (through the session cookie). Carries the tenant handle and the xAPI scopes.
+#[derive(Debug)]
+pub struct LrsCaller {
+    pub tenant: TenantHandle,
+    pub scopes: Vec<String>,
+    pub who: LrsWho,
+}
+
+#[derive(Debug, Clone)]
+pub enum LrsWho {
+    Credential { key_id: String, label: String },
+    Member(User),
+}
+
+impl LrsCaller {
+    /// Whether the caller holds `scope` (`all` covers everything, `all/read` every read).
+    pub fn allows(&self, scope: &str) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| s == scope || s == "all" || (s == "all/read" && scope.ends_with("read")))
+    }
+}
+
+/// Authenticates an LRS request: HTTP Basic credentials of the tenant, or else the session
+/// of a member of the tenant. Members read through their session only: staff read the
+/// tenant's statements, students their own (`statements/read/mine`).
+pub async fn lrs_caller(
+    state: &AppState,
+    slug: &str,
+    authorization: Option<&str>,
+    session: Option<&Session>,
+) -> Result<Option<LrsCaller>, ApiError> {
+    if authorization.is_some() {
+        return Ok(basic_client(state, slug, authorization)
+            .await?
+            .map(|c| LrsCaller {
+                tenant: c.tenant,
+                scopes: c.scopes,
+                who: LrsWho::Credential {
+                    key_id: c.key_id,
+                    label: c.label,
+                },
+            }));
+    }
+    let Some(session) = session else {
+        return Ok(None);
+    };
+    let user = match session.principal.as_ref() {
+        Principal::Member { slug: s, user } if s == slug && !user.must_change_password => {
+            user.clone()
+        }
+        _ => return Ok(None),
+    };
+    let scopes: &[&str] = match user.role {
+        Role::Admin | Role::Teacher => &["statements/read", "all/read"],
+        Role::Student => &["statements/read/mine"],
+        Role::Researcher => &[],
+    };
+    let tenant = state.tenants.handle(slug, &Authorized(())).await?;
+    Ok(Some(LrsCaller {
+        tenant,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        who: LrsWho::Member(user),
+    }))
 }
 
 /// The client's address, from the socket (the appliance terminates TLS itself, so there is

@@ -9,10 +9,10 @@ use maud::{Markup, html};
 use super::i18n::Lang;
 use super::layout::{csrf_field, field, notice};
 use super::users::render_admin;
-use crate::auth::password::{random_token, sha256};
 use crate::auth::{AdminOnly, ApiClient, Member, SCOPES};
 use crate::error::ApiError;
 use crate::store::tenant::{self as sql, Credential};
+use crate::tenant::CreatedCredential;
 
 pub fn section(lang: Lang, slug: &str, csrf: &str, creds: &[Credential]) -> Markup {
     html! {
@@ -60,56 +60,12 @@ pub struct NewCredential {
     scopes: Vec<String>,
 }
 
-#[derive(serde::Serialize)]
-pub struct CreatedCredential {
-    key_id: String,
-    /// Shown once: only its SHA-256 digest is kept.
-    secret: String,
-    label: String,
-    scopes: Vec<String>,
-}
-
 async fn create_credential(
     m: &Member<AdminOnly>,
     label: String,
     scopes: Vec<String>,
 ) -> Result<CreatedCredential, ApiError> {
-    let label = label.trim().to_string();
-    if label.is_empty() || label.chars().count() > 80 {
-        return Err(ApiError::bad_request(
-            "invalid_credential",
-            "label: 1 to 80 characters",
-        ));
-    }
-    if scopes.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_credential",
-            "scopes: choose at least one",
-        ));
-    }
-    if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
-        return Err(ApiError::bad_request(
-            "invalid_credential",
-            format!(
-                "scope `{bad}` does not exist; known scopes: {}",
-                SCOPES.join(", ")
-            ),
-        ));
-    }
-    let key_id = format!("ck_{}", random_token(12)?);
-    let secret = random_token(32)?;
-    let digest = sha256(secret.as_bytes());
-    let (k, l, s, by) = (key_id.clone(), label.clone(), scopes.clone(), m.user.id);
-    m.tenant
-        .db
-        .write(move |c| sql::insert_credential(c, &k, &digest, &l, &s, by))
-        .await?;
-    Ok(CreatedCredential {
-        key_id,
-        secret,
-        label,
-        scopes,
-    })
+    crate::tenant::create_credential(&m.tenant, label, scopes, Some(m.user.id)).await
 }
 
 pub async fn list(m: Member<AdminOnly>) -> Result<Json<Vec<Credential>>, ApiError> {

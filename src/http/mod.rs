@@ -18,6 +18,7 @@ pub mod session;
 pub mod setup;
 pub mod ui;
 pub mod users;
+pub mod xapi;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -28,6 +29,8 @@ use axum::routing::{MethodRouter, delete, get, post};
 use maud::html;
 
 use crate::app::AppState;
+use axum::routing::any;
+
 use crate::auth::{AdminOnly, AnyRole, Gate, ResearcherOnly, Staff, StudentOnly, TeacherOnly};
 use crate::error::ApiError;
 use crate::tenant::Role;
@@ -43,6 +46,8 @@ pub enum Access {
     Members(&'static [Role]),
     /// A machine client with the tenant's API credentials.
     Machine,
+    /// The tenant's xAPI endpoint: its API credentials, or a member's session (scoped by role).
+    Xapi,
 }
 
 fn members<G: Gate>() -> Access {
@@ -81,7 +86,7 @@ impl Table {
 
 /// Every route with the access it requires. `upload_limit` caps the roster upload body.
 pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
-    use Access::{Machine, Operator, Public};
+    use Access::{Machine, Operator, Public, Xapi};
     let t = Table {
         router: Router::new(),
         specs: Vec::new(),
@@ -366,7 +371,31 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/api/roster/jobs/{job}",
         members::<AdminOnly>(),
         get(roster::job),
-    );
+    )
+    // The tenant's xAPI endpoint (every method; the handler answers per resource)
+    .add(Method::POST, "/t/{tenant}/xapi/statements", Xapi, any(xapi::statements))
+    .add(
+        Method::GET,
+        "/t/{tenant}/xapi/statements/more/{token}",
+        Xapi,
+        any(xapi::more),
+    )
+    .add(Method::PUT, "/t/{tenant}/xapi/activities/state", Xapi, any(xapi::state))
+    .add(
+        Method::PUT,
+        "/t/{tenant}/xapi/activities/profile",
+        Xapi,
+        any(xapi::activity_profile),
+    )
+    .add(Method::GET, "/t/{tenant}/xapi/activities", Xapi, any(xapi::activities))
+    .add(
+        Method::PUT,
+        "/t/{tenant}/xapi/agents/profile",
+        Xapi,
+        any(xapi::agent_profile),
+    )
+    .add(Method::GET, "/t/{tenant}/xapi/agents", Xapi, any(xapi::agents))
+    .add(Method::GET, "/t/{tenant}/xapi/about", Public, any(xapi::about));
     (t.router, t.specs)
 }
 

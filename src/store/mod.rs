@@ -16,6 +16,7 @@
 //! Key types: [`Database`], [`Migrations`], [`StoreError`], [`StoreMetrics`].
 
 pub mod backup;
+pub mod lrs;
 pub mod shared;
 pub mod system;
 pub mod tenant;

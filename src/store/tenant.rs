@@ -8,7 +8,7 @@ use super::shared::SESSIONS_AND_TOKENS;
 use super::{Migrations, StoreError, now};
 use crate::tenant::Role;
 
-pub const MIGRATIONS: Migrations = Migrations(&[V1, SESSIONS_AND_TOKENS]);
+pub const MIGRATIONS: Migrations = Migrations(&[V1, SESSIONS_AND_TOKENS, super::lrs::V1]);
 
 const V1: &str = "
 CREATE TABLE orgs (
@@ -490,7 +490,7 @@ pub fn insert_credential(
     secret_sha256: &[u8],
     label: &str,
     scopes: &[String],
-    created_by: i64,
+    created_by: Option<i64>,
 ) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO api_credentials (key_id, secret_sha256, label, scopes, created_by, created_at)

@@ -298,6 +298,63 @@ pub async fn create_user_with_otp(
     Ok((user, otp))
 }
 
+/// A new machine credential; the secret is shown once (only its SHA-256 digest is kept).
+#[derive(Debug, serde::Serialize)]
+pub struct CreatedCredential {
+    pub key_id: String,
+    pub secret: String,
+    pub label: String,
+    pub scopes: Vec<String>,
+}
+
+/// Creates a machine credential with xAPI scopes (see [`crate::auth::SCOPES`]).
+pub async fn create_credential(
+    tenant: &TenantHandle,
+    label: String,
+    scopes: Vec<String>,
+    created_by: Option<i64>,
+) -> Result<CreatedCredential, crate::error::ApiError> {
+    use crate::auth::password::{random_token, sha256};
+    use crate::error::ApiError;
+    let label = label.trim().to_string();
+    if label.is_empty() || label.chars().count() > 80 {
+        return Err(ApiError::bad_request(
+            "invalid_credential",
+            "label: 1 to 80 characters",
+        ));
+    }
+    if scopes.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_credential",
+            "scopes: choose at least one",
+        ));
+    }
+    let known = crate::auth::SCOPES;
+    if let Some(bad) = scopes.iter().find(|s| !known.contains(&s.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_credential",
+            format!(
+                "scope `{bad}` does not exist; known scopes: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    let key_id = format!("ck_{}", random_token(12)?);
+    let secret = random_token(32)?;
+    let digest = sha256(secret.as_bytes());
+    let (k, l, s) = (key_id.clone(), label.clone(), scopes.clone());
+    tenant
+        .db
+        .write(move |c| crate::store::tenant::insert_credential(c, &k, &digest, &l, &s, created_by))
+        .await?;
+    Ok(CreatedCredential {
+        key_id,
+        secret,
+        label,
+        scopes,
+    })
+}
+
 /// Gives a user a new one-time password (the old password stops working, sessions end).
 pub async fn reset_password(
     tenant: &TenantHandle,

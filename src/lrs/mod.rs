@@ -1,0 +1,151 @@
+//! The built-in xAPI learning record store (xAPI 1.0.3 and 2.0.0 / IEEE 9274.1.1), one per
+//! tenant at `/t/{tenant}/xapi/`.
+//!
+//! Owns the rules of the data model and of the resources: statement validation
+//! ([`validate`]), what the LRS sets on a statement and how statements are compared and
+//! formatted ([`statement`]), statement queries ([`query`]), documents with their
+//! concurrency rules ([`document`]), attachments in `multipart/mixed` bodies
+//! ([`multipart`]) and signed statements ([`signature`]). The HTTP side (headers, the
+//! alternate request syntax, CORS) is `http::xapi`; the SQL is `store::lrs`.
+//!
+//! Must not: decide who the caller is (that is `auth`), or acknowledge a write before the
+//! tenant database's writer has committed it.
+//!
+//! Key types: [`Version`], [`LrsError`].
+
+pub mod document;
+pub mod multipart;
+pub mod query;
+pub mod signature;
+pub mod statement;
+pub mod validate;
+
+use axum::http::StatusCode;
+
+use crate::error::ApiError;
+use crate::store::StoreError;
+
+/// The xAPI version a request speaks, from its `X-Experience-API-Version` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// 1.0.0 to 1.0.3 (authoring tools still send `1.0.2`, some send `1.0`).
+    V1,
+    /// 2.0.0.
+    V2,
+}
+
+impl Version {
+    /// Parses the header value; `None` for a version this LRS does not speak.
+    pub fn parse(header: &str) -> Option<Version> {
+        let h = header.trim();
+        let patch_ok = |rest: &str| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix('.')
+                    .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if let Some(rest) = h.strip_prefix("1.0") {
+            return patch_ok(rest).then_some(Version::V1);
+        }
+        if let Some(rest) = h.strip_prefix("2.0") {
+            return patch_ok(rest).then_some(Version::V2);
+        }
+        None
+    }
+
+    /// What the LRS answers in `X-Experience-API-Version`.
+    pub fn header(self) -> &'static str {
+        match self {
+            Version::V1 => "1.0.3",
+            Version::V2 => "2.0.0",
+        }
+    }
+}
+
+/// The versions listed by the About resource.
+pub const VERSIONS: &[&str] = &["1.0.0", "1.0.1", "1.0.2", "1.0.3", "2.0.0"];
+
+/// What a request to the LRS can fail with, as the xAPI specification names it.
+#[derive(Debug, thiserror::Error)]
+pub enum LrsError {
+    /// 400: a malformed request or statement; the message names the property.
+    #[error("{0}")]
+    Invalid(String),
+    /// 401: no or wrong credentials.
+    #[error("send this school's xAPI credentials with HTTP Basic authentication")]
+    Unauthenticated,
+    /// 403: the credentials lack the scope.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// 409: a statement id already used for other content, or a document write that needs
+    /// a precondition header.
+    #[error("{0}")]
+    Conflict(String),
+    /// 412: `If-Match` / `If-None-Match` did not hold.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("the request body is larger than this LRS accepts ({0} bytes)")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LrsError {
+    pub fn invalid(message: impl Into<String>) -> LrsError {
+        LrsError::Invalid(message.into())
+    }
+}
+
+impl From<validate::Invalid> for LrsError {
+    fn from(e: validate::Invalid) -> LrsError {
+        LrsError::Invalid(e.0)
+    }
+}
+
+impl From<LrsError> for ApiError {
+    fn from(e: LrsError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            LrsError::Invalid(_) => ApiError::bad_request("xapi_invalid", message),
+            LrsError::Unauthenticated => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
+            }
+            LrsError::Forbidden(_) => ApiError::forbidden("xapi_scope", message),
+            LrsError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            LrsError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "xapi_conflict", message),
+            LrsError::PreconditionFailed(_) => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "xapi_precondition", message)
+            }
+            LrsError::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+            }
+            LrsError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_headers() {
+        for v in ["1.0", "1.0.0", "1.0.2", "1.0.3", "1.0.31"] {
+            assert_eq!(Version::parse(v), Some(Version::V1), "{v}");
+        }
+        assert_eq!(Version::parse("2.0.0"), Some(Version::V2));
+        for v in ["", "0.95", "1.1.0", "1.0.", "2.1", "3.0.0", "1.0.x"] {
+            assert_eq!(Version::parse(v), None, "{v}");
+        }
+    }
+}

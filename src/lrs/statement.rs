@@ -1,0 +1,536 @@
+//! Statements between the wire and the database: what the LRS sets on a statement it accepts
+//! (`id`, `authority`, `version`; `stored` and a missing `timestamp` are spliced in when the
+//! statement is read, because only the writer knows them), the index keys that filters
+//! query, statement comparison for immutability, and the `ids` / `canonical` formats.
+//!
+//! Must not: touch the database (see `store::lrs`) or validate (see [`super::validate`]).
+
+use serde_json::{Map, Value, json};
+
+use super::Version;
+use super::validate::parse_timestamp;
+
+/// Index key kinds, one bit each in the index's mask.
+pub mod mask {
+    /// The statement's verb.
+    pub const VERB: i64 = 1;
+    /// `context.registration`.
+    pub const REGISTRATION: i64 = 2;
+    /// The actor, or an Agent/Group object.
+    pub const AGENT: i64 = 4;
+    /// Authority, instructor, team, context agents and groups, group members, sub-statements.
+    pub const RELATED_AGENT: i64 = 8;
+    /// The object Activity.
+    pub const ACTIVITY: i64 = 16;
+    /// Context activities and the Activities of a sub-statement.
+    pub const RELATED_ACTIVITY: i64 = 32;
+    /// The credential or user that stored the statement (`statements/read/mine`).
+    pub const STORED_BY: i64 = 64;
+    /// The kinds a statement inherits from the statement its StatementRef targets.
+    pub const INHERITED: i64 = VERB | REGISTRATION | AGENT | RELATED_AGENT | ACTIVITY | RELATED_ACTIVITY;
+}
+
+pub const VOIDED_VERB: &str = "http://adlnet.gov/expapi/verbs/voided";
+
+/// A validated statement ready for the writer.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Lower-case UUID.
+    pub id: String,
+    /// The statement as stored, without `stored` (and without `timestamp` when the client
+    /// sent none).
+    pub json: String,
+    /// Milliseconds since the epoch of the client's timestamp, if it sent one.
+    pub timestamp: Option<i64>,
+    /// The target of a StatementRef object.
+    pub target: Option<String>,
+    pub voiding: bool,
+    /// `(key, mask)` pairs for the filter index.
+    pub keys: Vec<(String, i64)>,
+    /// SHA-2 digests of the attachments whose content came with the statement.
+    pub attachments: Vec<String>,
+    /// The statement as a value, for comparison with an existing one of the same id.
+    pub value: Value,
+}
+
+/// The IFI of an Agent or identified Group as one string, or `None` for an anonymous Group.
+pub fn agent_key(agent: &Value) -> Option<String> {
+    if let Some(m) = agent.get("mbox").and_then(Value::as_str) {
+        return Some(format!("mbox:{}", m.to_ascii_lowercase()));
+    }
+    if let Some(m) = agent.get("mbox_sha1sum").and_then(Value::as_str) {
+        return Some(format!("sha1:{}", m.to_ascii_lowercase()));
+    }
+    if let Some(m) = agent.get("openid").and_then(Value::as_str) {
+        return Some(format!("openid:{m}"));
+    }
+    let account = agent.get("account")?;
+    Some(format!(
+        "account:{}\u{1f}{}",
+        account.get("homePage").and_then(Value::as_str)?,
+        account.get("name").and_then(Value::as_str)?
+    ))
+}
+
+/// Index key of an agent filter value.
+pub fn agent_index_key(ifi: &str) -> String {
+    format!("a:{ifi}")
+}
+
+pub fn activity_index_key(id: &str) -> String {
+    format!("o:{id}")
+}
+
+pub fn verb_index_key(id: &str) -> String {
+    format!("v:{id}")
+}
+
+pub fn registration_index_key(id: &str) -> String {
+    format!("r:{}", id.to_ascii_lowercase())
+}
+
+pub fn stored_by_index_key(who: &str) -> String {
+    format!("m:{who}")
+}
+
+struct Keys(Vec<(String, i64)>);
+
+impl Keys {
+    fn add(&mut self, key: String, mask: i64) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, m)) => *m |= mask,
+            None => self.0.push((key, mask)),
+        }
+    }
+
+    fn agent(&mut self, who: &Value, direct: bool) {
+        let kind = if direct {
+            mask::AGENT
+        } else {
+            mask::RELATED_AGENT
+        };
+        if let Some(k) = agent_key(who) {
+            self.add(agent_index_key(&k), kind);
+        }
+        for m in who
+            .get("member")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(k) = agent_key(m) {
+                self.add(agent_index_key(&k), mask::RELATED_AGENT);
+            }
+        }
+    }
+
+    fn activity(&mut self, a: &Value, direct: bool) {
+        if let Some(id) = a.get("id").and_then(Value::as_str) {
+            let kind = if direct {
+                mask::ACTIVITY
+            } else {
+                mask::RELATED_ACTIVITY
+            };
+            self.add(activity_index_key(id), kind);
+        }
+    }
+
+    /// Actor, verb, object and context of a statement or sub-statement.
+    fn body(&mut self, s: &Value, sub: bool) {
+        if let Some(actor) = s.get("actor") {
+            self.agent(actor, !sub);
+        }
+        if let Some(v) = s.pointer("/verb/id").and_then(Value::as_str) {
+            self.add(verb_index_key(v), mask::VERB);
+        }
+        if let Some(object) = s.get("object") {
+            match object.get("objectType").and_then(Value::as_str) {
+                None | Some("Activity") => self.activity(object, !sub),
+                Some("Agent" | "Group") => self.agent(object, !sub),
+                Some("SubStatement") => self.body(object, true),
+                _ => {}
+            }
+        }
+        let Some(context) = s.get("context") else {
+            return;
+        };
+        if let Some(r) = context.get("registration").and_then(Value::as_str) {
+            self.add(registration_index_key(r), mask::REGISTRATION);
+        }
+        for key in ["instructor", "team"] {
+            if let Some(a) = context.get(key) {
+                self.agent(a, false);
+            }
+        }
+        for (key, inner) in [("contextAgents", "agent"), ("contextGroups", "group")] {
+            for item in context
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(a) = item.get(inner) {
+                    self.agent(a, false);
+                }
+            }
+        }
+        if let Some(Value::Object(ca)) = context.get("contextActivities") {
+            for v in ca.values() {
+                match v {
+                    Value::Array(items) => items.iter().for_each(|a| self.activity(a, false)),
+                    a => self.activity(a, false),
+                }
+            }
+        }
+    }
+}
+
+/// Who is storing: the authority the LRS writes into statements, and the key that
+/// `statements/read/mine` matches.
+#[derive(Debug, Clone)]
+pub struct Storer {
+    pub authority: Value,
+    pub key: String,
+}
+
+/// Sets the LRS's properties on a validated statement and computes what the writer needs.
+pub fn prepare(
+    mut statement: Value,
+    storer: &Storer,
+    version: Version,
+    new_id: impl FnOnce() -> String,
+) -> Prepared {
+    let Value::Object(obj) = &mut statement else {
+        // Validation only lets objects through.
+        return prepare(json!({}), storer, version, new_id);
+    };
+    let id = match obj.get("id").and_then(Value::as_str) {
+        Some(id) => id.to_ascii_lowercase(),
+        None => new_id(),
+    };
+    obj.insert("id".into(), Value::String(id.clone()));
+    obj.remove("stored");
+    obj.insert("authority".into(), storer.authority.clone());
+    if !obj.contains_key("version") {
+        let v = match version {
+            Version::V1 => "1.0.0",
+            Version::V2 => "2.0.0",
+        };
+        obj.insert("version".into(), Value::String(v.into()));
+    }
+    let timestamp = obj
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(parse_timestamp)
+        .map(|micros| micros.div_euclid(1000));
+    let (target, voiding) = match obj.get("object") {
+        Some(o) if o.get("objectType").and_then(Value::as_str) == Some("StatementRef") => (
+            o.get("id")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase),
+            obj.get("verb")
+                .and_then(|v| v.get("id"))
+                .and_then(Value::as_str)
+                == Some(VOIDED_VERB),
+        ),
+        _ => (None, false),
+    };
+    let mut keys = Keys(Vec::new());
+    keys.body(&statement, false);
+    if let Some(a) = statement.get("authority") {
+        keys.agent(a, false);
+    }
+    keys.add(stored_by_index_key(&storer.key), mask::STORED_BY);
+    let attachments = statement
+        .get("attachments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("sha2").and_then(Value::as_str))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    Prepared {
+        json: statement.to_string(),
+        id,
+        timestamp,
+        target,
+        voiding,
+        keys: keys.0,
+        attachments,
+        value: statement,
+    }
+}
+
+/// Whether two statements with the same id carry the same content: the LRS's own
+/// properties (`stored`, `authority`, `version`) are ignored and timestamps are compared as
+/// instants.
+pub fn same_content(a: &Value, b: &Value) -> bool {
+    fn strip(v: &Value) -> (Value, Option<i64>) {
+        let mut v = v.clone();
+        let mut stamp = None;
+        if let Value::Object(o) = &mut v {
+            for k in ["stored", "authority", "version"] {
+                o.remove(k);
+            }
+            if let Some(t) = o.remove("timestamp") {
+                stamp = t.as_str().and_then(parse_timestamp);
+            }
+        }
+        (v, stamp)
+    }
+    let (a, ta) = strip(a);
+    let (b, tb) = strip(b);
+    a == b && (ta == tb || ta.is_none() || tb.is_none())
+}
+
+/// Formats milliseconds since the epoch as an xAPI timestamp (`…T…:…:….mmmZ`).
+pub fn format_millis(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// The stored JSON with `stored` (and the default `timestamp`) spliced in.
+pub fn render(json: &str, stored_ms: i64, has_timestamp: bool) -> String {
+    let stored = format_millis(stored_ms);
+    let rest = json.strip_prefix('{').unwrap_or(json);
+    let sep = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    if has_timestamp {
+        format!("{{\"stored\":\"{stored}\"{sep}{rest}")
+    } else {
+        format!("{{\"stored\":\"{stored}\",\"timestamp\":\"{stored}\"{sep}{rest}")
+    }
+}
+
+/// The `ids` format: Agents, Groups, Activities and Verbs reduced to what identifies them.
+pub fn to_ids(statement: &mut Value) {
+    fn agent(v: &mut Value) {
+        let Value::Object(o) = v else { return };
+        let members = o.remove("member");
+        let identified = agent_key(&Value::Object(o.clone())).is_some();
+        o.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "objectType" | "mbox" | "mbox_sha1sum" | "openid" | "account"
+            )
+        });
+        if let (false, Some(Value::Array(mut m))) = (identified, members) {
+            m.iter_mut().for_each(agent);
+            o.insert("member".into(), Value::Array(m));
+        }
+    }
+    fn activity(v: &mut Value) {
+        if let Value::Object(o) = v {
+            o.retain(|k, _| k == "id" || k == "objectType");
+        }
+    }
+    fn body(s: &mut Value) {
+        let Value::Object(o) = s else { return };
+        if let Some(a) = o.get_mut("actor") {
+            agent(a);
+        }
+        if let Some(Value::Object(v)) = o.get_mut("verb") {
+            v.retain(|k, _| k == "id");
+        }
+        if let Some(object) = o.get_mut("object") {
+            match object.get("objectType").and_then(Value::as_str) {
+                None | Some("Activity") => activity(object),
+                Some("Agent" | "Group") => agent(object),
+                Some("SubStatement") => body(object),
+                _ => {}
+            }
+        }
+        if let Some(Value::Object(c)) = o.get_mut("context") {
+            for k in ["instructor", "team"] {
+                if let Some(a) = c.get_mut(k) {
+                    agent(a);
+                }
+            }
+            for (k, inner) in [("contextAgents", "agent"), ("contextGroups", "group")] {
+                if let Some(Value::Array(items)) = c.get_mut(k) {
+                    for item in items {
+                        if let Some(a) = item.get_mut(inner) {
+                            agent(a);
+                        }
+                    }
+                }
+            }
+            if let Some(Value::Object(ca)) = c.get_mut("contextActivities") {
+                for v in ca.values_mut() {
+                    match v {
+                        Value::Array(items) => items.iter_mut().for_each(activity),
+                        a => activity(a),
+                    }
+                }
+            }
+        }
+        if let Some(a) = o.get_mut("authority") {
+            agent(a);
+        }
+    }
+    body(statement);
+}
+
+/// Keeps, in every language map of the statement, only the entry that best matches the
+/// reader's languages (the `canonical` format).
+pub fn filter_languages(value: &mut Value, languages: &[String]) {
+    const MAPS: &[&str] = &["display", "name", "description"];
+    match value {
+        Value::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                if MAPS.contains(&k.as_str())
+                    && let Value::Object(map) = v
+                    && map.values().all(Value::is_string)
+                {
+                    pick_language(map, languages);
+                } else if k != "extensions" {
+                    filter_languages(v, languages);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| filter_languages(v, languages)),
+        _ => {}
+    }
+}
+
+fn pick_language(map: &mut Map<String, Value>, languages: &[String]) {
+    if map.len() <= 1 {
+        return;
+    }
+    let chosen = languages
+        .iter()
+        .find_map(|want| {
+            map.keys()
+                .find(|k| k.eq_ignore_ascii_case(want))
+                .or_else(|| {
+                    map.keys().find(|k| {
+                        k.split('-')
+                            .next()
+                            .is_some_and(|p| p.eq_ignore_ascii_case(want.split('-').next().unwrap_or_default()))
+                    })
+                })
+                .cloned()
+        })
+        .or_else(|| map.keys().next().cloned());
+    if let Some(keep) = chosen {
+        map.retain(|k, _| *k == keep);
+    }
+}
+
+/// Merges a newer Activity definition into the one the LRS keeps: language maps are
+/// merged entry by entry, other properties replaced.
+pub fn merge_definition(old: &mut Value, new: &Value) {
+    let (Value::Object(o), Value::Object(n)) = (old, new) else {
+        return;
+    };
+    for (k, v) in n {
+        match (o.get_mut(k), v) {
+            (Some(Value::Object(existing)), Value::Object(incoming))
+                if k == "name" || k == "description" || k == "extensions" =>
+            {
+                for (lk, lv) in incoming {
+                    existing.insert(lk.clone(), lv.clone());
+                }
+            }
+            _ => {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storer() -> Storer {
+        Storer {
+            authority: json!({"objectType": "Agent", "name": "quiz",
+                "account": {"homePage": "https://ecole.example/t/a/", "name": "k1"}}),
+            key: "cred:k1".into(),
+        }
+    }
+
+    #[test]
+    fn prepare_sets_the_lrs_properties_and_index_keys() {
+        let s = json!({
+            "id": "EC531277-B57B-4C15-8D91-D292C5B2B8F7",
+            "actor": {"objectType": "Group", "mbox": "mailto:team@example.org",
+                      "member": [{"mbox": "mailto:a@example.org"}]},
+            "verb": {"id": "http://example.org/v"},
+            "object": {"objectType": "SubStatement", "actor": {"mbox": "mailto:b@example.org"},
+                       "verb": {"id": "http://example.org/w"}, "object": {"id": "http://example.org/act"}},
+            "context": {"registration": "AAAAAAAA-b57b-4c15-8d91-d292c5b2b8f7",
+                        "contextActivities": {"parent": {"id": "http://example.org/p"}}},
+            "stored": "2020-01-01T00:00:00Z"
+        });
+        let p = prepare(s, &storer(), Version::V1, || unreachable!());
+        assert_eq!(p.id, "ec531277-b57b-4c15-8d91-d292c5b2b8f7");
+        assert_eq!(p.value["version"], "1.0.0");
+        assert!(p.value.get("stored").is_none());
+        assert_eq!(p.value["authority"]["account"]["name"], "k1");
+        let has = |k: &str, m: i64| p.keys.iter().any(|(key, mk)| key == k && mk & m != 0);
+        assert!(has("a:mbox:mailto:team@example.org", mask::AGENT));
+        assert!(has("a:mbox:mailto:a@example.org", mask::RELATED_AGENT));
+        assert!(has("a:mbox:mailto:b@example.org", mask::RELATED_AGENT));
+        assert!(!has("a:mbox:mailto:b@example.org", mask::AGENT));
+        assert!(has("o:http://example.org/act", mask::RELATED_ACTIVITY));
+        assert!(has("o:http://example.org/p", mask::RELATED_ACTIVITY));
+        assert!(has("r:aaaaaaaa-b57b-4c15-8d91-d292c5b2b8f7", mask::REGISTRATION));
+        assert!(has("v:http://example.org/w", mask::VERB));
+        assert!(has("m:cred:k1", mask::STORED_BY));
+    }
+
+    #[test]
+    fn render_splices_stored_and_the_default_timestamp() {
+        let r: Value = serde_json::from_str(&render("{\"id\":\"x\"}", 1_700_000_000_123, false)).unwrap();
+        assert_eq!(r["stored"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(r["timestamp"], r["stored"]);
+        let r: Value = serde_json::from_str(&render("{}", 0, true)).unwrap();
+        assert_eq!(r, json!({"stored": "1970-01-01T00:00:00.000Z"}));
+    }
+
+    #[test]
+    fn same_content_ignores_lrs_properties_and_timestamp_spelling() {
+        let a = json!({"actor": {"mbox": "mailto:a@b.c"}, "timestamp": "2026-01-01T10:00:00Z", "version": "1.0.0"});
+        let b = json!({"actor": {"mbox": "mailto:a@b.c"}, "timestamp": "2026-01-01T11:00:00+01:00", "stored": "x"});
+        assert!(same_content(&a, &b));
+        let c = json!({"actor": {"mbox": "mailto:other@b.c"}, "timestamp": "2026-01-01T10:00:00Z"});
+        assert!(!same_content(&a, &c));
+    }
+
+    #[test]
+    fn ids_format_keeps_only_identifiers() {
+        let mut s = json!({
+            "actor": {"objectType": "Agent", "name": "Élève", "mbox": "mailto:a@b.c"},
+            "verb": {"id": "http://v", "display": {"fr": "x"}},
+            "object": {"id": "http://o", "definition": {"name": {"fr": "Quiz"}}},
+            "context": {"team": {"objectType": "Group", "name": "anon", "member": [{"name": "n", "mbox": "mailto:m@b.c"}]}}
+        });
+        to_ids(&mut s);
+        assert_eq!(s["actor"], json!({"objectType": "Agent", "mbox": "mailto:a@b.c"}));
+        assert_eq!(s["verb"], json!({"id": "http://v"}));
+        assert_eq!(s["object"], json!({"id": "http://o"}));
+        assert_eq!(s["context"]["team"], json!({"objectType": "Group", "member": [{"mbox": "mailto:m@b.c"}]}));
+    }
+
+    #[test]
+    fn canonical_keeps_one_language() {
+        let mut s = json!({"verb": {"id": "http://v", "display": {"en-US": "did", "fr-FR": "a fait"}}});
+        filter_languages(&mut s, &["fr".to_string()]);
+        assert_eq!(s["verb"]["display"], json!({"fr-FR": "a fait"}));
+    }
+}

@@ -1,0 +1,607 @@
+//! SQL of a tenant's learning record store: statements and their filter index, the change
+//! log, attachments (content-addressed by SHA-2, stored once), documents (state, activity
+//! profile, agent profile) and the LRS's canonical Activity definitions.
+//!
+//! Statements are numbered by `seq` in the order they were stored; `stored` (milliseconds)
+//! never decreases with `seq`, so `since`/`until` become a `seq` range and every query walks
+//! one index in `seq` order. Filters use `xapi_index`: one row per (interned key, statement)
+//! with a bit mask of the roles the key plays (see [`crate::lrs::statement::mask`]). A
+//! statement whose object is a StatementRef inherits the index rows of its target, when the
+//! target is stored before or after it, so that filters match it as the spec requires.
+//!
+//! Must not: validate statements or decide who may read them (see `lrs` and `auth`).
+
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::StoreError;
+use crate::lrs::statement::{Prepared, mask, merge_definition, same_content};
+
+/// Appended to the tenant migrations.
+pub const V1: &str = "
+CREATE TABLE xapi_statements (
+    seq       INTEGER PRIMARY KEY,
+    id        TEXT NOT NULL UNIQUE,
+    stored    INTEGER NOT NULL,
+    stamp     INTEGER NOT NULL,
+    has_timestamp INTEGER NOT NULL,
+    voided    INTEGER NOT NULL DEFAULT 0,
+    voiding   INTEGER NOT NULL DEFAULT 0,
+    target    TEXT,
+    full      TEXT NOT NULL
+);
+CREATE INDEX xapi_statements_by_stored ON xapi_statements(stored);
+CREATE INDEX xapi_statements_by_target ON xapi_statements(target) WHERE target IS NOT NULL;
+CREATE TABLE xapi_keys (
+    id   INTEGER PRIMARY KEY,
+    key  TEXT NOT NULL UNIQUE
+);
+CREATE TABLE xapi_index (
+    key  INTEGER NOT NULL,
+    seq  INTEGER NOT NULL,
+    mask INTEGER NOT NULL,
+    PRIMARY KEY (key, seq)
+) WITHOUT ROWID;
+CREATE TABLE xapi_attachments (
+    sha2         TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    length       INTEGER NOT NULL,
+    content      BLOB NOT NULL
+);
+CREATE TABLE xapi_statement_attachments (
+    seq  INTEGER NOT NULL,
+    sha2 TEXT NOT NULL REFERENCES xapi_attachments(sha2),
+    PRIMARY KEY (seq, sha2)
+) WITHOUT ROWID;
+CREATE TABLE xapi_activities (
+    id          TEXT PRIMARY KEY,
+    definition  TEXT NOT NULL
+);
+CREATE TABLE xapi_documents (
+    id           INTEGER PRIMARY KEY,
+    kind         TEXT NOT NULL CHECK (kind IN ('state', 'activity_profile', 'agent_profile')),
+    activity_id  TEXT NOT NULL,
+    agent        TEXT NOT NULL,
+    registration TEXT NOT NULL,
+    doc_id       TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    content      BLOB NOT NULL,
+    etag         TEXT NOT NULL,
+    updated      INTEGER NOT NULL,
+    UNIQUE (kind, activity_id, agent, registration, doc_id)
+);
+-- The ordered record of every change to the tenant's learning records, read by forwarding
+-- and federation sync: `seq` only grows, rows are never updated.
+CREATE TABLE change_log (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    subject TEXT NOT NULL
+);
+";
+
+/// Why a batch of statements was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StatementConflict {
+    #[error("statement {0} already exists with different content")]
+    Different(String),
+    #[error("statement {0} is a voiding statement and cannot be voided")]
+    VoidingVoided(String),
+}
+
+/// An attachment's content, addressed by its SHA-2.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub sha2: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
+}
+
+fn key_id(conn: &Connection, key: &str) -> Result<i64, StoreError> {
+    if let Some(id) = conn
+        .prepare_cached("SELECT id FROM xapi_keys WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?
+    {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO xapi_keys (key) VALUES (?1)")?
+        .execute([key])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn lookup_key(conn: &Connection, key: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM xapi_keys WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Copies the inheritable index rows of `from` to `to`.
+fn inherit(conn: &Connection, from: i64, to: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO xapi_index (key, seq, mask)
+         SELECT key, ?2, mask & ?3 FROM xapi_index WHERE seq = ?1 AND mask & ?3 != 0
+         ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
+    )?
+    .execute(params![from, to, mask::INHERITED])?;
+    Ok(())
+}
+
+/// Makes every stored statement that refers to `seq`'s statement (directly or through a
+/// chain of StatementRefs) inherit its index rows.
+fn propagate_to_referrers(conn: &Connection, seq: i64, id: &str) -> Result<(), StoreError> {
+    let mut work = vec![(seq, id.to_string())];
+    let mut seen = HashSet::from([seq]);
+    while let Some((from, from_id)) = work.pop() {
+        let referrers: Vec<(i64, String)> = conn
+            .prepare_cached("SELECT seq, id FROM xapi_statements WHERE target = ?1")?
+            .query_map([&from_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (r, rid) in referrers {
+            if seen.insert(r) {
+                inherit(conn, from, r)?;
+                work.push((r, rid));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `stored` value for the next statements: now, but never before the last one.
+fn next_stored(conn: &Connection, now_ms: i64) -> Result<i64, StoreError> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT stored FROM xapi_statements ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(last.map_or(now_ms, |l| l.max(now_ms)))
+}
+
+/// Stores a batch of statements atomically (the caller's savepoint undoes everything on
+/// error). A statement whose id exists with the same content is left as it is; with other
+/// content the whole batch is refused. Returns how many statements were new.
+pub fn insert_statements(
+    conn: &Connection,
+    batch: &[Prepared],
+    blobs: &[Blob],
+    now_ms: i64,
+) -> Result<Result<usize, StatementConflict>, StoreError> {
+    let stored = next_stored(conn, now_ms)?;
+    for b in blobs {
+        conn.prepare_cached(
+            "INSERT INTO xapi_attachments (sha2, content_type, length, content)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (sha2) DO NOTHING",
+        )?
+        .execute(params![b.sha2, b.content_type, b.content.len() as i64, b.content])?;
+    }
+    let mut inserted = 0;
+    for p in batch {
+        let existing: Option<String> = conn
+            .prepare_cached("SELECT full FROM xapi_statements WHERE id = ?1")?
+            .query_row([&p.id], |r| r.get(0))
+            .optional()?;
+        if let Some(full) = existing {
+            let old: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
+            if same_content(&old, &p.value) {
+                continue;
+            }
+            return Ok(Err(StatementConflict::Different(p.id.clone())));
+        }
+        let target = match &p.target {
+            Some(t) => conn
+                .prepare_cached("SELECT seq, voiding FROM xapi_statements WHERE id = ?1")?
+                .query_row([t], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)))
+                .optional()?,
+            None => None,
+        };
+        if p.voiding
+            && let Some((_, true)) = target
+            && let Some(t) = &p.target
+        {
+            return Ok(Err(StatementConflict::VoidingVoided(t.clone())));
+        }
+        // A statement voided before it arrived (the voiding statement came first).
+        let voided_already: bool = !p.voiding
+            && conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM xapi_statements WHERE target = ?1 AND voiding = 1)",
+                )?
+                .query_row([&p.id], |r| r.get(0))?;
+        conn.prepare_cached(
+            "INSERT INTO xapi_statements
+                 (id, stored, stamp, has_timestamp, voided, voiding, target, full)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            p.id,
+            stored,
+            p.timestamp.unwrap_or(stored),
+            p.timestamp.is_some(),
+            voided_already,
+            p.voiding,
+            p.target,
+            p.json
+        ])?;
+        let seq = conn.last_insert_rowid();
+        for (key, m) in &p.keys {
+            let k = key_id(conn, key)?;
+            conn.prepare_cached(
+                "INSERT INTO xapi_index (key, seq, mask) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
+            )?
+            .execute(params![k, seq, m])?;
+        }
+        if let Some((target_seq, _)) = target {
+            inherit(conn, target_seq, seq)?;
+            if p.voiding {
+                conn.prepare_cached("UPDATE xapi_statements SET voided = 1 WHERE seq = ?1")?
+                    .execute([target_seq])?;
+            }
+        }
+        propagate_to_referrers(conn, seq, &p.id)?;
+        for sha2 in &p.attachments {
+            conn.prepare_cached(
+                "INSERT INTO xapi_statement_attachments (seq, sha2)
+                 SELECT ?1, sha2 FROM xapi_attachments WHERE sha2 = ?2
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![seq, sha2])?;
+        }
+        record_activities(conn, &p.value)?;
+        log_change(conn, stored, "statement", &p.id)?;
+        inserted += 1;
+    }
+    Ok(Ok(inserted))
+}
+
+/// Appends to the tenant's change log.
+pub fn log_change(conn: &Connection, at: i64, kind: &str, subject: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO change_log (at, kind, subject) VALUES (?1, ?2, ?3)")?
+        .execute(params![at, kind, subject])?;
+    Ok(())
+}
+
+/// Keeps the LRS's definition of every Activity that arrives with a definition.
+fn record_activities(conn: &Connection, statement: &Value) -> Result<(), StoreError> {
+    let mut found: Vec<&Value> = Vec::new();
+    fn collect<'a>(s: &'a Value, out: &mut Vec<&'a Value>) {
+        if let Some(o) = s.get("object") {
+            match o.get("objectType").and_then(Value::as_str) {
+                None | Some("Activity") => out.push(o),
+                Some("SubStatement") => collect(o, out),
+                _ => {}
+            }
+        }
+        if let Some(Value::Object(ca)) = s.pointer("/context/contextActivities") {
+            for v in ca.values() {
+                match v {
+                    Value::Array(items) => out.extend(items.iter()),
+                    a => out.push(a),
+                }
+            }
+        }
+    }
+    collect(statement, &mut found);
+    for activity in found {
+        let Some(id) = activity.get("id").and_then(Value::as_str) else {
+            continue;
+        };
+        let incoming = activity.get("definition");
+        let existing: Option<String> = conn
+            .prepare_cached("SELECT definition FROM xapi_activities WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        let merged = match (existing, incoming) {
+            (None, def) => def.cloned().unwrap_or_else(|| Value::Object(Default::default())),
+            (Some(_), None) => continue,
+            (Some(old), Some(def)) => {
+                let mut old: Value = serde_json::from_str(&old).unwrap_or(Value::Null);
+                merge_definition(&mut old, def);
+                old
+            }
+        };
+        conn.prepare_cached(
+            "INSERT INTO xapi_activities (id, definition) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET definition = excluded.definition",
+        )?
+        .execute(params![id, merged.to_string()])?;
+    }
+    Ok(())
+}
+
+/// A statement as read back: its stored JSON and what `render` needs.
+#[derive(Debug, Clone)]
+pub struct StoredStatement {
+    pub seq: i64,
+    pub json: String,
+    pub stored: i64,
+    pub has_timestamp: bool,
+}
+
+fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredStatement> {
+    Ok(StoredStatement {
+        seq: r.get(0)?,
+        json: r.get(1)?,
+        stored: r.get(2)?,
+        has_timestamp: r.get(3)?,
+    })
+}
+
+/// One statement by id: `voided` picks `voidedStatementId` (only voided statements) or
+/// `statementId` (only statements that are not voided).
+pub fn statement_by_id(
+    conn: &Connection,
+    id: &str,
+    voided: bool,
+) -> Result<Option<StoredStatement>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq, full, stored, has_timestamp FROM xapi_statements
+             WHERE id = ?1 AND voided = ?2",
+        )?
+        .query_row(params![id.to_ascii_lowercase(), voided], stored_from_row)
+        .optional()?)
+}
+
+/// A statement query, already parsed and checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    /// `(index key, mask)` conditions that must all hold.
+    pub keys: Vec<(String, i64)>,
+    /// Milliseconds: `stored > since`.
+    pub since: Option<i64>,
+    /// Milliseconds: `stored <= until`.
+    pub until: Option<i64>,
+    pub ascending: bool,
+    pub limit: usize,
+    /// Continue after this `seq` (exclusive).
+    pub after: Option<i64>,
+    /// Never return statements stored after this `seq` (keeps pages of one query stable).
+    pub upto: Option<i64>,
+}
+
+/// The statements that match `filter`, at most `filter.limit + 1` of them (one more than
+/// asked, to know whether a next page exists).
+pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>, StoreError> {
+    let mut keys = Vec::with_capacity(filter.keys.len());
+    for (key, m) in &filter.keys {
+        match lookup_key(conn, key)? {
+            Some(id) => keys.push((id, *m)),
+            None => return Ok(Vec::new()),
+        }
+    }
+    // `stored` never decreases with `seq`: turn the time window into a `seq` window.
+    let mut low = filter.after.filter(|_| filter.ascending);
+    let mut high = filter.after.filter(|_| !filter.ascending).map(|a| a - 1);
+    if let Some(since) = filter.since {
+        let s: Option<i64> = conn
+            .prepare_cached("SELECT max(seq) FROM xapi_statements WHERE stored <= ?1")?
+            .query_row([since], |r| r.get(0))?;
+        low = Some(low.unwrap_or(0).max(s.unwrap_or(0)));
+    }
+    if let Some(until) = filter.until {
+        let u: Option<i64> = conn
+            .prepare_cached("SELECT max(seq) FROM xapi_statements WHERE stored <= ?1")?
+            .query_row([until], |r| r.get(0))?;
+        let u = u.unwrap_or(0);
+        high = Some(high.map_or(u, |h| h.min(u)));
+    }
+    if let Some(upto) = filter.upto {
+        high = Some(high.map_or(upto, |h| h.min(upto)));
+    }
+    let mut sql = String::with_capacity(400);
+    let mut args: Vec<i64> = Vec::new();
+    let seq_col;
+    match keys.split_first() {
+        Some(((k, m), rest)) => {
+            seq_col = "i.seq";
+            sql.push_str(
+                "SELECT s.seq, s.full, s.stored, s.has_timestamp FROM xapi_index i
+                 JOIN xapi_statements s ON s.seq = i.seq
+                 WHERE i.key = ? AND (i.mask & ?) != 0 AND s.voided = 0",
+            );
+            args.extend([*k, *m]);
+            for (k, m) in rest {
+                sql.push_str(
+                    " AND EXISTS (SELECT 1 FROM xapi_index j
+                       WHERE j.key = ? AND j.seq = s.seq AND (j.mask & ?) != 0)",
+                );
+                args.extend([*k, *m]);
+            }
+        }
+        None => {
+            seq_col = "s.seq";
+            sql.push_str(
+                "SELECT s.seq, s.full, s.stored, s.has_timestamp FROM xapi_statements s
+                 WHERE s.voided = 0",
+            );
+        }
+    }
+    if let Some(l) = low {
+        sql.push_str(&format!(" AND {seq_col} > ?"));
+        args.push(l);
+    }
+    if let Some(h) = high {
+        sql.push_str(&format!(" AND {seq_col} <= ?"));
+        args.push(h);
+    }
+    let order = if filter.ascending { "ASC" } else { "DESC" };
+    sql.push_str(&format!(" ORDER BY {seq_col} {order} LIMIT ?"));
+    args.push(filter.limit as i64 + 1);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), stored_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// The highest `seq` stored so far.
+pub fn last_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM xapi_statements")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The attachments of the given statements: `(sha2, content_type, content)`.
+pub fn attachments_of(
+    conn: &Connection,
+    seqs: &[i64],
+) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+    let mut out: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.sha2, a.content_type, a.content FROM xapi_statement_attachments sa
+         JOIN xapi_attachments a ON a.sha2 = sa.sha2 WHERE sa.seq = ?1",
+    )?;
+    for seq in seqs {
+        let rows = stmt
+            .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<(String, String, Vec<u8>)>, _>>()?;
+        for row in rows {
+            if seen.insert(row.0.clone()) {
+                out.push(row);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The LRS's definition of an Activity.
+pub fn activity_definition(conn: &Connection, id: &str) -> Result<Option<Value>, StoreError> {
+    let found: Option<String> = conn
+        .prepare_cached("SELECT definition FROM xapi_activities WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    Ok(found.and_then(|d| serde_json::from_str(&d).ok()))
+}
+
+/// Which document: its resource, and the keys that locate it (empty strings when unused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentKey {
+    pub kind: &'static str,
+    pub activity_id: String,
+    pub agent: String,
+    pub registration: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub content_type: String,
+    pub content: Vec<u8>,
+    pub etag: String,
+    pub updated: i64,
+}
+
+pub fn document(
+    conn: &Connection,
+    key: &DocumentKey,
+    doc_id: &str,
+) -> Result<Option<Document>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT content_type, content, etag, updated FROM xapi_documents
+             WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3 AND registration = ?4
+               AND doc_id = ?5",
+        )?
+        .query_row(
+            params![key.kind, key.activity_id, key.agent, key.registration, doc_id],
+            |r| {
+                Ok(Document {
+                    content_type: r.get(0)?,
+                    content: r.get(1)?,
+                    etag: r.get(2)?,
+                    updated: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Ids of the documents under `key`, updated after `since` (milliseconds) if given, and the
+/// latest update time among them.
+pub fn document_ids(
+    conn: &Connection,
+    key: &DocumentKey,
+    since: Option<i64>,
+) -> Result<(Vec<String>, Option<i64>), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT doc_id, updated FROM xapi_documents
+         WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
+           AND (?4 = '' OR registration = ?4) AND updated > ?5
+         ORDER BY doc_id",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![
+                key.kind,
+                key.activity_id,
+                key.agent,
+                key.registration,
+                since.unwrap_or(i64::MIN)
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let latest = rows.iter().map(|(_, u)| *u).max();
+    Ok((rows.into_iter().map(|(id, _)| id).collect(), latest))
+}
+
+/// Writes (creates or replaces) a document.
+pub fn put_document(
+    conn: &Connection,
+    key: &DocumentKey,
+    doc_id: &str,
+    doc: &Document,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO xapi_documents
+             (kind, activity_id, agent, registration, doc_id, content_type, content, etag, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (kind, activity_id, agent, registration, doc_id) DO UPDATE SET
+             content_type = excluded.content_type, content = excluded.content,
+             etag = excluded.etag, updated = excluded.updated",
+    )?
+    .execute(params![
+        key.kind,
+        key.activity_id,
+        key.agent,
+        key.registration,
+        doc_id,
+        doc.content_type,
+        doc.content,
+        doc.etag,
+        doc.updated
+    ])?;
+    log_change(conn, doc.updated, key.kind, doc_id)?;
+    Ok(())
+}
+
+/// Deletes one document, or (with `doc_id` `None`) every document under `key`; an empty
+/// registration then matches all registrations.
+pub fn delete_documents(
+    conn: &Connection,
+    key: &DocumentKey,
+    doc_id: Option<&str>,
+    at: i64,
+) -> Result<usize, StoreError> {
+    let n = match doc_id {
+        Some(d) => conn
+            .prepare_cached(
+                "DELETE FROM xapi_documents WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
+                   AND registration = ?4 AND doc_id = ?5",
+            )?
+            .execute(params![key.kind, key.activity_id, key.agent, key.registration, d])?,
+        None => conn
+            .prepare_cached(
+                "DELETE FROM xapi_documents WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
+                   AND (?4 = '' OR registration = ?4)",
+            )?
+            .execute(params![key.kind, key.activity_id, key.agent, key.registration])?,
+    };
+    if n > 0 {
+        log_change(conn, at, key.kind, doc_id.unwrap_or("*"))?;
+    }
+    Ok(n)
+}
