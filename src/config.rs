@@ -74,6 +74,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
+    pub lrs: LrsConfig,
     pub log: LogConfig,
     /// Bearer token a Prometheus scraper sends to read `/metrics`; empty: only clients on
     /// this machine (loopback) may read it.
@@ -139,6 +140,22 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct LrsConfig {
+    /// The xAPI version the LRS names in `X-Experience-API-Version` when a request does not
+    /// say which it speaks (such requests are refused, except for About): `2.0.0` or `1.0.3`.
+    pub default_version: String,
+}
+
+impl Default for LrsConfig {
+    fn default() -> Self {
+        LrsConfig {
+            default_version: "2.0.0".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub read_connections: usize,
     pub max_batch: usize,
@@ -173,6 +190,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
+            lrs: LrsConfig::default(),
             log: LogConfig::default(),
             metrics_token: Secret::default(),
         }
@@ -312,6 +330,12 @@ impl Config {
             return Err(bad(format!(
                 "default_lang must be `fr` or `en`, not `{}`",
                 self.default_lang
+            )));
+        }
+        if !matches!(self.lrs.default_version.as_str(), "2.0.0" | "1.0.3") {
+            return Err(bad(format!(
+                "lrs.default_version must be `2.0.0` or `1.0.3`, not `{}`",
+                self.lrs.default_version
             )));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -154,7 +154,7 @@ async fn serve(
     request: Request,
 ) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let mut version = Version::V2;
+    let mut version = default_version(&state);
     let mut response = if request.method() == Method::OPTIONS {
         preflight(request.headers())
     } else {
@@ -238,6 +238,7 @@ async fn unfold(state: &AppState, request: Request) -> Result<XRequest, LrsError
     let mut method = parts.method;
     let mut headers = parts.headers;
     let mut body = body;
+    let mut alternate = false;
     if let Some(i) = params.iter().position(|(k, _)| k == "method") {
         if method != Method::POST {
             return Err(LrsError::invalid(
@@ -294,7 +295,14 @@ async fn unfold(state: &AppState, request: Request) -> Result<XRequest, LrsError
                 _ => params.push((k, v)),
             }
         }
+        if !headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         body = content;
+        alternate = true;
     }
     let version = match headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()) {
         Some(v) => Version::parse(v).ok_or_else(|| {
@@ -302,11 +310,16 @@ async fn unfold(state: &AppState, request: Request) -> Result<XRequest, LrsError
                 "X-Experience-API-Version: \"{v}\" is not a version this LRS speaks (1.0.x, 2.0.0)"
             ))
         })?,
-        None => Version::V2,
+        None => default_version(state),
     };
     if !headers.contains_key(VERSION_HEADER) && !is_about(&parts.uri) {
         return Err(LrsError::invalid(
             "X-Experience-API-Version is required (1.0.3 or 2.0.0)",
+        ));
+    }
+    if alternate && version == Version::V2 {
+        return Err(LrsError::invalid(
+            "xAPI 2.0 has no alternate request syntax: send the method, headers and body as such",
         ));
     }
     Ok(XRequest {
@@ -316,6 +329,11 @@ async fn unfold(state: &AppState, request: Request) -> Result<XRequest, LrsError
         body,
         version,
     })
+}
+
+/// The version named in answers to requests that do not say theirs.
+fn default_version(state: &AppState) -> Version {
+    Version::parse(&state.config.lrs.default_version).unwrap_or(Version::V2)
 }
 
 fn is_about(uri: &axum::http::Uri) -> bool {
@@ -978,7 +996,12 @@ async fn documents(
             };
             let mode = if x.method == Method::PUT {
                 WriteMode::Replace {
-                    require_precondition: resource != Resource::State,
+                    // 1.0.3 asks for a precondition on every profile PUT; 2.0.0 only when
+                    // the document exists, for every document resource.
+                    new_needs_precondition: x.version == Version::V1
+                        && resource != Resource::State,
+                    existing_needs_precondition: x.version == Version::V2
+                        || resource != Resource::State,
                 }
             } else {
                 WriteMode::Merge

@@ -70,9 +70,13 @@ impl Preconditions {
 /// How a document is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
-    /// PUT: replace. `require_precondition`: an existing document may only be replaced by a
-    /// request that sent `If-Match` or `If-None-Match`.
-    Replace { require_precondition: bool },
+    /// PUT: replace. Without `If-Match` or `If-None-Match`, a request is refused (400) when
+    /// `new_needs_precondition` and the document does not exist, and refused (409) when
+    /// `existing_needs_precondition` and it does.
+    Replace {
+        new_needs_precondition: bool,
+        existing_needs_precondition: bool,
+    },
     /// POST: merge JSON objects (or create).
     Merge,
 }
@@ -99,7 +103,24 @@ pub fn write(
     let current = sql::document(conn, key, doc_id)?;
     pre.check(current.as_ref())?;
     let (content_type, content) = match (mode, current) {
-        (WriteMode::Replace { require_precondition: true }, Some(_)) if !pre.any() => {
+        (
+            WriteMode::Replace {
+                new_needs_precondition: true,
+                ..
+            },
+            None,
+        ) if !pre.any() => {
+            return Err(LrsError::invalid(
+                "send If-None-Match: * to create this document (or If-Match to replace it)",
+            ));
+        }
+        (
+            WriteMode::Replace {
+                existing_needs_precondition: true,
+                ..
+            },
+            Some(_),
+        ) if !pre.any() => {
             return Err(LrsError::Conflict(
                 "this document exists: send If-Match with its ETag (or If-None-Match: *) to \
                  replace it"
@@ -195,7 +216,8 @@ mod tests {
     fn replace_needs_a_precondition_once_the_document_exists() {
         let c = db();
         let replace = WriteMode::Replace {
-            require_precondition: true,
+            new_needs_precondition: false,
+            existing_needs_precondition: true,
         };
         let none = Preconditions::default();
         write(&c, &key(), "p", JSON, b"{\"a\":1}".to_vec(), replace, &none, 1).unwrap();

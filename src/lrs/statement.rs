@@ -185,6 +185,37 @@ impl Keys {
     }
 }
 
+/// The LRS returns every context activity list as an array, even when a single Activity
+/// was sent.
+fn context_activities_as_arrays(statement: &mut Map<String, Value>) {
+    let Some(Value::Object(ca)) = statement
+        .get_mut("context")
+        .and_then(|c| c.get_mut("contextActivities"))
+    else {
+        return;
+    };
+    for v in ca.values_mut() {
+        if v.is_object() {
+            *v = Value::Array(vec![v.take()]);
+        }
+    }
+}
+
+/// A duration with its seconds cut to hundredths: the precision statement comparison uses.
+fn truncated_duration(d: &str) -> String {
+    match d.split_once('.') {
+        Some((whole, fraction)) if d.ends_with('S') => {
+            let digits: String = fraction
+                .trim_end_matches('S')
+                .chars()
+                .take(2)
+                .collect();
+            format!("{whole}.{digits:0<2}S")
+        }
+        _ => d.to_string(),
+    }
+}
+
 /// Who is storing: the authority the LRS writes into statements, and the key that
 /// `statements/read/mine` matches.
 #[derive(Debug, Clone)]
@@ -210,6 +241,12 @@ pub fn prepare(
     };
     obj.insert("id".into(), Value::String(id.clone()));
     obj.remove("stored");
+    context_activities_as_arrays(obj);
+    if let Some(Value::Object(sub)) = obj.get_mut("object")
+        && sub.get("objectType").and_then(Value::as_str) == Some("SubStatement")
+    {
+        context_activities_as_arrays(sub);
+    }
     obj.insert("authority".into(), storer.authority.clone());
     if !obj.contains_key("version") {
         let v = match version {
@@ -275,6 +312,17 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
             if let Some(t) = o.remove("timestamp") {
                 stamp = t.as_str().and_then(parse_timestamp);
             }
+            context_activities_as_arrays(o);
+            if let Some(Value::Object(sub)) = o.get_mut("object") {
+                context_activities_as_arrays(sub);
+            }
+            if let Some(d) = o
+                .get_mut("result")
+                .and_then(|r| r.get_mut("duration"))
+                .filter(|d| d.is_string())
+            {
+                *d = Value::String(truncated_duration(d.as_str().unwrap_or_default()));
+            }
         }
         (v, stamp)
     }
@@ -334,7 +382,7 @@ pub fn to_ids(statement: &mut Value) {
     }
     fn activity(v: &mut Value) {
         if let Value::Object(o) = v {
-            o.retain(|k, _| k == "id" || k == "objectType");
+            o.retain(|k, _| k == "id");
         }
     }
     fn body(s: &mut Value) {
@@ -510,6 +558,11 @@ mod tests {
         assert!(same_content(&a, &b));
         let c = json!({"actor": {"mbox": "mailto:other@b.c"}, "timestamp": "2026-01-01T10:00:00Z"});
         assert!(!same_content(&a, &c));
+        let d1 = json!({"result": {"duration": "P1DT12H36M0.1237S"}});
+        let d2 = json!({"result": {"duration": "P1DT12H36M0.12S"}});
+        let d3 = json!({"result": {"duration": "P1DT12H36M0.13S"}});
+        assert!(same_content(&d1, &d2));
+        assert!(!same_content(&d1, &d3));
     }
 
     #[test]
@@ -524,6 +577,9 @@ mod tests {
         assert_eq!(s["actor"], json!({"objectType": "Agent", "mbox": "mailto:a@b.c"}));
         assert_eq!(s["verb"], json!({"id": "http://v"}));
         assert_eq!(s["object"], json!({"id": "http://o"}));
+        let mut typed = json!({"object": {"objectType": "Activity", "id": "http://o"}});
+        to_ids(&mut typed);
+        assert_eq!(typed["object"], json!({"id": "http://o"}));
         assert_eq!(s["context"]["team"], json!({"objectType": "Group", "member": [{"mbox": "mailto:m@b.c"}]}));
     }
 

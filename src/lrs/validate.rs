@@ -391,12 +391,17 @@ pub fn agent_or_group(value: &Value, path: &str) -> Checked {
 
 fn authority(value: &Value, path: &str) -> Checked {
     agent_or_group(value, path)?;
-    // An OAuth authority is a Group of exactly two Agents (the application and the user).
-    if let Some(members) = value.get("member").and_then(Value::as_array)
-        && value.get("objectType").and_then(Value::as_str) == Some("Group")
-        && members.len() != 2
-    {
-        return fail(path, "a Group authority must have exactly two members");
+    // A Group authority is OAuth's pair: an anonymous Group of exactly two Agents (the
+    // application and the user).
+    if value.get("objectType").and_then(Value::as_str) == Some("Group") {
+        let obj = object(value, path)?;
+        let members = obj.get("member").and_then(Value::as_array).map_or(0, Vec::len);
+        if ifi_count(obj) != 0 || members != 2 {
+            return fail(
+                path,
+                "a Group authority must be an anonymous Group of exactly two Agents",
+            );
+        }
     }
     Ok(())
 }
@@ -847,8 +852,8 @@ fn timestamp(value: &Value, path: &str, version: Version) -> Checked {
             format!("\"{s}\" is not an ISO 8601 date-time with a time zone"),
         );
     }
-    if version == Version::V2 && (s.ends_with("-00:00") || s.ends_with("-0000") || s.ends_with("-00"))
-    {
+    let _ = version;
+    if s.ends_with("-00:00") || s.ends_with("-0000") || s.ends_with("-00") {
         return fail(path, "UTC must be written Z or +00:00, not -00:00");
     }
     Ok(())
