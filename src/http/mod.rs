@@ -373,29 +373,54 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         get(roster::job),
     )
     // The tenant's xAPI endpoint (every method; the handler answers per resource)
-    .add(Method::POST, "/t/{tenant}/xapi/statements", Xapi, any(xapi::statements))
+    .add(
+        Method::POST,
+        "/t/{tenant}/xapi/statements",
+        Xapi,
+        any(xapi::statements),
+    )
     .add(
         Method::GET,
         "/t/{tenant}/xapi/statements/more/{token}",
         Xapi,
         any(xapi::more),
     )
-    .add(Method::PUT, "/t/{tenant}/xapi/activities/state", Xapi, any(xapi::state))
+    .add(
+        Method::PUT,
+        "/t/{tenant}/xapi/activities/state",
+        Xapi,
+        any(xapi::state),
+    )
     .add(
         Method::PUT,
         "/t/{tenant}/xapi/activities/profile",
         Xapi,
         any(xapi::activity_profile),
     )
-    .add(Method::GET, "/t/{tenant}/xapi/activities", Xapi, any(xapi::activities))
+    .add(
+        Method::GET,
+        "/t/{tenant}/xapi/activities",
+        Xapi,
+        any(xapi::activities),
+    )
     .add(
         Method::PUT,
         "/t/{tenant}/xapi/agents/profile",
         Xapi,
         any(xapi::agent_profile),
     )
-    .add(Method::GET, "/t/{tenant}/xapi/agents", Xapi, any(xapi::agents))
-    .add(Method::GET, "/t/{tenant}/xapi/about", Public, any(xapi::about));
+    .add(
+        Method::GET,
+        "/t/{tenant}/xapi/agents",
+        Xapi,
+        any(xapi::agents),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/xapi/about",
+        Public,
+        any(xapi::about),
+    );
     (t.router, t.specs)
 }
 

@@ -162,17 +162,7 @@ async fn serve(
             Ok(x) => {
                 version = x.version;
                 let authorization = x.header("authorization").map(str::to_string);
-                match handle(
-                    &state,
-                    &slug,
-                    resource,
-                    token,
-                    authorization,
-                    session,
-                    x,
-                )
-                .await
-                {
+                match handle(&state, &slug, resource, token, authorization, session, x).await {
                     Ok(r) => r,
                     Err(e) => ApiError::from(e).into_response(),
                 }
@@ -282,13 +272,15 @@ async fn unfold(state: &AppState, request: Request) -> Result<XRequest, LrsError
             let lower = k.to_ascii_lowercase();
             match lower.as_str() {
                 "content" => content = Bytes::from(v.into_bytes()),
-                "authorization" | "x-experience-api-version" | "content-type"
-                | "if-match" | "if-none-match" => {
+                "authorization"
+                | "x-experience-api-version"
+                | "content-type"
+                | "if-match"
+                | "if-none-match" => {
                     let name = HeaderName::from_bytes(lower.as_bytes())
                         .map_err(|_| LrsError::invalid("bad header name in the form"))?;
-                    let value = HeaderValue::from_str(&v).map_err(|_| {
-                        LrsError::invalid(format!("{k}: not a valid header value"))
-                    })?;
+                    let value = HeaderValue::from_str(&v)
+                        .map_err(|_| LrsError::invalid(format!("{k}: not a valid header value")))?;
                     headers.insert(name, value);
                 }
                 "content-length" => {}
@@ -360,9 +352,9 @@ async fn handle(
         Resource::Statements => match x.method {
             Method::GET | Method::HEAD => {
                 let q = query::parse(&x.params, x.version)?;
-                read_statements(state, &caller, q, &x).await
+                read_statements(&caller, q, &x).await
             }
-            Method::POST | Method::PUT => write_statements(state, &caller, &x).await,
+            Method::POST | Method::PUT => write_statements(&caller, &x).await,
             _ => Err(method_not_allowed()),
         },
         Resource::More => {
@@ -375,7 +367,7 @@ async fn handle(
                 )));
             }
             let page = query::decode_more(token.as_deref().unwrap_or_default())?;
-            read_statements(state, &caller, StatementQuery::Many(page), &x).await
+            read_statements(&caller, StatementQuery::Many(page), &x).await
         }
         Resource::State | Resource::ActivityProfile | Resource::AgentProfile => {
             documents(&caller, resource, &x).await
@@ -390,11 +382,10 @@ fn method_not_allowed() -> LrsError {
     LrsError::invalid("this method is not allowed on this resource")
 }
 
-fn require(caller: &LrsCaller, ok: bool, what: &str) -> Result<(), LrsError> {
+fn require(ok: bool, what: &str) -> Result<(), LrsError> {
     if ok {
         Ok(())
     } else {
-        let _ = caller;
         Err(LrsError::Forbidden(format!(
             "these credentials do not allow {what}"
         )))
@@ -513,14 +504,13 @@ fn apply_canonical(s: &mut Value, defs: &[(String, Option<Value>)]) {
 }
 
 async fn read_statements(
-    state: &AppState,
     caller: &LrsCaller,
     q: StatementQuery,
     x: &XRequest,
 ) -> Result<Response, LrsError> {
     let full = caller.allows("statements/read");
     let mine = !full && caller.allows("statements/read/mine");
-    require(caller, full || mine, "reading statements")?;
+    require(full || mine, "reading statements")?;
     let slug = caller.tenant.slug.clone();
     let mine_key = mine.then(|| storer(caller, &slug).key);
     let languages = reader_languages(x);
@@ -591,20 +581,12 @@ async fn read_statements(
             }
             let limit = filter.limit;
             let run = filter.clone();
-            let mut rows = caller
-                .tenant
-                .db
-                .read(move |c| sql::query(c, &run))
-                .await?;
+            let mut rows = caller.tenant.db.read(move |c| sql::query(c, &run)).await?;
             let has_more = rows.len() > limit;
             rows.truncate(limit);
             let more = match (has_more, rows.last()) {
                 (true, Some(last)) => {
-                    page.filter.after = Some(if page.filter.ascending {
-                        last.seq
-                    } else {
-                        last.seq
-                    });
+                    page.filter.after = Some(last.seq);
                     format!(
                         "/t/{slug}/xapi/statements/more/{}",
                         query::encode_more(&page)
@@ -639,7 +621,6 @@ async fn read_statements(
             if let Some(v) = http_date(latest.unwrap_or_else(now_ms)) {
                 r.headers_mut().insert(header::LAST_MODIFIED, v);
             }
-            let _ = state;
             Ok(r)
         }
     }
@@ -663,12 +644,8 @@ fn essence(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
-async fn write_statements(
-    state: &AppState,
-    caller: &LrsCaller,
-    x: &XRequest,
-) -> Result<Response, LrsError> {
-    require(caller, caller.allows("statements/write"), "storing statements")?;
+async fn write_statements(caller: &LrsCaller, x: &XRequest) -> Result<Response, LrsError> {
+    require(caller.allows("statements/write"), "storing statements")?;
     let put = x.method == Method::PUT;
     let put_id = if put {
         if let Some((k, _)) = x.params.iter().find(|(k, _)| k != "statementId") {
@@ -713,7 +690,11 @@ async fn write_statements(
         Value::Array(items) if !put => items,
         Value::Array(_) => return Err(LrsError::invalid("PUT statements takes one statement")),
         Value::Object(_) => vec![value],
-        _ => return Err(LrsError::invalid("the body must be a statement or an array of statements")),
+        _ => {
+            return Err(LrsError::invalid(
+                "the body must be a statement or an array of statements",
+            ));
+        }
     };
     let mut seen_ids = std::collections::HashSet::new();
     for (i, s) in batch.iter().enumerate() {
@@ -765,14 +746,10 @@ async fn write_statements(
             return Err(LrsError::Invalid(e.to_string()));
         }
     }
-    let _ = state;
     if put {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Ok(json_response(
-            StatusCode::OK,
-            Value::from(ids).to_string(),
-        ))
+        Ok(json_response(StatusCode::OK, Value::from(ids).to_string()))
     }
 }
 
@@ -813,7 +790,10 @@ fn match_attachments(batch: &[Value], parts: Vec<Part>) -> Result<Vec<Blob>, Lrs
             )));
         }
         if a.get("usageType").and_then(Value::as_str) == Some(SIGNATURE_USAGE) {
-            let ct = a.get("contentType").and_then(Value::as_str).unwrap_or_default();
+            let ct = a
+                .get("contentType")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if essence(ct) != "application/octet-stream" {
                 return Err(LrsError::invalid(
                     "a signature attachment's contentType must be application/octet-stream",
@@ -888,14 +868,16 @@ async fn documents(
 ) -> Result<Response, LrsError> {
     let (kind, name, id_param, scope) = match resource {
         Resource::State => ("state", "State", "stateId", "state"),
-        Resource::ActivityProfile => {
-            ("activity_profile", "Activity Profile", "profileId", "profile")
-        }
+        Resource::ActivityProfile => (
+            "activity_profile",
+            "Activity Profile",
+            "profileId",
+            "profile",
+        ),
         _ => ("agent_profile", "Agent Profile", "profileId", "profile"),
     };
     let read = x.is_read();
     require(
-        caller,
         caller.allows(scope) || (read && caller.allows("all/read")),
         &format!("the {name} resource"),
     )?;
@@ -977,9 +959,7 @@ async fn documents(
                 if resource == Resource::State && x.param("agent").is_none() {
                     return Err(LrsError::invalid("the agent parameter is required"));
                 }
-                let (ids, latest) = db
-                    .read(move |c| sql::document_ids(c, &key, since))
-                    .await?;
+                let (ids, latest) = db.read(move |c| sql::document_ids(c, &key, since)).await?;
                 let mut r = json_response(StatusCode::OK, Value::from(ids).to_string());
                 if let Some(v) = http_date(latest.unwrap_or_else(now_ms)) {
                     r.headers_mut().insert(header::LAST_MODIFIED, v);
@@ -988,8 +968,9 @@ async fn documents(
             }
         },
         Method::PUT | Method::POST => {
-            let id = doc_id
-                .ok_or_else(|| LrsError::invalid(format!("the {id_param} parameter is required")))?;
+            let id = doc_id.ok_or_else(|| {
+                LrsError::invalid(format!("the {id_param} parameter is required"))
+            })?;
             let content_type = match x.content_type() {
                 "" => "application/octet-stream".to_string(),
                 ct => ct.to_string(),
@@ -998,8 +979,7 @@ async fn documents(
                 WriteMode::Replace {
                     // 1.0.3 asks for a precondition on every profile PUT; 2.0.0 only when
                     // the document exists, for every document resource.
-                    new_needs_precondition: x.version == Version::V1
-                        && resource != Resource::State,
+                    new_needs_precondition: x.version == Version::V1 && resource != Resource::State,
                     existing_needs_precondition: x.version == Version::V2
                         || resource != Resource::State,
                 }
@@ -1051,7 +1031,7 @@ async fn activity_resource(caller: &LrsCaller, x: &XRequest) -> Result<Response,
     if !x.is_read() {
         return Err(method_not_allowed());
     }
-    require(caller, readable(caller), "reading Activities")?;
+    require(readable(caller), "reading Activities")?;
     only_params(x, &["activityId"], "Activities")?;
     let id = activity_param(x)?;
     let lookup = id.clone();
@@ -1071,7 +1051,7 @@ fn agent_resource(caller: &LrsCaller, x: &XRequest) -> Result<Response, LrsError
     if !x.is_read() {
         return Err(method_not_allowed());
     }
-    require(caller, readable(caller), "reading Agents")?;
+    require(readable(caller), "reading Agents")?;
     only_params(x, &["agent"], "Agents")?;
     let raw = required_param(x, "agent")?;
     let agent: Value = serde_json::from_str(raw)

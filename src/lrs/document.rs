@@ -13,11 +13,7 @@ use crate::store::lrs::{self as sql, Document, DocumentKey};
 /// A quoted SHA-1 of the content, the ETag the xAPI specification describes.
 pub fn etag(content: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, content);
-    let hex: String = digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("\"{hex}\"")
 }
 
@@ -31,7 +27,10 @@ pub struct Preconditions {
 fn etag_listed(list: &str, etag: &str) -> bool {
     let bare = etag.trim_matches('"');
     list.split(',').map(str::trim).any(|t| {
-        t == "*" || t.trim_start_matches("W/").trim_matches('"').eq_ignore_ascii_case(bare)
+        t == "*"
+            || t.trim_start_matches("W/")
+                .trim_matches('"')
+                .eq_ignore_ascii_case(bare)
     })
 }
 
@@ -220,8 +219,27 @@ mod tests {
             existing_needs_precondition: true,
         };
         let none = Preconditions::default();
-        write(&c, &key(), "p", JSON, b"{\"a\":1}".to_vec(), replace, &none, 1).unwrap();
-        let again = write(&c, &key(), "p", JSON, b"{\"a\":2}".to_vec(), replace, &none, 2);
+        write(
+            &c,
+            &key(),
+            "p",
+            JSON,
+            b"{\"a\":1}".to_vec(),
+            replace,
+            &none,
+            1,
+        )
+        .unwrap();
+        let again = write(
+            &c,
+            &key(),
+            "p",
+            JSON,
+            b"{\"a\":2}".to_vec(),
+            replace,
+            &none,
+            2,
+        );
         assert!(matches!(again, Err(LrsError::Conflict(_))), "{again:?}");
         let stale = Preconditions {
             if_match: Some(etag(b"{\"a\":0}")),
@@ -233,12 +251,31 @@ mod tests {
             if_match: Some(etag(b"{\"a\":1}")),
             if_none_match: None,
         };
-        write(&c, &key(), "p", JSON, b"{\"a\":3}".to_vec(), replace, &fresh, 4).unwrap();
+        write(
+            &c,
+            &key(),
+            "p",
+            JSON,
+            b"{\"a\":3}".to_vec(),
+            replace,
+            &fresh,
+            4,
+        )
+        .unwrap();
         let create_only = Preconditions {
             if_match: None,
             if_none_match: Some("*".into()),
         };
-        let r = write(&c, &key(), "p", JSON, b"{}".to_vec(), replace, &create_only, 5);
+        let r = write(
+            &c,
+            &key(),
+            "p",
+            JSON,
+            b"{}".to_vec(),
+            replace,
+            &create_only,
+            5,
+        );
         assert!(matches!(r, Err(LrsError::PreconditionFailed(_))), "{r:?}");
         let doc = sql::document(&c, &key(), "p").unwrap().unwrap();
         assert_eq!(doc.content, b"{\"a\":3}");
@@ -249,12 +286,41 @@ mod tests {
     fn post_merges_json_objects_and_refuses_anything_else() {
         let c = db();
         let none = Preconditions::default();
-        write(&c, &key(), "p", JSON, br#"{"a":1,"b":1}"#.to_vec(), WriteMode::Merge, &none, 1).unwrap();
-        write(&c, &key(), "p", JSON, br#"{"b":2,"c":3}"#.to_vec(), WriteMode::Merge, &none, 2).unwrap();
+        write(
+            &c,
+            &key(),
+            "p",
+            JSON,
+            br#"{"a":1,"b":1}"#.to_vec(),
+            WriteMode::Merge,
+            &none,
+            1,
+        )
+        .unwrap();
+        write(
+            &c,
+            &key(),
+            "p",
+            JSON,
+            br#"{"b":2,"c":3}"#.to_vec(),
+            WriteMode::Merge,
+            &none,
+            2,
+        )
+        .unwrap();
         let doc = sql::document(&c, &key(), "p").unwrap().unwrap();
         let merged: Value = serde_json::from_slice(&doc.content).unwrap();
         assert_eq!(merged, serde_json::json!({"a": 1, "b": 2, "c": 3}));
-        let r = write(&c, &key(), "p", "text/plain", b"x".to_vec(), WriteMode::Merge, &none, 3);
+        let r = write(
+            &c,
+            &key(),
+            "p",
+            "text/plain",
+            b"x".to_vec(),
+            WriteMode::Merge,
+            &none,
+            3,
+        );
         assert!(matches!(r, Err(LrsError::Invalid(_))), "{r:?}");
         let unchanged = sql::document(&c, &key(), "p").unwrap().unwrap();
         assert_eq!(unchanged.content, doc.content);

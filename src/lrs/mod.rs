@@ -115,9 +115,11 @@ impl From<LrsError> for ApiError {
             LrsError::Forbidden(_) => ApiError::forbidden("xapi_scope", message),
             LrsError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             LrsError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "xapi_conflict", message),
-            LrsError::PreconditionFailed(_) => {
-                ApiError::new(StatusCode::PRECONDITION_FAILED, "xapi_precondition", message)
-            }
+            LrsError::PreconditionFailed(_) => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "xapi_precondition",
+                message,
+            ),
             LrsError::TooLarge(_) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
             }

@@ -118,10 +118,7 @@ pub async fn parse(body: Bytes, boundary: &str) -> Result<(Bytes, Vec<Part>), Lr
 
 /// Builds a `multipart/mixed` response: the JSON first, then each attachment.
 pub fn build(json: &[u8], attachments: &[(String, String, Vec<u8>)]) -> (String, Vec<u8>) {
-    let boundary = format!(
-        "ceredis-{:016x}",
-        u64::from_le_bytes(ring_random_bytes())
-    );
+    let boundary = format!("ceredis-{:016x}", u64::from_le_bytes(ring_random_bytes()));
     let mut body = Vec::with_capacity(json.len() + 256);
     body.extend_from_slice(
         format!("--{boundary}\r\nContent-Type: application/json\r\n\r\n").as_bytes(),
@@ -156,7 +153,10 @@ mod tests {
     async fn parses_what_it_builds() {
         let content = b"hello".to_vec();
         let sha = sha2_like(&"0".repeat(64), &content).unwrap();
-        let (ct, body) = build(b"{\"a\":1}", &[(sha.clone(), "text/plain".into(), content.clone())]);
+        let (ct, body) = build(
+            b"{\"a\":1}",
+            &[(sha.clone(), "text/plain".into(), content.clone())],
+        );
         let b = boundary(&ct).unwrap();
         let (json, parts) = parse(Bytes::from(body), &b).await.unwrap();
         assert_eq!(&json[..], b"{\"a\":1}");
@@ -167,8 +167,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_part_whose_hash_lies_is_refused() {
-        let (ct, body) = build(b"{}", &[("a".repeat(64), "text/plain".into(), b"x".to_vec())]);
-        let e = parse(Bytes::from(body), &boundary(&ct).unwrap()).await.unwrap_err();
+        let (ct, body) = build(
+            b"{}",
+            &[("a".repeat(64), "text/plain".into(), b"x".to_vec())],
+        );
+        let e = parse(Bytes::from(body), &boundary(&ct).unwrap())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("SHA-2"), "{e}");
     }
 }

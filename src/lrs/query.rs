@@ -8,8 +8,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::statement::{
-    activity_index_key, agent_index_key, agent_key, mask, registration_index_key,
-    verb_index_key,
+    activity_index_key, agent_index_key, agent_key, mask, registration_index_key, verb_index_key,
 };
 use super::validate::{self, is_iri, is_uuid, parse_timestamp};
 use super::{LrsError, Version};
@@ -91,7 +90,9 @@ pub fn agent_param(name: &str, raw: &str) -> Result<String, LrsError> {
         .map_err(|_| LrsError::invalid(format!("{name}: must be an Agent as JSON")))?;
     validate::agent_or_group(&value, name)?;
     agent_key(&value).ok_or_else(|| {
-        LrsError::invalid(format!("{name}: an anonymous Group cannot be used as a filter"))
+        LrsError::invalid(format!(
+            "{name}: an anonymous Group cannot be used as a filter"
+        ))
     })
 }
 
@@ -109,12 +110,7 @@ pub fn parse(params: &[(String, String)], _version: Version) -> Result<Statement
         }
         seen.push(k);
     }
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let format = match get("format") {
         None | Some("exact") => Format::Exact,
         Some("ids") => Format::Ids,
@@ -143,7 +139,10 @@ pub fn parse(params: &[(String, String)], _version: Version) -> Result<Statement
             "statementId"
         };
         if let Some((other, _)) = params.iter().find(|(k, _)| {
-            !matches!(k.as_str(), "statementId" | "voidedStatementId" | "format" | "attachments")
+            !matches!(
+                k.as_str(),
+                "statementId" | "voidedStatementId" | "format" | "attachments"
+            )
         }) {
             return Err(LrsError::invalid(format!(
                 "{other} cannot be used with {name}"
@@ -171,7 +170,9 @@ pub fn parse(params: &[(String, String)], _version: Version) -> Result<Statement
         } else {
             mask::AGENT
         };
-        filter.keys.push((agent_index_key(&agent_param("agent", a)?), m));
+        filter
+            .keys
+            .push((agent_index_key(&agent_param("agent", a)?), m));
     }
     if let Some(v) = get("verb") {
         if !is_iri(v) {
@@ -181,7 +182,9 @@ pub fn parse(params: &[(String, String)], _version: Version) -> Result<Statement
     }
     if let Some(a) = get("activity") {
         if !is_iri(a) {
-            return Err(LrsError::invalid(format!("activity: \"{a}\" is not an IRI")));
+            return Err(LrsError::invalid(format!(
+                "activity: \"{a}\" is not an IRI"
+            )));
         }
         let m = if related_activities {
             mask::ACTIVITY | mask::RELATED_ACTIVITY
@@ -284,7 +287,13 @@ mod tests {
     fn bad_parameters_are_named() {
         for (pairs, needle) in [
             (vec![("statementId", "x")], "statementId"),
-            (vec![("statementId", "ec531277-b57b-4c15-8d91-d292c5b2b8f7"), ("verb", "http://v")], "verb"),
+            (
+                vec![
+                    ("statementId", "ec531277-b57b-4c15-8d91-d292c5b2b8f7"),
+                    ("verb", "http://v"),
+                ],
+                "verb",
+            ),
             (vec![("unknown", "1")], "unknown"),
             (vec![("agent", "{\"name\":\"x\"}")], "agent"),
             (vec![("limit", "-1")], "limit"),

@@ -16,7 +16,9 @@ pub const SIGNATURE_USAGE: &str = "http://adlnet.gov/expapi/attachments/signatur
 fn b64(part: &str, what: &str) -> Result<Vec<u8>, LrsError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
-        .map_err(|_| LrsError::invalid(format!("the statement signature's {what} is not base64url")))
+        .map_err(|_| {
+            LrsError::invalid(format!("the statement signature's {what} is not base64url"))
+        })
 }
 
 /// The statement as it was before the signature attachment was added.
@@ -84,7 +86,9 @@ pub fn verify(jws: &[u8], statement: &Value) -> Result<(), LrsError> {
         ring::signature::UnparsedPublicKey::new(algorithm, key)
             .verify(signed.as_bytes(), &signature)
             .map_err(|_| {
-                LrsError::invalid("the statement signature does not verify with its x5c certificate")
+                LrsError::invalid(
+                    "the statement signature does not verify with its x5c certificate",
+                )
             })?;
     }
     Ok(())

@@ -27,7 +27,8 @@ pub mod mask {
     /// The credential or user that stored the statement (`statements/read/mine`).
     pub const STORED_BY: i64 = 64;
     /// The kinds a statement inherits from the statement its StatementRef targets.
-    pub const INHERITED: i64 = VERB | REGISTRATION | AGENT | RELATED_AGENT | ACTIVITY | RELATED_ACTIVITY;
+    pub const INHERITED: i64 =
+        VERB | REGISTRATION | AGENT | RELATED_AGENT | ACTIVITY | RELATED_ACTIVITY;
 }
 
 pub const VOIDED_VERB: &str = "http://adlnet.gov/expapi/verbs/voided";
@@ -205,11 +206,7 @@ fn context_activities_as_arrays(statement: &mut Map<String, Value>) {
 fn truncated_duration(d: &str) -> String {
     match d.split_once('.') {
         Some((whole, fraction)) if d.ends_with('S') => {
-            let digits: String = fraction
-                .trim_end_matches('S')
-                .chars()
-                .take(2)
-                .collect();
+            let digits: String = fraction.trim_end_matches('S').chars().take(2).collect();
             format!("{whole}.{digits:0<2}S")
         }
         _ => d.to_string(),
@@ -449,7 +446,9 @@ pub fn filter_languages(value: &mut Value, languages: &[String]) {
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|v| filter_languages(v, languages)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| filter_languages(v, languages)),
         _ => {}
     }
 }
@@ -465,9 +464,9 @@ fn pick_language(map: &mut Map<String, Value>, languages: &[String]) {
                 .find(|k| k.eq_ignore_ascii_case(want))
                 .or_else(|| {
                     map.keys().find(|k| {
-                        k.split('-')
-                            .next()
-                            .is_some_and(|p| p.eq_ignore_ascii_case(want.split('-').next().unwrap_or_default()))
+                        k.split('-').next().is_some_and(|p| {
+                            p.eq_ignore_ascii_case(want.split('-').next().unwrap_or_default())
+                        })
                     })
                 })
                 .cloned()
@@ -537,14 +536,18 @@ mod tests {
         assert!(!has("a:mbox:mailto:b@example.org", mask::AGENT));
         assert!(has("o:http://example.org/act", mask::RELATED_ACTIVITY));
         assert!(has("o:http://example.org/p", mask::RELATED_ACTIVITY));
-        assert!(has("r:aaaaaaaa-b57b-4c15-8d91-d292c5b2b8f7", mask::REGISTRATION));
+        assert!(has(
+            "r:aaaaaaaa-b57b-4c15-8d91-d292c5b2b8f7",
+            mask::REGISTRATION
+        ));
         assert!(has("v:http://example.org/w", mask::VERB));
         assert!(has("m:cred:k1", mask::STORED_BY));
     }
 
     #[test]
     fn render_splices_stored_and_the_default_timestamp() {
-        let r: Value = serde_json::from_str(&render("{\"id\":\"x\"}", 1_700_000_000_123, false)).unwrap();
+        let r: Value =
+            serde_json::from_str(&render("{\"id\":\"x\"}", 1_700_000_000_123, false)).unwrap();
         assert_eq!(r["stored"], "2023-11-14T22:13:20.123Z");
         assert_eq!(r["timestamp"], r["stored"]);
         let r: Value = serde_json::from_str(&render("{}", 0, true)).unwrap();
@@ -574,18 +577,25 @@ mod tests {
             "context": {"team": {"objectType": "Group", "name": "anon", "member": [{"name": "n", "mbox": "mailto:m@b.c"}]}}
         });
         to_ids(&mut s);
-        assert_eq!(s["actor"], json!({"objectType": "Agent", "mbox": "mailto:a@b.c"}));
+        assert_eq!(
+            s["actor"],
+            json!({"objectType": "Agent", "mbox": "mailto:a@b.c"})
+        );
         assert_eq!(s["verb"], json!({"id": "http://v"}));
         assert_eq!(s["object"], json!({"id": "http://o"}));
         let mut typed = json!({"object": {"objectType": "Activity", "id": "http://o"}});
         to_ids(&mut typed);
         assert_eq!(typed["object"], json!({"id": "http://o"}));
-        assert_eq!(s["context"]["team"], json!({"objectType": "Group", "member": [{"mbox": "mailto:m@b.c"}]}));
+        assert_eq!(
+            s["context"]["team"],
+            json!({"objectType": "Group", "member": [{"mbox": "mailto:m@b.c"}]})
+        );
     }
 
     #[test]
     fn canonical_keeps_one_language() {
-        let mut s = json!({"verb": {"id": "http://v", "display": {"en-US": "did", "fr-FR": "a fait"}}});
+        let mut s =
+            json!({"verb": {"id": "http://v", "display": {"en-US": "did", "fr-FR": "a fait"}}});
         filter_languages(&mut s, &["fr".to_string()]);
         assert_eq!(s["verb"]["display"], json!({"fr-FR": "a fait"}));
     }

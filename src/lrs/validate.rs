@@ -294,7 +294,10 @@ fn ifi_values(obj: &Map<String, Value>, path: &str) -> Checked {
 fn account(value: &Value, path: &str) -> Checked {
     let obj = object(value, path)?;
     allowed(obj, path, &["homePage", "name"])?;
-    irl(required(obj, "homePage", path)?, &format!("{path}.homePage"))?;
+    irl(
+        required(obj, "homePage", path)?,
+        &format!("{path}.homePage"),
+    )?;
     string(required(obj, "name", path)?, &format!("{path}.name"))?;
     Ok(())
 }
@@ -347,7 +350,11 @@ pub fn group(value: &Value, path: &str) -> Checked {
             "account",
         ],
     )?;
-    if string(required(obj, "objectType", path)?, &format!("{path}.objectType"))? != "Group" {
+    if string(
+        required(obj, "objectType", path)?,
+        &format!("{path}.objectType"),
+    )? != "Group"
+    {
         return fail(&format!("{path}.objectType"), "must be \"Group\"");
     }
     if let Some(n) = obj.get("name") {
@@ -395,7 +402,10 @@ fn authority(value: &Value, path: &str) -> Checked {
     // application and the user).
     if value.get("objectType").and_then(Value::as_str) == Some("Group") {
         let obj = object(value, path)?;
-        let members = obj.get("member").and_then(Value::as_array).map_or(0, Vec::len);
+        let members = obj
+            .get("member")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
         if ifi_count(obj) != 0 || members != 2 {
             return fail(
                 path,
@@ -692,8 +702,7 @@ pub fn is_duration(s: &str) -> bool {
                 continue;
             }
             let pos = units[next_unit..].iter().position(|u| *u as char == c)?;
-            if number.is_empty() || number.starts_with(['.', ',']) || number.ends_with(['.', ','])
-            {
+            if number.is_empty() || number.starts_with(['.', ',']) || number.ends_with(['.', ',']) {
                 return None;
             }
             number.clear();
@@ -884,7 +893,10 @@ fn attachments(value: &Value, path: &str) -> Checked {
         if let Some(d) = obj.get("description") {
             language_map(d, &format!("{p}.description"))?;
         }
-        let ct = string(required(obj, "contentType", &p)?, &format!("{p}.contentType"))?;
+        let ct = string(
+            required(obj, "contentType", &p)?,
+            &format!("{p}.contentType"),
+        )?;
         if !is_media_type(ct) {
             return fail(
                 &format!("{p}.contentType"),
@@ -898,7 +910,10 @@ fn attachments(value: &Value, path: &str) -> Checked {
         let sha2 = string(required(obj, "sha2", &p)?, &format!("{p}.sha2"))?;
         if !matches!(sha2.len(), 56 | 64 | 96 | 128) || !sha2.bytes().all(|b| b.is_ascii_hexdigit())
         {
-            return fail(&format!("{p}.sha2"), "must be the hex digest of a SHA-2 hash");
+            return fail(
+                &format!("{p}.sha2"),
+                "must be the hex digest of a SHA-2 hash",
+            );
         }
         if let Some(u) = obj.get("fileUrl") {
             irl(u, &format!("{p}.fileUrl"))?;
@@ -951,26 +966,72 @@ mod tests {
 
     #[test]
     fn each_broken_property_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Patch = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Patch, &str)> = vec![
             (Box::new(|s| s["id"] = json!("not-a-uuid")), "statement.id"),
-            (Box::new(|s| s["actor"]["mbox"] = json!("eleve@example.org")), "statement.actor.mbox"),
-            (Box::new(|s| s["actor"]["openid"] = json!("http://a.example")), "statement.actor"),
-            (Box::new(|s| s["verb"]["id"] = json!("answered")), "statement.verb.id"),
-            (Box::new(|s| s["verb"]["display"] = json!({"not a tag": "x"})), "statement.verb.display.not a tag"),
-            (Box::new(|s| s["object"]["definition"]["interactionType"] = json!("essay")), "statement.object.definition.interactionType"),
-            (Box::new(|s| s["object"]["definition"]["scale"] = json!([])), "statement.object.definition.scale"),
-            (Box::new(|s| s["result"]["score"]["scaled"] = json!(1.5)), "statement.result.score.scaled"),
-            (Box::new(|s| s["result"]["score"]["raw"] = json!(11)), "statement.result.score.raw"),
-            (Box::new(|s| s["result"]["duration"] = json!("1 minute")), "statement.result.duration"),
-            (Box::new(|s| s["context"]["registration"] = json!(42)), "statement.context.registration"),
-            (Box::new(|s| s["timestamp"] = json!("2026-11-22T10:00:00")), "statement.timestamp"),
+            (
+                Box::new(|s| s["actor"]["mbox"] = json!("eleve@example.org")),
+                "statement.actor.mbox",
+            ),
+            (
+                Box::new(|s| s["actor"]["openid"] = json!("http://a.example")),
+                "statement.actor",
+            ),
+            (
+                Box::new(|s| s["verb"]["id"] = json!("answered")),
+                "statement.verb.id",
+            ),
+            (
+                Box::new(|s| s["verb"]["display"] = json!({"not a tag": "x"})),
+                "statement.verb.display.not a tag",
+            ),
+            (
+                Box::new(|s| s["object"]["definition"]["interactionType"] = json!("essay")),
+                "statement.object.definition.interactionType",
+            ),
+            (
+                Box::new(|s| s["object"]["definition"]["scale"] = json!([])),
+                "statement.object.definition.scale",
+            ),
+            (
+                Box::new(|s| s["result"]["score"]["scaled"] = json!(1.5)),
+                "statement.result.score.scaled",
+            ),
+            (
+                Box::new(|s| s["result"]["score"]["raw"] = json!(11)),
+                "statement.result.score.raw",
+            ),
+            (
+                Box::new(|s| s["result"]["duration"] = json!("1 minute")),
+                "statement.result.duration",
+            ),
+            (
+                Box::new(|s| s["context"]["registration"] = json!(42)),
+                "statement.context.registration",
+            ),
+            (
+                Box::new(|s| s["timestamp"] = json!("2026-11-22T10:00:00")),
+                "statement.timestamp",
+            ),
             (Box::new(|s| s["extra"] = json!(1)), "statement.extra"),
-            (Box::new(|s| s["version"] = json!("0.95")), "statement.version"),
-            (Box::new(|s| { s["object"] = json!({"objectType": "StatementRef", "id": "ec531277-b57b-4c15-8d91-d292c5b2b8f7"}); s["context"]["platform"] = json!("web"); }), "statement.context.platform"),
+            (
+                Box::new(|s| s["version"] = json!("0.95")),
+                "statement.version",
+            ),
+            (
+                Box::new(|s| {
+                    s["object"] = json!({"objectType": "StatementRef", "id": "ec531277-b57b-4c15-8d91-d292c5b2b8f7"});
+                    s["context"]["platform"] = json!("web");
+                }),
+                "statement.context.platform",
+            ),
         ];
         for (patch, path) in cases {
             let message = problem(patch, Version::V2).expect("must be refused");
-            assert!(message.starts_with(&format!("{path}:")), "{message} should name {path}");
+            assert!(
+                message.starts_with(&format!("{path}:")),
+                "{message} should name {path}"
+            );
         }
     }
 
@@ -1004,6 +1065,12 @@ mod tests {
         }
         assert!(parse_timestamp("2026-11-22T10:00:00+01:00").is_some());
         assert!(parse_timestamp("2026-11-22T10:00:00").is_none());
-        assert!(problem(|s| s["timestamp"] = json!("2026-11-22T10:00:00-00:00"), Version::V2).is_some());
+        assert!(
+            problem(
+                |s| s["timestamp"] = json!("2026-11-22T10:00:00-00:00"),
+                Version::V2
+            )
+            .is_some()
+        );
     }
 }

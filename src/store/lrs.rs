@@ -174,7 +174,12 @@ pub fn insert_statements(
             "INSERT INTO xapi_attachments (sha2, content_type, length, content)
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT (sha2) DO NOTHING",
         )?
-        .execute(params![b.sha2, b.content_type, b.content.len() as i64, b.content])?;
+        .execute(params![
+            b.sha2,
+            b.content_type,
+            b.content.len() as i64,
+            b.content
+        ])?;
     }
     let mut inserted = 0;
     for p in batch {
@@ -294,7 +299,9 @@ fn record_activities(conn: &Connection, statement: &Value) -> Result<(), StoreEr
             .query_row([id], |r| r.get(0))
             .optional()?;
         let merged = match (existing, incoming) {
-            (None, def) => def.cloned().unwrap_or_else(|| Value::Object(Default::default())),
+            (None, def) => def
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Default::default())),
             (Some(_), None) => continue,
             (Some(old), Some(def)) => {
                 let mut old: Value = serde_json::from_str(&old).unwrap_or(Value::Null);
@@ -506,7 +513,13 @@ pub fn document(
                AND doc_id = ?5",
         )?
         .query_row(
-            params![key.kind, key.activity_id, key.agent, key.registration, doc_id],
+            params![
+                key.kind,
+                key.activity_id,
+                key.agent,
+                key.registration,
+                doc_id
+            ],
             |r| {
                 Ok(Document {
                     content_type: r.get(0)?,
@@ -592,13 +605,24 @@ pub fn delete_documents(
                 "DELETE FROM xapi_documents WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
                    AND registration = ?4 AND doc_id = ?5",
             )?
-            .execute(params![key.kind, key.activity_id, key.agent, key.registration, d])?,
+            .execute(params![
+                key.kind,
+                key.activity_id,
+                key.agent,
+                key.registration,
+                d
+            ])?,
         None => conn
             .prepare_cached(
                 "DELETE FROM xapi_documents WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
                    AND (?4 = '' OR registration = ?4)",
             )?
-            .execute(params![key.kind, key.activity_id, key.agent, key.registration])?,
+            .execute(params![
+                key.kind,
+                key.activity_id,
+                key.agent,
+                key.registration
+            ])?,
     };
     if n > 0 {
         log_change(conn, at, key.kind, doc_id.unwrap_or("*"))?;

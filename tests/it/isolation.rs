@@ -238,6 +238,38 @@ async fn no_route_lets_one_tenant_or_the_operator_reach_another_tenants_data() {
                 }
                 checked += alpha.users.len();
             }
+            Access::Xapi => {
+                // Another tenant's credentials and sessions are strangers to this LRS
+                // (the per-resource attacks are in `lrs::one_tenants_lrs_never_reaches_another`).
+                let in_beta = app.url(&concrete(spec.path, "beta", &beta));
+                for m in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+                    let r = anonymous
+                        .client
+                        .request(m.clone(), &in_beta)
+                        .basic_auth(&alpha.key_id, Some(&alpha.secret))
+                        .header("X-Experience-API-Version", "2.0.0")
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{m} {in_beta}");
+                    for (role, s) in &alpha.users {
+                        let r = s
+                            .client
+                            .request(m.clone(), &in_beta)
+                            .header("x-csrf-token", &s.csrf)
+                            .header("X-Experience-API-Version", "2.0.0")
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(
+                            r.status(),
+                            StatusCode::UNAUTHORIZED,
+                            "{role:?}: {m} {in_beta}"
+                        );
+                    }
+                    checked += 1 + alpha.users.len();
+                }
+            }
             Access::Public => {}
         }
     }

@@ -6,6 +6,7 @@ mod acme;
 mod api;
 mod durability;
 mod isolation;
+mod lrs;
 mod operations;
 mod roster;
 mod support;
