@@ -369,6 +369,11 @@ pub struct Filter {
     pub upto: Option<i64>,
 }
 
+/// The last statement stored at or before a time: one step down the `stored` index (whose
+/// entries are ordered by `stored`, then `seq`).
+const LAST_SEQ_STORED_BY: &str = "SELECT seq FROM xapi_statements WHERE stored <= ?1
+     ORDER BY stored DESC, seq DESC LIMIT 1";
+
 /// The statements that match `filter`, at most `filter.limit + 1` of them (one more than
 /// asked, to know whether a next page exists).
 pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>, StoreError> {
@@ -379,19 +384,35 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>,
             None => return Ok(Vec::new()),
         }
     }
+    // The rarest key drives the query (counted up to a bound, so this stays cheap).
+    if keys.len() > 1 {
+        let mut counted = Vec::with_capacity(keys.len());
+        for (k, m) in keys {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM xapi_index WHERE key = ?1 LIMIT 2000)",
+                )?
+                .query_row([k], |r| r.get(0))?;
+            counted.push((n, k, m));
+        }
+        counted.sort_unstable();
+        keys = counted.into_iter().map(|(_, k, m)| (k, m)).collect();
+    }
     // `stored` never decreases with `seq`: turn the time window into a `seq` window.
     let mut low = filter.after.filter(|_| filter.ascending);
     let mut high = filter.after.filter(|_| !filter.ascending).map(|a| a - 1);
     if let Some(since) = filter.since {
         let s: Option<i64> = conn
-            .prepare_cached("SELECT max(seq) FROM xapi_statements WHERE stored <= ?1")?
-            .query_row([since], |r| r.get(0))?;
+            .prepare_cached(LAST_SEQ_STORED_BY)?
+            .query_row([since], |r| r.get(0))
+            .optional()?;
         low = Some(low.unwrap_or(0).max(s.unwrap_or(0)));
     }
     if let Some(until) = filter.until {
         let u: Option<i64> = conn
-            .prepare_cached("SELECT max(seq) FROM xapi_statements WHERE stored <= ?1")?
-            .query_row([until], |r| r.get(0))?;
+            .prepare_cached(LAST_SEQ_STORED_BY)?
+            .query_row([until], |r| r.get(0))
+            .optional()?;
         let u = u.unwrap_or(0);
         high = Some(high.map_or(u, |h| h.min(u)));
     }
