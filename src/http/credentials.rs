@@ -18,7 +18,7 @@ pub fn section(lang: Lang, slug: &str, csrf: &str, creds: &[Credential]) -> Mark
     html! {
         section id="credentials" {
             h2 { (lang.t("admin.credentials")) }
-            p.small { "Endpoint: " code { "/t/" (slug) "/…" } " — HTTP Basic (key id : secret)" }
+            p.small { (lang.t("cred.endpoint")) " " code { "/t/" (slug) "/xapi/" } " — HTTP Basic (key id : secret), X-Experience-API-Version 1.0.3 / 2.0.0" }
             table {
                 tbody {
                     @for c in creds {

@@ -385,6 +385,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "Secret (shown once only):",
     ),
     ("cred.revoke", "Révoquer", "Revoke"),
+    (
+        "cred.endpoint",
+        "Point d'accès xAPI (LRS) de l'établissement :",
+        "The school's xAPI endpoint (LRS):",
+    ),
     ("cred.revoked", "révoqué", "revoked"),
 ];
 
