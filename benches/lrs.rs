@@ -6,7 +6,7 @@
 //! filesystem backend, Learning Locker's `xapi-statements` in memory) and passes them here as
 //! `PEER_<NAME>=<endpoint>` and `PEER_<NAME>_AUTH=<user:password>`. Alone,
 //! `cargo bench --bench lrs` measures ceredis only. `QUERY_STATEMENTS` sets the size of the
-//! query tenant (default 1 000 000).
+//! query tenant (default 1 000 000); `ONLY=ingest|singles|queries` runs one part.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/it/support.rs"]
@@ -238,40 +238,54 @@ async fn main() {
     let peers: Vec<Arc<Target>> = peers().into_iter().map(Arc::new).collect();
     println!("LRS benchmark on {cores} cores; ceredis over HTTPS (its own CA), peers over HTTP");
 
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only == part;
+
     // 1. Ingest, batches of 100, 4 concurrent clients.
-    println!(
-        "\n== ingest: batches of 100 statements, 4 clients, each batch acknowledged when durable"
-    );
-    ingest(&ours, 1000, 100, 4, 0).await; // warm-up
-    let ceredis_rate = ingest(&ours, 40_000, 100, 4, 1000).await;
-    println!("{:<28} {:>9.0} statements/s", "ceredis", ceredis_rate);
-    for p in &peers {
-        ingest(p, 1000, 100, 4, 0).await;
-        let rate = ingest(p, 10_000, 100, 4, 1000).await;
+    if runs("ingest") {
         println!(
-            "{:<28} {:>9.0} statements/s   ceredis is {:.1}x",
-            p.name,
-            rate,
-            ceredis_rate / rate
+            "\n== ingest: batches of 100 statements, 4 clients, each batch acknowledged when durable"
         );
+        ingest(&ours, 1000, 100, 4, 0).await; // warm-up
+        let total = std::env::var("INGEST_STATEMENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40_000);
+        let ceredis_rate = ingest(&ours, total, 100, 4, 1000).await;
+        println!("{:<28} {:>9.0} statements/s", "ceredis", ceredis_rate);
+        for p in &peers {
+            ingest(p, 1000, 100, 4, 0).await;
+            let rate = ingest(p, 10_000, 100, 4, 1000).await;
+            println!(
+                "{:<28} {:>9.0} statements/s   ceredis is {:.1}x",
+                p.name,
+                rate,
+                ceredis_rate / rate
+            );
+        }
     }
 
     // 2. Single-statement POSTs from 32 clients.
-    println!("\n== single-statement POSTs from 32 concurrent clients, 10 s");
-    let singles_target = Arc::new(ceredis_target(&app, "singles"));
-    let rate = singles(&singles_target, 32, 10, 0).await;
-    println!("{:<28} {:>9.0} statements/s", "ceredis", rate);
-    for p in &peers {
-        let peer_rate = singles(p, 32, 10, 5_000_000).await;
-        println!(
-            "{:<28} {:>9.0} statements/s   ceredis is {:.1}x",
-            p.name,
-            peer_rate,
-            rate / peer_rate
-        );
+    if runs("singles") {
+        println!("\n== single-statement POSTs from 32 concurrent clients, 10 s");
+        let singles_target = Arc::new(ceredis_target(&app, "singles"));
+        let rate = singles(&singles_target, 32, 10, 0).await;
+        println!("{:<28} {:>9.0} statements/s", "ceredis", rate);
+        for p in &peers {
+            let peer_rate = singles(p, 32, 10, 5_000_000).await;
+            println!(
+                "{:<28} {:>9.0} statements/s   ceredis is {:.1}x",
+                p.name,
+                peer_rate,
+                rate / peer_rate
+            );
+        }
     }
 
     // 3. Queries on a tenant with `query_size` statements.
+    if !runs("queries") {
+        return;
+    }
     println!("\n== queries on one tenant holding {query_size} statements (pages of 50)");
     let q = Arc::new(ceredis_target(&app, "query"));
     let start = Instant::now();

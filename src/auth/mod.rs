@@ -600,10 +600,14 @@ pub struct ApiClient {
 impl ApiClient {
     /// Whether the credential holds `scope` (or `all`; `all/read` covers read scopes).
     pub fn allows(&self, scope: &str) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| s == scope || s == "all" || (s == "all/read" && scope.contains("/read")))
+        scope_allows(&self.scopes, scope)
     }
+}
+
+/// Whether `held` covers `scope`: `all` covers everything, `all/read` every read scope.
+fn scope_allows(held: &[String], scope: &str) -> bool {
+    held.iter()
+        .any(|s| s == scope || s == "all" || (s == "all/read" && scope.contains("/read")))
 }
 
 fn basic_credentials(authorization: &str) -> Option<(String, String)> {
@@ -708,9 +712,7 @@ pub enum LrsWho {
 impl LrsCaller {
     /// Whether the caller holds `scope` (`all` covers everything, `all/read` every read).
     pub fn allows(&self, scope: &str) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| s == scope || s == "all" || (s == "all/read" && scope.ends_with("read")))
+        scope_allows(&self.scopes, scope)
     }
 }
 

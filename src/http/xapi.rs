@@ -732,6 +732,27 @@ async fn write_statements(caller: &LrsCaller, x: &XRequest) -> Result<Response, 
             statement::prepare(s, &who, x.version, || uuid::Uuid::new_v4().to_string())
         })
         .collect();
+    // Resolve the index keys already known on a reader, off the writer's thread.
+    let keys: Vec<Vec<String>> = prepared
+        .iter()
+        .map(|p| p.keys.iter().map(|(k, _)| k.clone()).collect())
+        .collect();
+    let known = caller
+        .tenant
+        .db
+        .read(move |c| {
+            keys.iter()
+                .map(|ks| {
+                    let refs: Vec<&str> = ks.iter().map(String::as_str).collect();
+                    sql::known_key_ids(c, &refs)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    let mut prepared = prepared;
+    for (p, ids) in prepared.iter_mut().zip(known) {
+        p.key_ids = ids;
+    }
     let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
     let now = now_ms();
     let outcome = caller

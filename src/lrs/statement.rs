@@ -48,6 +48,9 @@ pub struct Prepared {
     pub voiding: bool,
     /// `(key, mask)` pairs for the filter index.
     pub keys: Vec<(String, i64)>,
+    /// The ids of those keys already known to the database (looked up before the write);
+    /// the writer resolves the others.
+    pub key_ids: Vec<Option<i64>>,
     /// SHA-2 digests of the attachments whose content came with the statement.
     pub attachments: Vec<String>,
     /// The statement as a value, for comparison with an existing one of the same id.
@@ -290,6 +293,7 @@ pub fn prepare(
         target,
         voiding,
         keys: keys.0,
+        key_ids: Vec::new(),
         attachments,
         value: statement,
     }

@@ -35,7 +35,7 @@ CREATE TABLE xapi_statements (
 CREATE INDEX xapi_statements_by_stored ON xapi_statements(stored);
 CREATE INDEX xapi_statements_by_target ON xapi_statements(target) WHERE target IS NOT NULL;
 CREATE TABLE xapi_keys (
-    id   INTEGER PRIMARY KEY,
+    id   INTEGER PRIMARY KEY AUTOINCREMENT,
     key  TEXT NOT NULL UNIQUE
 );
 CREATE TABLE xapi_index (
@@ -119,6 +119,12 @@ fn lookup_key(conn: &Connection, key: &str) -> Result<Option<i64>, StoreError> {
         .optional()?)
 }
 
+/// The ids of the index keys that already exist (read before a write, so that the writer
+/// only looks up keys it has never seen; key ids are never reused).
+pub fn known_key_ids(conn: &Connection, keys: &[&str]) -> Result<Vec<Option<i64>>, StoreError> {
+    keys.iter().map(|k| lookup_key(conn, k)).collect()
+}
+
 /// Copies the inheritable index rows of `from` to `to`.
 fn inherit(conn: &Connection, from: i64, to: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -183,17 +189,6 @@ pub fn insert_statements(
     }
     let mut inserted = 0;
     for p in batch {
-        let existing: Option<String> = conn
-            .prepare_cached("SELECT full FROM xapi_statements WHERE id = ?1")?
-            .query_row([&p.id], |r| r.get(0))
-            .optional()?;
-        if let Some(full) = existing {
-            let old: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
-            if same_content(&old, &p.value) {
-                continue;
-            }
-            return Ok(Err(StatementConflict::Different(p.id.clone())));
-        }
         let target = match &p.target {
             Some(t) => conn
                 .prepare_cached("SELECT seq, voiding FROM xapi_statements WHERE id = ?1")?
@@ -207,31 +202,38 @@ pub fn insert_statements(
         {
             return Ok(Err(StatementConflict::VoidingVoided(t.clone())));
         }
-        // A statement voided before it arrived (the voiding statement came first).
-        let voided_already: bool = !p.voiding
-            && conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM xapi_statements WHERE target = ?1 AND voiding = 1)",
-                )?
+        let added = conn
+            .prepare_cached(
+                "INSERT INTO xapi_statements
+                     (id, stored, stamp, has_timestamp, voided, voiding, target, full)
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                p.id,
+                stored,
+                p.timestamp.unwrap_or(stored),
+                p.timestamp.is_some(),
+                p.voiding,
+                p.target,
+                p.json
+            ])?;
+        if added == 0 {
+            // The id exists: the same content changes nothing, other content is refused.
+            let full: String = conn
+                .prepare_cached("SELECT full FROM xapi_statements WHERE id = ?1")?
                 .query_row([&p.id], |r| r.get(0))?;
-        conn.prepare_cached(
-            "INSERT INTO xapi_statements
-                 (id, stored, stamp, has_timestamp, voided, voiding, target, full)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            p.id,
-            stored,
-            p.timestamp.unwrap_or(stored),
-            p.timestamp.is_some(),
-            voided_already,
-            p.voiding,
-            p.target,
-            p.json
-        ])?;
+            let old: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
+            if same_content(&old, &p.value) {
+                continue;
+            }
+            return Ok(Err(StatementConflict::Different(p.id.clone())));
+        }
         let seq = conn.last_insert_rowid();
-        for (key, m) in &p.keys {
-            let k = key_id(conn, key)?;
+        for (i, (key, m)) in p.keys.iter().enumerate() {
+            let k = match p.key_ids.get(i).copied().flatten() {
+                Some(id) => id,
+                None => key_id(conn, key)?,
+            };
             conn.prepare_cached(
                 "INSERT INTO xapi_index (key, seq, mask) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
@@ -245,7 +247,19 @@ pub fn insert_statements(
                     .execute([target_seq])?;
             }
         }
-        propagate_to_referrers(conn, seq, &p.id)?;
+        // Statements stored earlier that refer to this one: they inherit its index rows,
+        // and if one of them voids it, it is voided from the start.
+        let referrers: Vec<(i64, String, bool)> = conn
+            .prepare_cached("SELECT seq, id, voiding FROM xapi_statements WHERE target = ?1")?
+            .query_map([&p.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        if !p.voiding && referrers.iter().any(|(_, _, voiding)| *voiding) {
+            conn.prepare_cached("UPDATE xapi_statements SET voided = 1 WHERE seq = ?1")?
+                .execute([seq])?;
+        }
+        if !referrers.is_empty() {
+            propagate_to_referrers(conn, seq, &p.id)?;
+        }
         for sha2 in &p.attachments {
             conn.prepare_cached(
                 "INSERT INTO xapi_statement_attachments (seq, sha2)
@@ -293,20 +307,28 @@ fn record_activities(conn: &Connection, statement: &Value) -> Result<(), StoreEr
         let Some(id) = activity.get("id").and_then(Value::as_str) else {
             continue;
         };
-        let incoming = activity.get("definition");
+        let Some(incoming) = activity.get("definition") else {
+            conn.prepare_cached(
+                "INSERT INTO xapi_activities (id, definition) VALUES (?1, '{}')
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute([id])?;
+            continue;
+        };
         let existing: Option<String> = conn
             .prepare_cached("SELECT definition FROM xapi_activities WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
             .optional()?;
-        let merged = match (existing, incoming) {
-            (None, def) => def
-                .cloned()
-                .unwrap_or_else(|| Value::Object(Default::default())),
-            (Some(_), None) => continue,
-            (Some(old), Some(def)) => {
-                let mut old: Value = serde_json::from_str(&old).unwrap_or(Value::Null);
-                merge_definition(&mut old, def);
-                old
+        let merged = match existing {
+            None => incoming.clone(),
+            Some(old_text) => {
+                let old: Value = serde_json::from_str(&old_text).unwrap_or(Value::Null);
+                let mut merged = old.clone();
+                merge_definition(&mut merged, incoming);
+                if merged == old {
+                    continue; // nothing new: no write
+                }
+                merged
             }
         };
         conn.prepare_cached(
