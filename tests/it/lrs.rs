@@ -348,11 +348,28 @@ async fn voiding_filters_paging_and_formats() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(message.contains("StatementRef"), "{message}");
-    // Voiding a statement that does not exist is accepted.
+    // Voiding a statement that does not exist yet is accepted, and the statement is voided
+    // when it arrives.
+    let late = uuid();
     lrs.store(&json!({"actor": {"mbox": "mailto:prof@ecole.example"},
         "verb": {"id": "http://adlnet.gov/expapi/verbs/voided"},
-        "object": {"objectType": "StatementRef", "id": uuid()}}))
+        "object": {"objectType": "StatementRef", "id": late}}))
         .await;
+    let mut arrives = statement("lea", "answered", "quiz-late");
+    arrives["id"] = json!(late);
+    lrs.store(&arrives).await;
+    assert_eq!(
+        lrs.get(&format!("/statements?statementId={late}"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        lrs.get(&format!("/statements?voidedStatementId={late}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     // `more` paging over one registration, newest first, then oldest first.
     let registration = uuid();
