@@ -377,7 +377,7 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         Method::POST,
         "/t/{tenant}/xapi/statements",
         Xapi,
-        any(xapi::statements),
+        xapi::resource(xapi::Resource::Statements),
     )
     .add(
         Method::GET,
@@ -389,37 +389,37 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         Method::PUT,
         "/t/{tenant}/xapi/activities/state",
         Xapi,
-        any(xapi::state),
+        xapi::resource(xapi::Resource::State),
     )
     .add(
         Method::PUT,
         "/t/{tenant}/xapi/activities/profile",
         Xapi,
-        any(xapi::activity_profile),
+        xapi::resource(xapi::Resource::ActivityProfile),
     )
     .add(
         Method::GET,
         "/t/{tenant}/xapi/activities",
         Xapi,
-        any(xapi::activities),
+        xapi::resource(xapi::Resource::Activities),
     )
     .add(
         Method::PUT,
         "/t/{tenant}/xapi/agents/profile",
         Xapi,
-        any(xapi::agent_profile),
+        xapi::resource(xapi::Resource::AgentProfile),
     )
     .add(
         Method::GET,
         "/t/{tenant}/xapi/agents",
         Xapi,
-        any(xapi::agents),
+        xapi::resource(xapi::Resource::Agents),
     )
     .add(
         Method::GET,
         "/t/{tenant}/xapi/about",
         Public,
-        any(xapi::about),
+        xapi::resource(xapi::Resource::About),
     );
     (t.router, t.specs)
 }

@@ -13,6 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -43,15 +44,17 @@ pub enum Resource {
     About,
 }
 
-pub async fn statements(
-    State(s): State<AppState>,
-    Path(tenant): Path<String>,
-    session: MaybeSession,
-    request: Request,
-) -> Response {
-    serve(s, tenant, Resource::Statements, None, session, request).await
+/// The handler of one resource (every method; [`serve`] answers per method).
+pub fn resource(resource: Resource) -> MethodRouter<AppState> {
+    any(
+        move |State(s): State<AppState>,
+              Path(tenant): Path<String>,
+              session: MaybeSession,
+              request: Request| serve(s, tenant, resource, None, session, request),
+    )
 }
 
+/// The next page of a statement query (`more` links).
 pub async fn more(
     State(s): State<AppState>,
     Path((tenant, token)): Path<(String, String)>,
@@ -59,60 +62,6 @@ pub async fn more(
     request: Request,
 ) -> Response {
     serve(s, tenant, Resource::More, Some(token), session, request).await
-}
-
-pub async fn state(
-    State(s): State<AppState>,
-    Path(tenant): Path<String>,
-    session: MaybeSession,
-    request: Request,
-) -> Response {
-    serve(s, tenant, Resource::State, None, session, request).await
-}
-
-pub async fn activity_profile(
-    State(s): State<AppState>,
-    Path(tenant): Path<String>,
-    session: MaybeSession,
-    request: Request,
-) -> Response {
-    serve(s, tenant, Resource::ActivityProfile, None, session, request).await
-}
-
-pub async fn agent_profile(
-    State(s): State<AppState>,
-    Path(tenant): Path<String>,
-    session: MaybeSession,
-    request: Request,
-) -> Response {
-    serve(s, tenant, Resource::AgentProfile, None, session, request).await
-}
-
-pub async fn activities(
-    State(s): State<AppState>,
-    Path(tenant): Path<String>,
-    session: MaybeSession,
-    request: Request,
-) -> Response {
-    serve(s, tenant, Resource::Activities, None, session, request).await
-}
-
-pub async fn agents(
-    State(s): State<AppState>,
-    Path(tenant): Path<String>,
-    session: MaybeSession,
-    request: Request,
-) -> Response {
-    serve(s, tenant, Resource::Agents, None, session, request).await
-}
-
-pub async fn about(
-    State(s): State<AppState>,
-    Path(tenant): Path<String>,
-    session: MaybeSession,
-    request: Request,
-) -> Response {
-    serve(s, tenant, Resource::About, None, session, request).await
 }
 
 /// One request, after the alternate syntax has been unfolded.
@@ -533,18 +482,9 @@ async fn read_statements(
                 let owned = caller
                     .tenant
                     .db
-                    .read(move |c| {
-                        let f = sql::Filter {
-                            keys: vec![(key, statement::mask::STORED_BY)],
-                            after: Some(seq + 1),
-                            upto: Some(seq),
-                            limit: 1,
-                            ..Default::default()
-                        };
-                        Ok(sql::query(c, &f)?.iter().any(|s| s.seq == seq))
-                    })
+                    .read(move |c| sql::has_index_key(c, seq, &key, statement::mask::STORED_BY))
                     .await?;
-                if !owned && !voided {
+                if !owned {
                     return Err(LrsError::NotFound("statement"));
                 }
             }

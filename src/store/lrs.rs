@@ -100,11 +100,7 @@ pub struct Blob {
 }
 
 fn key_id(conn: &Connection, key: &str) -> Result<i64, StoreError> {
-    if let Some(id) = conn
-        .prepare_cached("SELECT id FROM xapi_keys WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?
-    {
+    if let Some(id) = lookup_key(conn, key)? {
         return Ok(id);
     }
     conn.prepare_cached("INSERT INTO xapi_keys (key) VALUES (?1)")?
@@ -423,19 +419,18 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>,
     // `stored` never decreases with `seq`: turn the time window into a `seq` window.
     let mut low = filter.after.filter(|_| filter.ascending);
     let mut high = filter.after.filter(|_| !filter.ascending).map(|a| a - 1);
-    if let Some(since) = filter.since {
-        let s: Option<i64> = conn
+    let last_stored_by = |ms: i64| -> Result<i64, StoreError> {
+        Ok(conn
             .prepare_cached(LAST_SEQ_STORED_BY)?
-            .query_row([since], |r| r.get(0))
-            .optional()?;
-        low = Some(low.unwrap_or(0).max(s.unwrap_or(0)));
+            .query_row([ms], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    };
+    if let Some(since) = filter.since {
+        low = Some(low.unwrap_or(0).max(last_stored_by(since)?));
     }
     if let Some(until) = filter.until {
-        let u: Option<i64> = conn
-            .prepare_cached(LAST_SEQ_STORED_BY)?
-            .query_row([until], |r| r.get(0))
-            .optional()?;
-        let u = u.unwrap_or(0);
+        let u = last_stored_by(until)?;
         high = Some(high.map_or(u, |h| h.min(u)));
     }
     if let Some(upto) = filter.upto {
@@ -485,6 +480,23 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>,
         .query_map(rusqlite::params_from_iter(args), stored_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+/// Whether statement `seq` has index key `key` in one of the roles of `mask`.
+pub fn has_index_key(
+    conn: &Connection,
+    seq: i64,
+    key: &str,
+    mask: i64,
+) -> Result<bool, StoreError> {
+    let Some(k) = lookup_key(conn, key)? else {
+        return Ok(false);
+    };
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM xapi_index WHERE key = ?1 AND seq = ?2 AND (mask & ?3) != 0)",
+        )?
+        .query_row(params![k, seq, mask], |r| r.get(0))?)
 }
 
 /// The highest `seq` stored so far.

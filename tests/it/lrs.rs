@@ -137,24 +137,39 @@ async fn error_message(r: Response) -> (StatusCode, String) {
     )
 }
 
-async fn count(lrs: &Lrs) -> usize {
-    let mut n = 0;
+/// The ids of every statement the credential may read, following `more` links.
+async fn all_ids(lrs: &Lrs) -> Vec<String> {
+    let mut ids = Vec::new();
     let mut next = "/statements?limit=500".to_string();
     loop {
         let page = lrs.get_json(&next).await;
-        n += page["statements"].as_array().unwrap().len();
+        for s in page["statements"].as_array().unwrap() {
+            ids.push(s["id"].as_str().unwrap().to_string());
+        }
         match page["more"].as_str() {
             Some(m) if !m.is_empty() => next = m[m.find("/statements").unwrap()..].to_string(),
-            _ => return n,
+            _ => return ids,
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statements_follow_the_spec() {
+async fn count(lrs: &Lrs) -> usize {
+    all_ids(lrs).await.len()
+}
+
+/// A started appliance with these tenants.
+fn appliance_with(slugs: &[&str]) -> Appliance {
     let mut app = Appliance::init();
     app.start();
-    tenant(&app, "ecole");
+    for slug in slugs {
+        tenant(&app, slug);
+    }
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_follow_the_spec() {
+    let app = appliance_with(&["ecole"]);
     let lrs = Lrs::new(&app, "ecole", &["all"]);
 
     // Stored, with the LRS's properties and headers.
@@ -294,9 +309,7 @@ async fn statements_follow_the_spec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voiding_filters_paging_and_formats() {
-    let mut app = Appliance::init();
-    app.start();
-    tenant(&app, "ecole");
+    let app = appliance_with(&["ecole"]);
     let lrs = Lrs::new(&app, "ecole", &["all"]);
     let verb = "http://ecole.example/verbes/ecouter";
 
@@ -507,9 +520,7 @@ async fn voiding_filters_paging_and_formats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_headers_and_the_alternate_syntax() {
-    let mut app = Appliance::init();
-    app.start();
-    tenant(&app, "ecole");
+    let app = appliance_with(&["ecole"]);
     let lrs = Lrs::new(&app, "ecole", &["all"]);
     let plain = app.client();
 
@@ -658,9 +669,7 @@ fn multipart_body(statement: &Value, parts: &[(&str, &[u8])]) -> (String, Vec<u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachments_are_content_addressed_and_returned_in_multipart() {
-    let mut app = Appliance::init();
-    app.start();
-    tenant(&app, "ecole");
+    let app = appliance_with(&["ecole"]);
     let lrs = Lrs::new(&app, "ecole", &["all"]);
     let content = "Mon enregistrement : «bonjour»".as_bytes();
     let sha = sha256_hex(content);
@@ -741,9 +750,7 @@ async fn attachments_are_content_addressed_and_returned_in_multipart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_honour_etags_and_merge() {
-    let mut app = Appliance::init();
-    app.start();
-    tenant(&app, "ecole");
+    let app = appliance_with(&["ecole"]);
     let lrs = Lrs::new(&app, "ecole", &["all"]);
     let agent = urlencode(&json!({"mbox": "mailto:lea@ecole.example"}).to_string());
     let state = format!(
@@ -884,9 +891,7 @@ async fn documents_honour_etags_and_merge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_limit_what_a_credential_does() {
-    let mut app = Appliance::init();
-    app.start();
-    tenant(&app, "ecole");
+    let app = appliance_with(&["ecole"]);
     let writer = Lrs::new(&app, "ecole", &["statements/write"]);
     let mine = Lrs::new(&app, "ecole", &["statements/write", "statements/read/mine"]);
     let reader = Lrs::new(&app, "ecole", &["all/read"]);
@@ -921,6 +926,18 @@ async fn scopes_limit_what_a_credential_does() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(count(&reader).await, 2);
+    // Voided, another credential's statement stays out of reach too.
+    writer
+        .store(&json!({"actor": {"mbox": "mailto:prof@ecole.example"},
+            "verb": {"id": "http://adlnet.gov/expapi/verbs/voided"},
+            "object": {"objectType": "StatementRef", "id": theirs}}))
+        .await;
+    assert_eq!(
+        mine.get(&format!("/statements?voidedStatementId={theirs}"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         reader.post(&statement("x", "answered", "q")).await.status(),
         StatusCode::FORBIDDEN
@@ -942,10 +959,7 @@ async fn scopes_limit_what_a_credential_does() {
 /// not open B's endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_lrs_never_reaches_another() {
-    let mut app = Appliance::init();
-    app.start();
-    tenant(&app, "alpha");
-    tenant(&app, "beta");
+    let app = appliance_with(&["alpha", "beta"]);
     let a = Lrs::new(&app, "alpha", &["all"]);
     let b = Lrs::new(&app, "beta", &["all"]);
     let agent = urlencode(&json!({"mbox": "mailto:lea@ecole.example"}).to_string());
@@ -1027,9 +1041,7 @@ async fn acknowledged_statements_survive_sigkill_during_ingest() {
         .ok()
         .and_then(|r| r.parse().ok())
         .map_or(3, |r: usize| r.clamp(3, 1000));
-    let mut app = Appliance::init();
-    app.start();
-    tenant(&app, "ecole");
+    let mut app = appliance_with(&["ecole"]);
     let mut lrs = Lrs::new(&app, "ecole", &["all"]);
     let mut acknowledged: HashSet<String> = HashSet::new();
     for round in 0..rounds {
@@ -1083,18 +1095,8 @@ async fn acknowledged_statements_survive_sigkill_during_ingest() {
         lrs.base = app.url("/t/ecole/xapi");
         lrs.client = app.client();
         let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut next = "/statements?limit=500".to_string();
-        loop {
-            let page = lrs.get_json(&next).await;
-            for s in page["statements"].as_array().unwrap() {
-                *seen
-                    .entry(s["id"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-            match page["more"].as_str() {
-                Some(m) if !m.is_empty() => next = m["/t/ecole/xapi".len()..].to_string(),
-                _ => break,
-            }
+        for id in all_ids(&lrs).await {
+            *seen.entry(id).or_default() += 1;
         }
         let missing = acknowledged
             .iter()
