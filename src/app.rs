@@ -84,6 +84,7 @@ impl AppState {
             system.clone(),
             db_options(&config),
             store_metrics.clone(),
+            &config.site_url(),
         );
         let ca_pem =
             std::fs::read_to_string(config.data_dir.join(tls::CA_CERT)).unwrap_or_default();

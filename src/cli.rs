@@ -445,6 +445,7 @@ async fn demo(config: Config) -> Result<()> {
         banner.push_str(
             "Demo school `demo`: one-time passwords (each must be replaced at first sign-in):\n",
         );
+        let mut pupils = Vec::new();
         for (username, given, family, role) in people {
             let fields = UserFields {
                 sourced_id: None,
@@ -469,7 +470,17 @@ async fn demo(config: Config) -> Result<()> {
                 .write(move |c| tenant_sql::enrol(c, None, class, uid, role_in_class))
                 .await?;
             banner.push_str(&format!("  {:<8} {:<14} {otp}\n", role.as_str(), username));
+            if role == Role::Student {
+                pupils.push(user);
+            }
         }
+        crate::lrs::record(
+            &handle,
+            demo_activity(&handle.home_page, &pupils),
+            &demo_storer(&handle.home_page),
+        )
+        .await
+        .context("recording the demo school's sample activity")?;
         let token = auth::issue_tenant_setup_token(&state, DEMO_TENANT)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -492,6 +503,69 @@ async fn demo(config: Config) -> Result<()> {
         ));
     }
     serve(config, Some(banner)).await
+}
+
+/// The authority of the demo school's sample statements.
+fn demo_storer(home: &str) -> crate::lrs::statement::Storer {
+    crate::lrs::statement::Storer {
+        authority: serde_json::json!({"objectType": "Agent", "name": "CEREDIS demo",
+            "account": {"homePage": home, "name": "demo"}}),
+        key: "urn:ceredis:tenant:demo:demo".into(),
+    }
+}
+
+/// A fortnight of sample activity for the demo pupils: listening and vocabulary exercises,
+/// attempted, completed, passed or not, so that the statement browser and the pupils'
+/// histories show something on first start.
+fn demo_activity(home: &str, pupils: &[tenant_sql::User]) -> Vec<serde_json::Value> {
+    const ACTIVITIES: [(&str, &str, &str); 4] = [
+        (
+            "listening/market",
+            "Écoute : au marché",
+            "Listening: at the market",
+        ),
+        (
+            "vocabulary/house",
+            "Vocabulaire : la maison",
+            "Vocabulary: the house",
+        ),
+        (
+            "reading/letter",
+            "Lecture : une lettre de Londres",
+            "Reading: a letter from London",
+        ),
+        (
+            "speaking/introduce",
+            "Oral : se présenter",
+            "Speaking: introducing yourself",
+        ),
+    ];
+    let now = crate::lrs::now_ms();
+    let mut out = Vec::new();
+    for (i, pupil) in pupils.iter().enumerate() {
+        for (j, (path, fr, en)) in ACTIVITIES.iter().enumerate() {
+            let scaled = 0.35 + 0.1 * ((i * 3 + j * 5) % 7) as f64;
+            let passed = scaled >= 0.6;
+            let (verb, verb_fr, verb_en) = if passed {
+                ("passed", "a réussi", "passed")
+            } else {
+                ("completed", "a terminé", "completed")
+            };
+            let at = now - ((14 - 3 * j as i64) * 86_400_000) - (i as i64 * 3_600_000);
+            out.push(serde_json::json!({
+                "actor": crate::lrs::learner(home, &pupil.agent_name),
+                "verb": {"id": format!("http://adlnet.gov/expapi/verbs/{verb}"),
+                         "display": {"fr-FR": verb_fr, "en-US": verb_en}},
+                "object": {"id": format!("{home}activities/{path}"),
+                           "definition": {"name": {"fr-FR": fr, "en-US": en},
+                                          "type": "http://adlnet.gov/expapi/activities/assessment"}},
+                "result": {"score": {"scaled": (scaled * 100.0).round() / 100.0},
+                           "success": passed, "completion": true},
+                "timestamp": crate::lrs::statement::format_millis(at),
+            }));
+        }
+    }
+    out
 }
 
 async fn tenant_command(config: Config, command: TenantCommand) -> Result<()> {

@@ -380,6 +380,20 @@ impl Config {
         self.redirect_listen.parse().ok()
     }
 
+    /// The site's stable URL, for identifiers that outlive a session (xAPI account home
+    /// pages): the public URL when configured, else `https://` and the machine's host name.
+    pub fn site_url(&self) -> String {
+        if !self.public_url.is_empty() {
+            return self.public_url.trim_end_matches('/').to_string();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("https://{host}")
+    }
+
     /// The base URL people open, without a trailing slash.
     pub fn base_url(&self, bound: SocketAddr) -> String {
         if !self.public_url.is_empty() {

@@ -717,8 +717,8 @@ impl LrsCaller {
 }
 
 /// Authenticates an LRS request: HTTP Basic credentials of the tenant, or else the session
-/// of a member of the tenant. Members read through their session only: staff read the
-/// tenant's statements, students their own (`statements/read/mine`).
+/// of a member of the tenant. Members read statements through their session only: an admin
+/// all of them, a teacher those about their pupils, a student those about themselves.
 pub async fn lrs_caller(
     state: &AppState,
     slug: &str,
@@ -747,7 +747,9 @@ pub async fn lrs_caller(
         _ => return Ok(None),
     };
     let scopes: &[&str] = match user.role {
-        Role::Admin | Role::Teacher => &["statements/read", "all/read"],
+        Role::Admin => &["statements/read", "all/read"],
+        // Only statements, and only about their pupils (see `http::xapi`).
+        Role::Teacher => &["statements/read"],
         Role::Student => &["statements/read/mine"],
         Role::Researcher => &[],
     };

@@ -44,6 +44,7 @@ async fn teacher_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
         .await?;
     let slug = &m.tenant.slug;
     let body = html! {
+        nav.sections { a href={ "/t/" (slug) "/statements" } { (lang.t("browse.link")) } }
         @if classes.is_empty() { p { (lang.t("teacher.none")) } }
         @for (class, members) in &classes {
             section.card {
@@ -90,7 +91,9 @@ async fn student_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
                 .collect::<Result<Vec<_>, StoreError>>()
         })
         .await?;
+    let slug = &m.tenant.slug;
     let body = html! {
+        nav.sections { a href={ "/t/" (slug) "/history" } { (lang.t("history.link")) } }
         h2 { (lang.t("student.classes")) }
         @if classes.is_empty() { p { (lang.t("student.none")) } }
         ul.cards {
@@ -103,7 +106,7 @@ async fn student_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
         }
     };
     let name = m.user.display_name();
-    let v = viewer(lang, &m.user, &m.tenant.slug, &m.csrf, &name);
+    let v = viewer(lang, &m.user, slug, &m.csrf, &name);
     Ok(layout::page(lang, lang.t("student.title"), Some(v), body).into_response())
 }
 

@@ -16,6 +16,7 @@ pub mod operator;
 pub mod roster;
 pub mod session;
 pub mod setup;
+pub mod statements;
 pub mod ui;
 pub mod users;
 pub mod xapi;
@@ -208,6 +209,18 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/classes/{class}",
         members::<Staff>(),
         get(classes::class_page),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/statements",
+        members::<Staff>(),
+        get(statements::browser),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/history",
+        members::<StudentOnly>(),
+        get(statements::history),
     )
     .add(
         Method::GET,

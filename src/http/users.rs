@@ -45,12 +45,15 @@ pub struct Me {
     username: String,
     display_name: String,
     role: Role,
+    /// The user's xAPI agent: what content launched for them records statements as.
+    xapi_agent: serde_json::Value,
 }
 
 pub async fn me(m: Member<AnyRole>) -> Json<Me> {
     Json(Me {
         tenant: m.tenant.slug.clone(),
         display_name: m.user.display_name(),
+        xapi_agent: crate::lrs::learner(&m.tenant.home_page, &m.user.agent_name),
         username: m.user.username,
         role: m.user.role,
     })
@@ -141,7 +144,8 @@ pub async fn render_admin(
             a href="#users" { (lang.t("admin.users")) } " · "
             a href="#classes" { (lang.t("admin.classes")) } " · "
             a href={ "/t/" (slug) "/admin/roster" } { (lang.t("admin.roster")) } " · "
-            a href="#credentials" { (lang.t("admin.credentials")) }
+            a href="#credentials" { (lang.t("admin.credentials")) } " · "
+            a href={ "/t/" (slug) "/statements" } { (lang.t("browse.link")) }
         }
         section id="users" {
             h2 { (lang.t("admin.users")) " (" (users.len()) ")" }

@@ -25,8 +25,9 @@ use crate::lrs::query::{self, Format, StatementQuery};
 use crate::lrs::signature::{self, SIGNATURE_USAGE};
 use crate::lrs::statement::{self, Prepared, Storer};
 use crate::lrs::validate::{self, is_iri, is_uuid};
-use crate::lrs::{LrsError, VERSIONS, Version, now_ms};
-use crate::store::lrs::{self as sql, Blob, DocumentKey, StatementConflict};
+use crate::lrs::{self, LrsError, ReadScope, VERSIONS, Version, now_ms};
+use crate::store::lrs::{self as sql, Blob, DocumentKey};
+use crate::tenant::Role;
 
 const VERSION_HEADER: &str = "x-experience-api-version";
 const CONSISTENT_THROUGH: &str = "x-experience-api-consistent-through";
@@ -342,20 +343,39 @@ fn require(ok: bool, what: &str) -> Result<(), LrsError> {
 }
 
 /// The authority the LRS writes into statements stored by `caller`, and its "mine" key.
-fn storer(caller: &LrsCaller, slug: &str) -> Storer {
-    let home = format!("urn:ceredis:tenant:{slug}");
+fn storer(caller: &LrsCaller) -> Storer {
+    let tenant = &caller.tenant;
+    let home = format!("urn:ceredis:tenant:{}", tenant.slug);
     match &caller.who {
         LrsWho::Credential { key_id, label } => Storer {
             authority: json!({"objectType": "Agent", "name": label,
-                "account": {"homePage": format!("https://{slug}.ceredis.invalid/"), "name": key_id}}),
+                "account": {"homePage": &*tenant.home_page, "name": key_id}}),
             key: format!("{home}:credential:{key_id}"),
         },
         LrsWho::Member(user) => Storer {
-            authority: json!({"objectType": "Agent", "name": user.display_name(),
-                "account": {"homePage": format!("https://{slug}.ceredis.invalid/"), "name": user.username}}),
+            authority: crate::lrs::learner(&tenant.home_page, &user.agent_name),
             key: format!("{home}:user:{}", user.id),
         },
     }
+}
+
+/// A credential reads all statements (`statements/read`) or those it stored
+/// (`statements/read/mine`); a member what [`lrs::member_scope`] allows.
+async fn read_scope(caller: &LrsCaller) -> Result<ReadScope, LrsError> {
+    match &caller.who {
+        LrsWho::Credential { .. } if caller.allows("statements/read") => Ok(ReadScope::All),
+        LrsWho::Credential { .. } => {
+            require(caller.allows("statements/read/mine"), "reading statements")?;
+            let key = statement::stored_by_index_key(&storer(caller).key);
+            Ok(ReadScope::AnyOf(vec![(key, statement::mask::STORED_BY)]))
+        }
+        LrsWho::Member(user) => lrs::member_scope(&caller.tenant, user).await,
+    }
+}
+
+/// Whether the caller reads scores: everyone except pupils, who never see raw scores.
+fn reads_scores(caller: &LrsCaller) -> bool {
+    !matches!(&caller.who, LrsWho::Member(u) if u.role == Role::Student)
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -394,11 +414,15 @@ async fn format_statement(
     format: Format,
     languages: &[String],
 ) -> Result<String, LrsError> {
-    if format == Format::Exact {
+    let scores = reads_scores(caller);
+    if format == Format::Exact && scores {
         return Ok(json);
     }
     let mut value: Value = serde_json::from_str(&json)
         .map_err(|e| LrsError::Store(crate::store::StoreError::Conflict(e.to_string())))?;
+    if !scores {
+        statement::without_scores(&mut value);
+    }
     match format {
         Format::Ids => statement::to_ids(&mut value),
         Format::Canonical => {
@@ -457,11 +481,8 @@ async fn read_statements(
     q: StatementQuery,
     x: &XRequest,
 ) -> Result<Response, LrsError> {
-    let full = caller.allows("statements/read");
-    let mine = !full && caller.allows("statements/read/mine");
-    require(full || mine, "reading statements")?;
+    let scope = read_scope(caller).await?;
     let slug = caller.tenant.slug.clone();
-    let mine_key = mine.then(|| storer(caller, &slug).key);
     let languages = reader_languages(x);
     match q {
         StatementQuery::One {
@@ -476,15 +497,14 @@ async fn read_statements(
                 .read(move |c| sql::statement_by_id(c, &id, voided))
                 .await?
                 .ok_or(LrsError::NotFound("statement"))?;
-            if let Some(key) = &mine_key {
+            if let ReadScope::AnyOf(keys) = scope {
                 let seq = found.seq;
-                let key = statement::stored_by_index_key(key);
-                let owned = caller
+                let allowed = caller
                     .tenant
                     .db
-                    .read(move |c| sql::has_index_key(c, seq, &key, statement::mask::STORED_BY))
+                    .read(move |c| sql::has_any_index_key(c, seq, &keys))
                     .await?;
-                if !owned {
+                if !allowed {
                     return Err(LrsError::NotFound("statement"));
                 }
             }
@@ -513,11 +533,8 @@ async fn read_statements(
                 filter.upto = Some(last);
                 page.filter.upto = Some(last);
             }
-            if let Some(key) = &mine_key {
-                filter.keys.push((
-                    statement::stored_by_index_key(key),
-                    statement::mask::STORED_BY,
-                ));
+            if let ReadScope::AnyOf(keys) = scope {
+                filter.any_of = keys;
             }
             let limit = filter.limit;
             let run = filter.clone();
@@ -661,8 +678,7 @@ async fn write_statements(caller: &LrsCaller, x: &XRequest) -> Result<Response, 
         }
     }
     let blobs = match_attachments(&batch, parts)?;
-    let slug = caller.tenant.slug.clone();
-    let who = storer(caller, &slug);
+    let who = storer(caller);
     let prepared: Vec<Prepared> = batch
         .into_iter()
         .map(|mut s| {
@@ -672,41 +688,8 @@ async fn write_statements(caller: &LrsCaller, x: &XRequest) -> Result<Response, 
             statement::prepare(s, &who, x.version, || uuid::Uuid::new_v4().to_string())
         })
         .collect();
-    // Resolve the index keys already known on a reader, off the writer's thread.
-    let keys: Vec<Vec<String>> = prepared
-        .iter()
-        .map(|p| p.keys.iter().map(|(k, _)| k.clone()).collect())
-        .collect();
-    let known = caller
-        .tenant
-        .db
-        .read(move |c| {
-            keys.iter()
-                .map(|ks| {
-                    let refs: Vec<&str> = ks.iter().map(String::as_str).collect();
-                    sql::known_key_ids(c, &refs)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
-    let mut prepared = prepared;
-    for (p, ids) in prepared.iter_mut().zip(known) {
-        p.key_ids = ids;
-    }
     let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
-    let now = now_ms();
-    let outcome = caller
-        .tenant
-        .db
-        .write(move |c| sql::insert_statements(c, &prepared, &blobs, now))
-        .await?;
-    match outcome {
-        Ok(_) => {}
-        Err(e @ StatementConflict::Different(_)) => return Err(LrsError::Conflict(e.to_string())),
-        Err(e @ StatementConflict::VoidingVoided(_)) => {
-            return Err(LrsError::Invalid(e.to_string()));
-        }
-    }
+    lrs::store(&caller.tenant, prepared, blobs).await?;
     if put {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

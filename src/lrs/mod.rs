@@ -24,6 +24,10 @@ use axum::http::StatusCode;
 
 use crate::error::ApiError;
 use crate::store::StoreError;
+use crate::store::lrs::{self as sql, Blob, StatementConflict};
+use crate::store::tenant::User;
+use crate::tenant::{Role, TenantHandle};
+use statement::{Prepared, Storer};
 
 /// The xAPI version a request speaks, from its `X-Experience-API-Version` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +130,117 @@ impl From<LrsError> for ApiError {
             LrsError::Store(e) => e.into(),
         }
     }
+}
+
+/// A user's xAPI agent: an account on the tenant's home page, named by the user's opaque
+/// agent name (never the username or the real name: statements may leave the appliance).
+/// Content launched for a pupil records statements as this agent; the pupil's history and
+/// the staff's statement browser read statements about it.
+pub fn learner(home_page: &str, agent_name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "objectType": "Agent",
+        "account": {"homePage": home_page, "name": agent_name}
+    })
+}
+
+/// The index key of [`learner`], with the roles of the `agent` filter (actor or object).
+pub fn learner_key(home_page: &str, agent_name: &str) -> (String, i64) {
+    let ifi = statement::agent_key(&learner(home_page, agent_name)).unwrap_or_default();
+    (statement::agent_index_key(&ifi), statement::mask::AGENT)
+}
+
+/// Which statements a reader may see: all of the tenant's, or only those with at least one
+/// of these `(index key, mask)`.
+#[derive(Debug, Clone)]
+pub enum ReadScope {
+    All,
+    AnyOf(Vec<(String, i64)>),
+}
+
+/// What a member of the tenant reads: an admin every statement, a teacher those about the
+/// pupils of their classes (and about themselves), a pupil those about themselves, a
+/// researcher none (research goes through exports).
+pub async fn member_scope(tenant: &TenantHandle, user: &User) -> Result<ReadScope, LrsError> {
+    let home = tenant.home_page.clone();
+    let own = learner_key(&home, &user.agent_name);
+    match user.role {
+        Role::Admin => Ok(ReadScope::All),
+        Role::Student => Ok(ReadScope::AnyOf(vec![own])),
+        Role::Teacher => {
+            let teacher = user.id;
+            let pupils = tenant
+                .db
+                .read(move |c| crate::store::tenant::pupils_of(c, teacher))
+                .await?;
+            let mut keys: Vec<(String, i64)> = pupils
+                .iter()
+                .map(|p| learner_key(&home, &p.agent_name))
+                .collect();
+            keys.push(own);
+            Ok(ReadScope::AnyOf(keys))
+        }
+        Role::Researcher => Err(LrsError::Forbidden(
+            "researchers read research exports, not statements".into(),
+        )),
+    }
+}
+
+/// Stores prepared statements and their attachments through the tenant's writer; returns
+/// once they are durable. A statement id already stored with the same content changes
+/// nothing; with other content the whole batch is refused (409).
+pub async fn store(
+    tenant: &TenantHandle,
+    mut prepared: Vec<Prepared>,
+    blobs: Vec<Blob>,
+) -> Result<(), LrsError> {
+    // Resolve the index keys already known on a reader, off the writer's thread.
+    let keys: Vec<Vec<String>> = prepared
+        .iter()
+        .map(|p| p.keys.iter().map(|(k, _)| k.clone()).collect())
+        .collect();
+    let known = tenant
+        .db
+        .read(move |c| {
+            keys.iter()
+                .map(|ks| {
+                    let refs: Vec<&str> = ks.iter().map(String::as_str).collect();
+                    sql::known_key_ids(c, &refs)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    for (p, ids) in prepared.iter_mut().zip(known) {
+        p.key_ids = ids;
+    }
+    let now = now_ms();
+    let outcome = tenant
+        .db
+        .write(move |c| sql::insert_statements(c, &prepared, &blobs, now))
+        .await?;
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e @ StatementConflict::Different(_)) => Err(LrsError::Conflict(e.to_string())),
+        Err(e @ StatementConflict::VoidingVoided(_)) => Err(LrsError::Invalid(e.to_string())),
+    }
+}
+
+/// Validates and stores statements recorded by the appliance itself (the demo school's
+/// sample activity, later tenant apps), with `storer` as their authority. Returns their ids.
+pub async fn record(
+    tenant: &TenantHandle,
+    statements: Vec<serde_json::Value>,
+    storer: &Storer,
+) -> Result<Vec<String>, LrsError> {
+    for s in &statements {
+        validate::statement(s, Version::V2)?;
+    }
+    let prepared: Vec<Prepared> = statements
+        .into_iter()
+        .map(|s| statement::prepare(s, storer, Version::V2, || uuid::Uuid::new_v4().to_string()))
+        .collect();
+    let ids = prepared.iter().map(|p| p.id.clone()).collect();
+    store(tenant, prepared, Vec::new()).await?;
+    Ok(ids)
 }
 
 /// Milliseconds since the Unix epoch.

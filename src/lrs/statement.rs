@@ -364,6 +364,19 @@ pub fn render(json: &str, stored_ms: i64, has_timestamp: bool) -> String {
     }
 }
 
+/// Removes `result.score` from a statement and its SubStatement: what a pupil reads of
+/// their own statements (pupils never see raw scores).
+pub fn without_scores(statement: &mut Value) {
+    if let Some(result) = statement.get_mut("result").and_then(Value::as_object_mut) {
+        result.remove("score");
+    }
+    if let Some(object) = statement.get_mut("object")
+        && object.get("objectType").and_then(Value::as_str) == Some("SubStatement")
+    {
+        without_scores(object);
+    }
+}
+
 /// The `ids` format: Agents, Groups, Activities and Verbs reduced to what identifies them.
 pub fn to_ids(statement: &mut Value) {
     fn agent(v: &mut Value) {

@@ -82,6 +82,44 @@ CREATE TABLE change_log (
 );
 ";
 
+/// Appended to the tenant migrations: every user gets an opaque, stable xAPI account name
+/// (usernames can change and name a minor; this does neither), and the tenant a settings
+/// table (which holds, among others, its xAPI account home page).
+pub const V2: &str = "
+ALTER TABLE users ADD COLUMN agent_name TEXT;
+UPDATE users SET agent_name = lower(hex(randomblob(16)));
+CREATE UNIQUE INDEX users_by_agent_name ON users(agent_name);
+CREATE TRIGGER users_agent_name AFTER INSERT ON users WHEN NEW.agent_name IS NULL
+BEGIN
+    UPDATE users SET agent_name = lower(hex(randomblob(16))) WHERE id = NEW.id;
+END;
+CREATE TABLE tenant_settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// The setting that fixes the tenant's xAPI account home page.
+const HOME_PAGE: &str = "xapi.home_page";
+
+/// The tenant's xAPI account home page: `proposed` the first time it is asked, the same
+/// value for ever after (agent identities must not change when the site's URL does).
+pub fn home_page(conn: &Connection, proposed: &str) -> Result<String, StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO tenant_settings (key, value) VALUES (?1, ?2)")?
+        .execute([HOME_PAGE, proposed])?;
+    Ok(conn
+        .prepare_cached("SELECT value FROM tenant_settings WHERE key = ?1")?
+        .query_row([HOME_PAGE], |r| r.get(0))?)
+}
+
+/// The fixed home page, if it was ever set.
+pub fn fixed_home_page(conn: &Connection) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM tenant_settings WHERE key = ?1")?
+        .query_row([HOME_PAGE], |r| r.get(0))
+        .optional()?)
+}
+
 /// Why a batch of statements was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StatementConflict {
@@ -385,6 +423,11 @@ pub struct Filter {
     pub after: Option<i64>,
     /// Never return statements stored after this `seq` (keeps pages of one query stable).
     pub upto: Option<i64>,
+    /// The reader's scope: when not empty, a statement must also have at least one of these
+    /// `(index key, mask)` (e.g. the agents of a teacher's pupils). Never part of a `more`
+    /// token: it is applied again on every request.
+    #[serde(skip)]
+    pub any_of: Vec<(String, i64)>,
 }
 
 /// The last statement stored at or before a time: one step down the `stored` index (whose
@@ -395,6 +438,27 @@ const LAST_SEQ_STORED_BY: &str = "SELECT seq FROM xapi_statements WHERE stored <
 /// The statements that match `filter`, at most `filter.limit + 1` of them (one more than
 /// asked, to know whether a next page exists).
 pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>, StoreError> {
+    if filter.any_of.is_empty() {
+        return query_all_keys(conn, filter);
+    }
+    // One walk per allowed key, each at most one page long, merged in `seq` order.
+    let mut merged: Vec<StoredStatement> = Vec::new();
+    for key in &filter.any_of {
+        let mut one = filter.clone();
+        one.any_of = Vec::new();
+        one.keys.push(key.clone());
+        merged.extend(query_all_keys(conn, &one)?);
+    }
+    merged.sort_unstable_by_key(|s| s.seq);
+    merged.dedup_by_key(|s| s.seq);
+    if !filter.ascending {
+        merged.reverse();
+    }
+    merged.truncate(filter.limit + 1);
+    Ok(merged)
+}
+
+fn query_all_keys(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>, StoreError> {
     let mut keys = Vec::with_capacity(filter.keys.len());
     for (key, m) in &filter.keys {
         match lookup_key(conn, key)? {
@@ -482,21 +546,54 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>,
     Ok(rows)
 }
 
-/// Whether statement `seq` has index key `key` in one of the roles of `mask`.
-pub fn has_index_key(
+/// Whether statement `seq` has one of `keys` (each with its mask of roles).
+pub fn has_any_index_key(
     conn: &Connection,
     seq: i64,
-    key: &str,
-    mask: i64,
+    keys: &[(String, i64)],
 ) -> Result<bool, StoreError> {
-    let Some(k) = lookup_key(conn, key)? else {
-        return Ok(false);
-    };
-    Ok(conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM xapi_index WHERE key = ?1 AND seq = ?2 AND (mask & ?3) != 0)",
-        )?
-        .query_row(params![k, seq, mask], |r| r.get(0))?)
+    for (key, mask) in keys {
+        let Some(k) = lookup_key(conn, key)? else {
+            continue;
+        };
+        let found: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM xapi_index
+                 WHERE key = ?1 AND seq = ?2 AND (mask & ?3) != 0)",
+            )?
+            .query_row(params![k, seq, mask], |r| r.get(0))?;
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The verb IRIs of the tenant's statements, in order.
+pub fn known_verbs(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT substr(key, 3) FROM xapi_keys WHERE key >= 'v:' AND key < 'v;' ORDER BY key",
+    )?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(rows)
+}
+
+/// Up to `limit` activities the LRS knows, with their canonical definitions, by id.
+pub fn activities(conn: &Connection, limit: usize) -> Result<Vec<(String, Value)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, definition FROM xapi_activities ORDER BY id LIMIT ?1")?;
+    let rows = stmt
+        .query_map([limit as i64], |r| {
+            let definition: String = r.get(1)?;
+            Ok((
+                r.get(0)?,
+                serde_json::from_str(&definition).unwrap_or(Value::Null),
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }
 
 /// The highest `seq` stored so far.

@@ -8,7 +8,8 @@ use super::shared::SESSIONS_AND_TOKENS;
 use super::{Migrations, StoreError, now};
 use crate::tenant::Role;
 
-pub const MIGRATIONS: Migrations = Migrations(&[V1, SESSIONS_AND_TOKENS, super::lrs::V1]);
+pub const MIGRATIONS: Migrations =
+    Migrations(&[V1, SESSIONS_AND_TOKENS, super::lrs::V1, super::lrs::V2]);
 
 const V1: &str = "
 CREATE TABLE orgs (
@@ -80,6 +81,9 @@ pub struct User {
     #[serde(skip)]
     pub password_hash: Option<String>,
     pub must_change_password: bool,
+    /// The opaque name of the user's xAPI account (see [`crate::lrs::learner`]).
+    #[serde(skip)]
+    pub agent_name: String,
 }
 
 impl User {
@@ -89,7 +93,7 @@ impl User {
 }
 
 const USER_COLUMNS: &str = "id, sourced_id, username, given_name, family_name, email, role, \
-                            active, password_hash, must_change_password";
+                            active, password_hash, must_change_password, agent_name";
 
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
     let role: String = r.get(6)?;
@@ -104,6 +108,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         active: r.get(7)?,
         password_hash: r.get(8)?,
         must_change_password: r.get(9)?,
+        agent_name: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
     })
 }
 
@@ -346,21 +351,42 @@ pub fn teaches(conn: &Connection, user_id: i64, class_id: i64) -> Result<bool, S
         .exists(params![user_id, class_id])?)
 }
 
+/// The active pupils of every class `teacher_id` teaches, by name.
+pub fn pupils_of(conn: &Connection, teacher_id: i64) -> Result<Vec<User>, StoreError> {
+    let sql = format!(
+        "SELECT {cols} FROM users u WHERE u.active = 1 AND u.id IN (
+             SELECT e.user_id FROM enrolments t
+             JOIN enrolments e ON e.class_id = t.class_id AND e.role = 'student'
+             WHERE t.user_id = ?1 AND t.role = 'teacher')
+         ORDER BY u.family_name, u.given_name",
+        cols = prefixed_user_columns()
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map([teacher_id], user_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn prefixed_user_columns() -> String {
+    USER_COLUMNS
+        .split(", ")
+        .map(|c| format!("u.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Members of a class with their role in it, teachers first.
 pub fn members(conn: &Connection, class_id: i64) -> Result<Vec<(User, String)>, StoreError> {
     let sql = format!(
         "SELECT {cols}, e.role FROM users u JOIN enrolments e ON e.user_id = u.id
          WHERE e.class_id = ?1 AND u.active = 1
          ORDER BY e.role DESC, u.family_name, u.given_name",
-        cols = USER_COLUMNS
-            .split(", ")
-            .map(|c| format!("u.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        cols = prefixed_user_columns()
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
-        .query_map([class_id], |r| Ok((user_from_row(r)?, r.get(10)?)))?
+        .query_map([class_id], |r| Ok((user_from_row(r)?, r.get(11)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }

@@ -93,6 +93,10 @@ struct TenantsInner {
     data_dir: PathBuf,
     system: Database,
     open: RwLock<HashMap<String, Database>>,
+    /// Each tenant's fixed xAPI account home page, once read.
+    home_pages: RwLock<HashMap<String, Arc<str>>>,
+    /// The site's URL, proposed as the base of a new tenant's home page.
+    site_url: String,
     options: DbOptions,
     metrics: StoreMetrics,
 }
@@ -112,6 +116,8 @@ pub struct TenantHandle {
     pub slug: String,
     pub name: String,
     pub db: Database,
+    /// The home page of the tenant's xAPI accounts (see [`crate::lrs::learner`]).
+    pub home_page: Arc<str>,
 }
 
 pub fn tenant_db_path(data_dir: &Path, slug: &str) -> PathBuf {
@@ -124,12 +130,15 @@ impl Tenants {
         system: Database,
         options: DbOptions,
         metrics: StoreMetrics,
+        site_url: &str,
     ) -> Tenants {
         Tenants {
             inner: Arc::new(TenantsInner {
                 data_dir: data_dir.to_path_buf(),
                 system,
                 open: RwLock::new(HashMap::new()),
+                home_pages: RwLock::new(HashMap::new()),
+                site_url: site_url.trim_end_matches('/').to_string(),
                 options,
                 metrics,
             }),
@@ -200,11 +209,37 @@ impl Tenants {
         if row.status != "active" {
             return Err(TenantError::Suspended(slug.into()));
         }
+        let db = self.database_unchecked(slug)?;
+        let home_page = self.home_page(slug, &db).await?;
         Ok(TenantHandle {
             slug: row.slug,
             name: row.name,
-            db: self.database_unchecked(slug)?,
+            db,
+            home_page,
         })
+    }
+
+    /// The tenant's xAPI account home page: fixed in its database the first time it is
+    /// needed (the site's URL then), never changed after.
+    async fn home_page(&self, slug: &str, db: &Database) -> Result<Arc<str>, TenantError> {
+        if let Ok(known) = self.inner.home_pages.read()
+            && let Some(home) = known.get(slug)
+        {
+            return Ok(home.clone());
+        }
+        let home = match db.read(crate::store::lrs::fixed_home_page).await? {
+            Some(home) => home,
+            None => {
+                let proposed = format!("{}/t/{slug}/", self.inner.site_url);
+                db.write(move |c| crate::store::lrs::home_page(c, &proposed))
+                    .await?
+            }
+        };
+        let home: Arc<str> = home.into();
+        if let Ok(mut known) = self.inner.home_pages.write() {
+            known.insert(slug.to_string(), home.clone());
+        }
+        Ok(home)
     }
 
     /// Every tenant database, for operator maintenance that never reads rows (integrity

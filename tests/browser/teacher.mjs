@@ -1,5 +1,6 @@
 // A teacher signs in to the demo school for the first time with the one-time password that
-// `ceredis demo` printed, chooses a password, and sees the class and its pupils.
+// `ceredis demo` printed, chooses a password, sees the class and its pupils and browses
+// their learning records; a pupil reads her own activity history.
 // Runs the real binary (BIN_CEREDIS; not CEREDIS_*, which the binary reads as configuration) and Debian's Chromium (CHROMIUM, default /usr/bin/chromium).
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -28,7 +29,7 @@ function startDemo(dataDir) {
       const teacher = line.match(/^\s+teacher\s+(\S+)\s+(\S+)$/);
       if (teacher) found.teacher = { username: teacher[1], otp: teacher[2] };
       const pupil = line.match(/^\s+student\s+(\S+)\s+(\S+)$/);
-      if (pupil) (found.pupils ||= []).push(pupil[1]);
+      if (pupil) (found.pupils ||= []).push({ username: pupil[1], otp: pupil[2] });
       if (line.startsWith("Sign in at")) {
         clearTimeout(timer);
         resolve(found);
@@ -86,6 +87,21 @@ test("a teacher signs in with a one-time password and sees the class and its pup
     assert.equal(await page.locator("h1").textContent(), "CM2 A — Anglais");
     assert.match(await page.locator("main").textContent(), /Claire Martin/);
 
+    // The learning records of the class: every pupil's sample activity, then one pupil's.
+    await page.goto(`${demo.base}/t/demo/`);
+    await page.getByRole("link", { name: "Traces d'apprentissage (xAPI)" }).click();
+    await page.waitForURL("**/t/demo/statements");
+    assert.equal(await page.locator("h1").textContent(), "Traces d'apprentissage");
+    assert.equal(await page.locator("table.statements tbody tr").count(), 4 * demo.pupils.length);
+    await page.getByLabel("Élève").selectOption({ label: "Robert Léa" });
+    await page.getByRole("button", { name: "Filtrer" }).click();
+    await page.waitForURL(/pupil=\d+/);
+    const who = await page.locator("table.statements tbody tr td:nth-child(2)").allTextContents();
+    assert.deepEqual(who, ["Léa Robert", "Léa Robert", "Léa Robert", "Léa Robert"]);
+    assert.match(await page.locator("table.statements").textContent(), /Écoute : au marché/);
+    assert.match(await page.locator("table.statements").textContent(), /\d+ %/, "teachers see scores");
+    if (shots) await page.screenshot({ path: join(shots, "statement-browser.png"), fullPage: true });
+
     // English is one click away.
     await page.getByRole("link", { name: "English" }).click();
     await page.goto(`${demo.base}/t/demo/`);
@@ -99,6 +115,24 @@ test("a teacher signs in with a one-time password and sees the class and its pup
     await again.getByLabel("Mot de passe").fill(demo.teacher.otp);
     await again.getByRole("button", { name: "Se connecter" }).click();
     assert.match(await again.locator("[role=alert]").textContent(), /incorrect/);
+
+    // A pupil reads her own activity, never a score.
+    const lea = demo.pupils.find((p) => p.username === "lea.robert");
+    await again.getByLabel("Identifiant").fill(lea.username);
+    await again.getByLabel("Mot de passe").fill(lea.otp);
+    await again.getByRole("button", { name: "Se connecter" }).click();
+    await again.waitForURL("**/t/demo/password");
+    await again.getByLabel("Nouveau mot de passe").fill("mon poney s'appelle Caramel");
+    await again.getByLabel("Confirmez le mot de passe").fill("mon poney s'appelle Caramel");
+    await again.getByRole("button", { name: "Enregistrer" }).click();
+    await again.waitForURL("**/t/demo/");
+    await again.getByRole("link", { name: "Mon activité" }).click();
+    await again.waitForURL("**/t/demo/history");
+    const items = await again.locator("ol.history li").allTextContents();
+    assert.equal(items.length, 4, `${items}`);
+    assert.ok(items.some((i) => i.includes("Écoute : au marché")), `${items}`);
+    assert.ok(!(await again.locator("main").textContent()).includes("%"), "no score reaches a pupil");
+    if (shots) await again.screenshot({ path: join(shots, "pupil-history.png"), fullPage: true });
     assert.deepEqual(consoleErrors, [], "no script or CSP errors in the page");
   } finally {
     await browser.close();

@@ -1112,3 +1112,251 @@ async fn acknowledged_statements_survive_sigkill_during_ingest() {
         );
     }
 }
+
+/// A class with its teacher and pupils, created by the tenant admin; returns the class id.
+async fn class_with(admin: &Session, slug: &str, title: &str, members: &[(i64, &str)]) -> i64 {
+    let r = admin
+        .post(&format!("/t/{slug}/api/classes"), json!({"title": title}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let class: Value = r.json().await.unwrap();
+    let id = class["id"].as_i64().unwrap();
+    for (user, role) in members {
+        let r = admin
+            .post(
+                &format!("/t/{slug}/api/classes/{id}/enrolments"),
+                json!({"user_id": user, "role": role}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    id
+}
+
+/// The statements a signed-in member reads through the xAPI endpoint with their session.
+async fn session_statements(s: &Session, query: &str) -> (StatusCode, Vec<Value>) {
+    let r = s
+        .client
+        .get(format!("{}/t/ecole/xapi/statements{query}", s.base))
+        .header("X-Experience-API-Version", "2.0.0")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let list = body["statements"].as_array().cloned().unwrap_or_default();
+    (status, list)
+}
+
+async fn page(s: &Session, path: &str) -> (StatusCode, String) {
+    let r = s
+        .client
+        .get(format!("{}{path}", s.base))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+fn actor_names(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|s| {
+            s["actor"]["account"]["name"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_read_only_the_statements_about_their_pupils_and_themselves() {
+    let mut app = Appliance::init();
+    app.start();
+    let op = operator(&app).await;
+    let admin = tenant_with_admin(&app, &op, "ecole").await;
+    let (prof_id, prof_otp) = add_user(&admin, "ecole", "prof", "teacher").await;
+    let (lea_id, lea_otp) = add_user(&admin, "ecole", "lea", "student").await;
+    let (tom_id, tom_otp) = add_user(&admin, "ecole", "tom", "student").await;
+    let (_, res_otp) = add_user(&admin, "ecole", "chercheuse", "researcher").await;
+    class_with(
+        &admin,
+        "ecole",
+        "6A",
+        &[(prof_id, "teacher"), (lea_id, "student")],
+    )
+    .await;
+    class_with(&admin, "ecole", "6B", &[(tom_id, "student")]).await;
+    let prof = activate(&app, "ecole", "prof", &prof_otp).await;
+    let lea = activate(&app, "ecole", "lea", &lea_otp).await;
+    let tom = activate(&app, "ecole", "tom", &tom_otp).await;
+    let researcher = activate(&app, "ecole", "chercheuse", &res_otp).await;
+
+    // Each user has an opaque xAPI account on the tenant's home page: not the username.
+    let agent = |s: &Session| {
+        let s = s.clone();
+        async move {
+            let me: Value = s.get("/t/ecole/api/me").await.json().await.unwrap();
+            me["xapi_agent"].clone()
+        }
+    };
+    let (lea_agent, tom_agent, prof_agent) =
+        (agent(&lea).await, agent(&tom).await, agent(&prof).await);
+    let home = lea_agent["account"]["homePage"].as_str().unwrap();
+    assert!(
+        home.starts_with("https://") && home.ends_with("/t/ecole/"),
+        "{home}"
+    );
+    let lea_name = lea_agent["account"]["name"].as_str().unwrap().to_string();
+    assert!(
+        lea_name.len() >= 32 && !lea_name.contains("lea"),
+        "{lea_name}"
+    );
+    assert_ne!(lea_agent, tom_agent);
+
+    // Content records statements as the pupils; the teacher observes Léa.
+    let lrs = Lrs::new(&app, "ecole", &["all"]);
+    let scored = |actor: &Value, verb: &str, scaled: f64| {
+        let mut s = statement("x", verb, "quiz");
+        s["actor"] = actor.clone();
+        s["result"] = json!({"score": {"scaled": scaled, "raw": scaled * 10.0, "min": 0, "max": 10},
+                             "success": scaled >= 0.5, "completion": true});
+        s
+    };
+    let mut observed = statement("x", "experienced", "oral");
+    observed["actor"] = prof_agent.clone();
+    observed["object"] = lea_agent.clone();
+    let someone_else = statement("anne", "completed", "quiz");
+    for s in [
+        scored(&lea_agent, "completed", 0.87),
+        scored(&tom_agent, "completed", 0.31),
+        observed,
+        someone_else,
+    ] {
+        assert_eq!(lrs.post(&s).await.status(), StatusCode::OK);
+    }
+    let tom_statement = all_ids(&lrs).await;
+    assert_eq!(tom_statement.len(), 4);
+
+    // Léa reads the two statements about her, without their scores, in every format.
+    for format in ["exact", "ids", "canonical"] {
+        let (status, list) = session_statements(&lea, &format!("?format={format}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list.len(), 2, "{format}: {list:?}");
+        for s in &list {
+            assert!(
+                s["result"].get("score").is_none(),
+                "{format}: a pupil saw a score: {s}"
+            );
+        }
+    }
+    // Asking for Tom, by filter or by id, finds nothing.
+    let tom_filter = format!("?agent={}", urlencode(&tom_agent.to_string()));
+    let (_, list) = session_statements(&lea, &tom_filter).await;
+    assert!(list.is_empty(), "{list:?}");
+    let (_, toms) = session_statements(&tom, "").await;
+    assert_eq!(
+        actor_names(&toms),
+        vec![tom_agent["account"]["name"].as_str().unwrap()]
+    );
+    assert!(toms[0]["result"].get("score").is_none());
+    let tom_id_statement = toms[0]["id"].as_str().unwrap();
+    let (status, _) = session_statements(&lea, &format!("?statementId={tom_id_statement}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A pupil's session cannot record statements (it could forge someone's evidence).
+    let r = lea
+        .client
+        .post(format!("{}/t/ecole/xapi/statements", lea.base))
+        .header("X-Experience-API-Version", "2.0.0")
+        .header("x-csrf-token", &lea.csrf)
+        .json(&scored(&tom_agent, "failed", 0.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(all_ids(&lrs).await.len(), 4, "nothing was stored");
+
+    // The teacher reads what concerns the pupils of 6A (and themselves), with scores; not
+    // Tom of 6B, not a stranger.
+    let (status, list) = session_statements(&prof, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(
+        list.iter()
+            .any(|s| s["result"]["score"]["scaled"] == json!(0.87))
+    );
+    let (status, _) = session_statements(&prof, &format!("?statementId={tom_id_statement}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = session_statements(&prof, &tom_filter).await;
+    assert!(list.is_empty());
+    // The admin reads them all; a researcher none.
+    let (_, list) = session_statements(&admin, "").await;
+    assert_eq!(list.len(), 4);
+    let (status, _) = session_statements(&researcher, "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The statement browser: the teacher's pupils only, filters, scores for staff.
+    let (status, html) = page(&prof, "/t/ecole/statements").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("Prénom lea") && html.contains("87 %"),
+        "{html}"
+    );
+    assert!(!html.contains("Prénom tom") && !html.contains("31 %") && !html.contains("anne"));
+    let (_, html) = page(&prof, &format!("/t/ecole/statements?pupil={tom_id}")).await;
+    assert!(!html.contains("31 %") && !html.contains("Prénom tom"));
+    let verb = urlencode("http://adlnet.gov/expapi/verbs/experienced");
+    let (_, html) = page(&prof, &format!("/t/ecole/statements?verb={verb}")).await;
+    assert_eq!(html.matches("<details>").count(), 1, "{html}");
+    assert!(!html.contains("87 %"));
+    let (_, html) = page(&prof, "/t/ecole/statements?from=2999-01-01").await;
+    assert_eq!(html.matches("<details>").count(), 0);
+    let (_, html) = page(&admin, "/t/ecole/statements?to=2000-01-01").await;
+    assert_eq!(html.matches("<details>").count(), 0);
+    let (_, html) = page(&admin, "/t/ecole/statements").await;
+    assert!(html.contains("Prénom tom") && html.contains("31 %") && html.contains("anne"));
+    let (status, _) = page(&admin, "/t/ecole/statements?from=22/11/2026").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = page(&lea, "/t/ecole/statements").await;
+    assert!(
+        status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+        "{status}"
+    );
+
+    // Pages of 50, newest first, with a link to the older ones.
+    let batch: Vec<Value> = (0..60)
+        .map(|i| scored(&lea_agent, "answered", f64::from(i) / 100.0))
+        .collect();
+    assert_eq!(
+        lrs.post(&Value::Array(batch)).await.status(),
+        StatusCode::OK
+    );
+    let (_, first) = page(&prof, &format!("/t/ecole/statements?pupil={lea_id}")).await;
+    assert_eq!(first.matches("<details>").count(), 50);
+    let older = first
+        .split("rel=\"next\"")
+        .next()
+        .and_then(|h| h.rsplit("href=\"").next())
+        .and_then(|h| h.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(older.contains("before="), "{older}");
+    let (_, second) = page(&prof, &older).await;
+    assert_eq!(second.matches("<details>").count(), 62 - 50, "{older}");
+    assert!(!second.contains("rel=\"next\""));
+
+    // The pupil's history: her own activity, never a score.
+    let (status, html) = page(&lea, "/t/ecole/history").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("<li>").count(), 50, "{html}");
+    assert!(html.contains("rel=\"next\""));
+    assert!(
+        !html.contains(" %") && !html.contains("/10"),
+        "a score reached a pupil: {html}"
+    );
+    let (_, html) = page(&tom, "/t/ecole/history").await;
+    assert_eq!(html.matches("<li>").count(), 1);
+    let (status, _) = page(&prof, "/t/ecole/history").await;
+    assert_ne!(status, StatusCode::OK);
+}
