@@ -685,7 +685,7 @@ async fn write_statements(caller: &LrsCaller, x: &XRequest) -> Result<Response, 
             if let (Some(id), Value::Object(o)) = (&put_id, &mut s) {
                 o.insert("id".into(), Value::String(id.clone()));
             }
-            statement::prepare(s, &who, x.version, || uuid::Uuid::new_v4().to_string())
+            statement::prepare(s, &who, x.version, statement::new_id)
         })
         .collect();
     let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();

@@ -213,9 +213,13 @@ pub async fn store(
         p.key_ids = ids;
     }
     let now = now_ms();
-    let outcome = tenant
+    // The batch comes back out so that it is freed here, not on the writer's thread.
+    let (outcome, _batch) = tenant
         .db
-        .write(move |c| sql::insert_statements(c, &prepared, &blobs, now))
+        .write_checked(move |c| {
+            let outcome = sql::insert_statements(c, &prepared, &blobs, now)?;
+            Ok((outcome, (prepared, blobs)))
+        })
         .await?;
     match outcome {
         Ok(_) => Ok(()),
@@ -236,7 +240,7 @@ pub async fn record(
     }
     let prepared: Vec<Prepared> = statements
         .into_iter()
-        .map(|s| statement::prepare(s, storer, Version::V2, || uuid::Uuid::new_v4().to_string()))
+        .map(|s| statement::prepare(s, storer, Version::V2, statement::new_id))
         .collect();
     let ids = prepared.iter().map(|p| p.id.clone()).collect();
     store(tenant, prepared, Vec::new()).await?;

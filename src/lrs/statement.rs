@@ -53,6 +53,9 @@ pub struct Prepared {
     pub key_ids: Vec<Option<i64>>,
     /// SHA-2 digests of the attachments whose content came with the statement.
     pub attachments: Vec<String>,
+    /// The Activities the statement names, each with its definition as JSON text when it
+    /// carries one: what the LRS's canonical definitions are updated from.
+    pub activities: Vec<(String, Option<String>)>,
     /// The statement as a value, for comparison with an existing one of the same id.
     pub value: Value,
 }
@@ -224,6 +227,12 @@ pub struct Storer {
     pub key: String,
 }
 
+/// An id for a statement sent without one: a time-ordered UUID (version 7), so that the
+/// LRS's own ids go to the end of the id index instead of a random page of it.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// Sets the LRS's properties on a validated statement and computes what the writer needs.
 pub fn prepare(
     mut statement: Value,
@@ -288,6 +297,7 @@ pub fn prepare(
         .collect();
     Prepared {
         json: statement.to_string(),
+        activities: named_activities(&statement),
         id,
         timestamp,
         target,
@@ -297,6 +307,37 @@ pub fn prepare(
         attachments,
         value: statement,
     }
+}
+
+/// The Activities of a statement (its object, its SubStatement's, their context
+/// activities), each with its definition as JSON text if it has one.
+fn named_activities(statement: &Value) -> Vec<(String, Option<String>)> {
+    fn collect<'a>(s: &'a Value, out: &mut Vec<&'a Value>) {
+        if let Some(o) = s.get("object") {
+            match o.get("objectType").and_then(Value::as_str) {
+                None | Some("Activity") => out.push(o),
+                Some("SubStatement") => collect(o, out),
+                _ => {}
+            }
+        }
+        if let Some(Value::Object(ca)) = s.pointer("/context/contextActivities") {
+            for v in ca.values() {
+                match v {
+                    Value::Array(items) => out.extend(items.iter()),
+                    a => out.push(a),
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    collect(statement, &mut found);
+    found
+        .into_iter()
+        .filter_map(|a| {
+            let id = a.get("id").and_then(Value::as_str)?;
+            Some((id.to_string(), a.get("definition").map(Value::to_string)))
+        })
+        .collect()
 }
 
 /// Whether two statements with the same id carry the same content: the LRS's own

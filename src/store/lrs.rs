@@ -199,15 +199,52 @@ fn next_stored(conn: &Connection, now_ms: i64) -> Result<i64, StoreError> {
     Ok(last.map_or(now_ms, |l| l.max(now_ms)))
 }
 
-/// Stores a batch of statements atomically (the caller's savepoint undoes everything on
-/// error). A statement whose id exists with the same content is left as it is; with other
-/// content the whole batch is refused. Returns how many statements were new.
+/// Stores a batch of statements atomically. Everything that can refuse the batch is
+/// checked before the first write, so the writer runs this without a savepoint (see
+/// [`super::Database::write_checked`]). A statement whose id exists with the same content is
+/// left as it is; with other content the whole batch is refused. Returns how many
+/// statements were new.
 pub fn insert_statements(
     conn: &Connection,
     batch: &[Prepared],
     blobs: &[Blob],
     now_ms: i64,
 ) -> Result<Result<usize, StatementConflict>, StoreError> {
+    // 1. Checks, reading only.
+    let mut fresh = Vec::with_capacity(batch.len());
+    for (i, p) in batch.iter().enumerate() {
+        let earlier = &batch[..i];
+        let existing: Option<String> = conn
+            .prepare_cached("SELECT full FROM xapi_statements WHERE id = ?1")?
+            .query_row([&p.id], |r| r.get(0))
+            .optional()?;
+        let same = match (existing, earlier.iter().find(|q| q.id == p.id)) {
+            (Some(full), _) => {
+                let old: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
+                Some(same_content(&old, &p.value))
+            }
+            (None, Some(q)) => Some(same_content(&q.value, &p.value)),
+            (None, None) => None,
+        };
+        match same {
+            Some(false) => return Ok(Err(StatementConflict::Different(p.id.clone()))),
+            Some(true) => fresh.push(false),
+            None => fresh.push(true),
+        }
+        if p.voiding
+            && let Some(t) = &p.target
+        {
+            let stored_voiding: Option<bool> = conn
+                .prepare_cached("SELECT voiding FROM xapi_statements WHERE id = ?1")?
+                .query_row([t], |r| r.get(0))
+                .optional()?;
+            let voiding_earlier = earlier.iter().any(|q| q.id == *t && q.voiding);
+            if stored_voiding == Some(true) || voiding_earlier {
+                return Ok(Err(StatementConflict::VoidingVoided(t.clone())));
+            }
+        }
+    }
+    // 2. Writes.
     let stored = next_stored(conn, now_ms)?;
     for b in blobs {
         conn.prepare_cached(
@@ -222,20 +259,14 @@ pub fn insert_statements(
         ])?;
     }
     let mut inserted = 0;
-    for p in batch {
+    for (p, _) in batch.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
         let target = match &p.target {
             Some(t) => conn
-                .prepare_cached("SELECT seq, voiding FROM xapi_statements WHERE id = ?1")?
-                .query_row([t], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)))
+                .prepare_cached("SELECT seq FROM xapi_statements WHERE id = ?1")?
+                .query_row([t], |r| r.get::<_, i64>(0))
                 .optional()?,
             None => None,
         };
-        if p.voiding
-            && let Some((_, true)) = target
-            && let Some(t) = &p.target
-        {
-            return Ok(Err(StatementConflict::VoidingVoided(t.clone())));
-        }
         let added = conn
             .prepare_cached(
                 "INSERT INTO xapi_statements
@@ -252,15 +283,8 @@ pub fn insert_statements(
                 p.json
             ])?;
         if added == 0 {
-            // The id exists: the same content changes nothing, other content is refused.
-            let full: String = conn
-                .prepare_cached("SELECT full FROM xapi_statements WHERE id = ?1")?
-                .query_row([&p.id], |r| r.get(0))?;
-            let old: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
-            if same_content(&old, &p.value) {
-                continue;
-            }
-            return Ok(Err(StatementConflict::Different(p.id.clone())));
+            // Checked above: only a repeated id within the batch (same content) lands here.
+            continue;
         }
         let seq = conn.last_insert_rowid();
         for (i, (key, m)) in p.keys.iter().enumerate() {
@@ -274,7 +298,7 @@ pub fn insert_statements(
             )?
             .execute(params![k, seq, m])?;
         }
-        if let Some((target_seq, _)) = target {
+        if let Some(target_seq) = target {
             inherit(conn, target_seq, seq)?;
             if p.voiding {
                 conn.prepare_cached("UPDATE xapi_statements SET voided = 1 WHERE seq = ?1")?
@@ -302,7 +326,7 @@ pub fn insert_statements(
             )?
             .execute(params![seq, sha2])?;
         }
-        record_activities(conn, &p.value)?;
+        record_activities(conn, &p.activities)?;
         log_change(conn, stored, "statement", &p.id)?;
         inserted += 1;
     }
@@ -316,32 +340,14 @@ pub fn log_change(conn: &Connection, at: i64, kind: &str, subject: &str) -> Resu
     Ok(())
 }
 
-/// Keeps the LRS's definition of every Activity that arrives with a definition.
-fn record_activities(conn: &Connection, statement: &Value) -> Result<(), StoreError> {
-    let mut found: Vec<&Value> = Vec::new();
-    fn collect<'a>(s: &'a Value, out: &mut Vec<&'a Value>) {
-        if let Some(o) = s.get("object") {
-            match o.get("objectType").and_then(Value::as_str) {
-                None | Some("Activity") => out.push(o),
-                Some("SubStatement") => collect(o, out),
-                _ => {}
-            }
-        }
-        if let Some(Value::Object(ca)) = s.pointer("/context/contextActivities") {
-            for v in ca.values() {
-                match v {
-                    Value::Array(items) => out.extend(items.iter()),
-                    a => out.push(a),
-                }
-            }
-        }
-    }
-    collect(statement, &mut found);
-    for activity in found {
-        let Some(id) = activity.get("id").and_then(Value::as_str) else {
-            continue;
-        };
-        let Some(incoming) = activity.get("definition") else {
+/// Keeps the LRS's definition of every Activity that arrives with a definition. A
+/// definition already stored as sent costs one lookup and no write.
+fn record_activities(
+    conn: &Connection,
+    activities: &[(String, Option<String>)],
+) -> Result<(), StoreError> {
+    for (id, incoming) in activities {
+        let Some(incoming) = incoming else {
             conn.prepare_cached(
                 "INSERT INTO xapi_activities (id, definition) VALUES (?1, '{}')
                  ON CONFLICT (id) DO NOTHING",
@@ -354,22 +360,24 @@ fn record_activities(conn: &Connection, statement: &Value) -> Result<(), StoreEr
             .query_row([id], |r| r.get(0))
             .optional()?;
         let merged = match existing {
+            Some(old_text) if old_text == *incoming => continue,
             None => incoming.clone(),
             Some(old_text) => {
                 let old: Value = serde_json::from_str(&old_text).unwrap_or(Value::Null);
+                let new: Value = serde_json::from_str(incoming).unwrap_or(Value::Null);
                 let mut merged = old.clone();
-                merge_definition(&mut merged, incoming);
+                merge_definition(&mut merged, &new);
                 if merged == old {
                     continue; // nothing new: no write
                 }
-                merged
+                merged.to_string()
             }
         };
         conn.prepare_cached(
             "INSERT INTO xapi_activities (id, definition) VALUES (?1, ?2)
              ON CONFLICT (id) DO UPDATE SET definition = excluded.definition",
         )?
-        .execute(params![id, merged.to_string()])?;
+        .execute(params![id, merged])?;
     }
     Ok(())
 }

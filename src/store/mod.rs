@@ -148,13 +148,17 @@ type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// A queued write: run inside the shared transaction, or failed without running.
 trait WriteJob: Send {
-    fn run(self: Box<Self>, conn: &Connection) -> Completion;
+    /// Runs the job; also says when its failure left partial writes in the transaction
+    /// (a job run without a savepoint), which then must be rolled back as a whole.
+    fn run(self: Box<Self>, conn: &Connection) -> (Completion, Option<String>);
     fn fail(self: Box<Self>, error: String);
 }
 
 struct Pending<T, F> {
     job: F,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    /// Run in a savepoint of its own (an error undoes only this job).
+    savepoint: bool,
 }
 
 fn commit_failed(message: String) -> StoreError {
@@ -169,17 +173,33 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> Completion {
-        let Pending { job, reply } = *self;
-        let outcome = run_in_savepoint(conn, job);
-        Box::new(move |commit: Result<(), String>| {
+    fn run(self: Box<Self>, conn: &Connection) -> (Completion, Option<String>) {
+        let Pending {
+            job,
+            reply,
+            savepoint,
+        } = *self;
+        let outcome = if savepoint {
+            run_in_savepoint(conn, job)
+        } else {
+            std::panic::catch_unwind(AssertUnwindSafe(|| job(conn)))
+                .unwrap_or(Err(StoreError::JobPanicked))
+        };
+        let poisoned = match &outcome {
+            Err(e) if !savepoint => Some(format!(
+                "a write failed midway ({e}); its batch is rolled back"
+            )),
+            _ => None,
+        };
+        let done = Box::new(move |commit: Result<(), String>| {
             let result = match (outcome, commit) {
                 (Err(e), _) => Err(e),
                 (Ok(_), Err(e)) => Err(commit_failed(e)),
                 (Ok(v), Ok(())) => Ok(v),
             };
             let _ = reply.send(result);
-        })
+        });
+        (done, poisoned)
     }
 
     fn fail(self: Box<Self>, error: String) {
@@ -320,11 +340,36 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(job, true).await
+    }
+
+    /// Like [`Database::write`], without the job's own savepoint (which copies every page
+    /// the job touches): for large jobs that check everything before their first write, so
+    /// that they fail only for a reason that is not theirs (I/O, a full disk). If such a job
+    /// fails anyway, the whole shared transaction is rolled back and every job in it fails:
+    /// nothing half-written is ever committed, and nothing of it was acknowledged.
+    pub async fn write_checked<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(job, false).await
+    }
+
+    async fn submit<T, F>(&self, job: F, savepoint: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
         let stopped = || StoreError::WriterStopped(self.inner.name.clone());
         self.inner
             .writer
-            .send(Box::new(Pending { job, reply }))
+            .send(Box::new(Pending {
+                job,
+                reply,
+                savepoint,
+            }))
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -433,7 +478,12 @@ fn writer_loop(
         let mut lost = None;
         let mut queue = batch.drain(..);
         for job in queue.by_ref() {
-            completions.push(job.run(&conn));
+            let (done, poisoned) = job.run(&conn);
+            completions.push(done);
+            if poisoned.is_some() {
+                lost = poisoned;
+                break;
+            }
             // SQLite rolls the whole transaction back on some errors (disk full, I/O):
             // then nothing of this batch may be reported as written, and no later job may
             // run outside a transaction.
@@ -570,6 +620,77 @@ mod tests {
             commits <= 5.0,
             "101 writes took {commits} commits: not grouped"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checked_job_that_fails_midway_takes_its_whole_batch_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        // Hold the writer so that the three jobs below share one transaction.
+        let slow = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(|_| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('before')", [])?))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let midway = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write_checked(|c| {
+                    c.execute("INSERT INTO t (v) VALUES ('half')", [])?;
+                    // A unique violation after a write: no savepoint to undo `half`.
+                    c.execute("INSERT INTO t (v) VALUES ('before')", [])?;
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('after')", [])?))
+                    .await
+            })
+        };
+        slow.await.unwrap().unwrap();
+        assert!(midway.await.unwrap().is_err());
+        assert!(
+            before.await.unwrap().is_err(),
+            "its transaction was rolled back"
+        );
+        assert!(after.await.unwrap().is_err(), "it never ran");
+        let rows: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT v FROM t")?;
+                let rows = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert!(
+            rows.is_empty(),
+            "half-written or unacknowledged rows: {rows:?}"
+        );
+        // The writer goes on.
+        db.write_checked(|c| Ok(c.execute("INSERT INTO t (v) VALUES ('next')", [])?))
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,6 +281,40 @@ async fn statements_follow_the_spec() {
         kept["verb"]["id"],
         "http://adlnet.gov/expapi/verbs/completed"
     );
+    // A batch is all or nothing: a conflict, or voiding a voiding statement, anywhere in it
+    // stores none of it.
+    let before = count(&lrs).await;
+    let mut other = statement("lea", "failed", "quiz-1");
+    other["id"] = json!(id);
+    let fresh = statement("tom", "completed", "quiz-9");
+    let r = lrs.post(&json!([fresh.clone(), other])).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let (voiding, voids_voiding) = (uuid(), uuid());
+    let r = lrs
+        .post(&json!([fresh.clone(),
+            {"id": voiding, "actor": {"mbox": "mailto:prof@ecole.example"},
+             "verb": {"id": "http://adlnet.gov/expapi/verbs/voided"},
+             "object": {"objectType": "StatementRef", "id": id}},
+            {"id": voids_voiding, "actor": {"mbox": "mailto:prof@ecole.example"},
+             "verb": {"id": "http://adlnet.gov/expapi/verbs/voided"},
+             "object": {"objectType": "StatementRef", "id": voiding}}]))
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        count(&lrs).await,
+        before,
+        "nothing of either batch was stored"
+    );
+    let r = lrs
+        .req(Method::GET, &format!("/statements?statementId={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the refused voiding did not void it"
+    );
     let r = lrs
         .req(Method::PUT, "/statements")
         .json(&original)
