@@ -243,19 +243,23 @@ async fn main() {
 
     // 1. Ingest, batches of 100, 4 concurrent clients.
     if runs("ingest") {
+        let clients = std::env::var("INGEST_CLIENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
         println!(
-            "\n== ingest: batches of 100 statements, 4 clients, each batch acknowledged when durable"
+            "\n== ingest: batches of 100 statements, {clients} clients, each batch acknowledged when durable"
         );
-        ingest(&ours, 1000, 100, 4, 0).await; // warm-up
+        ingest(&ours, 1000, 100, clients, 0).await; // warm-up
         let total = std::env::var("INGEST_STATEMENTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(40_000);
-        let ceredis_rate = ingest(&ours, total, 100, 4, 1000).await;
+        let ceredis_rate = ingest(&ours, total, 100, clients, 1000).await;
         println!("{:<28} {:>9.0} statements/s", "ceredis", ceredis_rate);
         for p in &peers {
-            ingest(p, 1000, 100, 4, 0).await;
-            let rate = ingest(p, 10_000, 100, 4, 1000).await;
+            ingest(p, 1000, 100, clients, 0).await;
+            let rate = ingest(p, 10_000, 100, clients, 1000).await;
             println!(
                 "{:<28} {:>9.0} statements/s   ceredis is {:.1}x",
                 p.name,
