@@ -56,6 +56,9 @@ pub struct Prepared {
     /// The Activities the statement names, each with its definition as JSON text when it
     /// carries one: what the LRS's canonical definitions are updated from.
     pub activities: Vec<(String, Option<String>)>,
+    /// Whether the LRS chose the id (the client sent none): no stored statement can have
+    /// it, so the writer skips looking for one.
+    pub new_id: bool,
     /// The statement as a value, for comparison with an existing one of the same id.
     pub value: Value,
 }
@@ -244,9 +247,9 @@ pub fn prepare(
         // Validation only lets objects through.
         return prepare(json!({}), storer, version, new_id);
     };
-    let id = match obj.get("id").and_then(Value::as_str) {
-        Some(id) => id.to_ascii_lowercase(),
-        None => new_id(),
+    let (id, generated) = match obj.get("id").and_then(Value::as_str) {
+        Some(id) => (id.to_ascii_lowercase(), false),
+        None => (new_id(), true),
     };
     obj.insert("id".into(), Value::String(id.clone()));
     obj.remove("stored");
@@ -298,6 +301,7 @@ pub fn prepare(
     Prepared {
         json: statement.to_string(),
         activities: named_activities(&statement),
+        new_id: generated,
         id,
         timestamp,
         target,

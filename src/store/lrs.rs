@@ -214,10 +214,13 @@ pub fn insert_statements(
     let mut fresh = Vec::with_capacity(batch.len());
     for (i, p) in batch.iter().enumerate() {
         let earlier = &batch[..i];
-        let existing: Option<String> = conn
-            .prepare_cached("SELECT full FROM xapi_statements WHERE id = ?1")?
-            .query_row([&p.id], |r| r.get(0))
-            .optional()?;
+        let existing: Option<String> = if p.new_id {
+            None
+        } else {
+            conn.prepare_cached("SELECT full FROM xapi_statements WHERE id = ?1")?
+                .query_row([&p.id], |r| r.get(0))
+                .optional()?
+        };
         let same = match (existing, earlier.iter().find(|q| q.id == p.id)) {
             (Some(full), _) => {
                 let old: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
@@ -259,6 +262,9 @@ pub fn insert_statements(
         ])?;
     }
     let mut inserted = 0;
+    let mut seqs = (i64::MAX, 0);
+    // Activities (and definitions) already recorded by this batch.
+    let mut recorded: HashSet<&(String, Option<String>)> = HashSet::new();
     for (p, _) in batch.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
         let target = match &p.target {
             Some(t) => conn
@@ -326,9 +332,23 @@ pub fn insert_statements(
             )?
             .execute(params![seq, sha2])?;
         }
-        record_activities(conn, &p.activities)?;
-        log_change(conn, stored, "statement", &p.id)?;
+        let activities: Vec<&(String, Option<String>)> = p
+            .activities
+            .iter()
+            .filter(|a| recorded.insert(*a))
+            .collect();
+        record_activities(conn, &activities)?;
+        seqs = (seqs.0.min(seq), seqs.1.max(seq));
         inserted += 1;
+    }
+    if inserted > 0 {
+        // The batch's statements have consecutive `seq`s: one change-log row names them.
+        log_change(
+            conn,
+            stored,
+            "statements",
+            &format!("{}-{}", seqs.0, seqs.1),
+        )?;
     }
     Ok(Ok(inserted))
 }
@@ -344,9 +364,9 @@ pub fn log_change(conn: &Connection, at: i64, kind: &str, subject: &str) -> Resu
 /// definition already stored as sent costs one lookup and no write.
 fn record_activities(
     conn: &Connection,
-    activities: &[(String, Option<String>)],
+    activities: &[&(String, Option<String>)],
 ) -> Result<(), StoreError> {
-    for (id, incoming) in activities {
+    for (id, incoming) in activities.iter().copied() {
         let Some(incoming) = incoming else {
             conn.prepare_cached(
                 "INSERT INTO xapi_activities (id, definition) VALUES (?1, '{}')

@@ -1394,3 +1394,73 @@ async fn members_read_only_the_statements_about_their_pupils_and_themselves() {
     let (status, _) = page(&prof, "/t/ecole/history").await;
     assert_ne!(status, StatusCode::OK);
 }
+
+/// The change log that forwarding and sync will read, as the tenant's database holds it.
+fn change_log(app: &Appliance, slug: &str) -> Vec<(String, String)> {
+    let path = app.data_path().join("tenants").join(slug).join("tenant.db");
+    let db =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = db
+        .prepare("SELECT kind, subject FROM change_log ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The ids of the statements with `seq` in `first-last`, in order.
+fn statements_in(app: &Appliance, slug: &str, range: &str) -> Vec<String> {
+    let (first, last) = range.split_once('-').unwrap();
+    let path = app.data_path().join("tenants").join(slug).join("tenant.db");
+    let db =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = db
+        .prepare("SELECT id FROM xapi_statements WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")
+        .unwrap();
+    stmt.query_map([first, last], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_change_enters_the_change_log_in_order() {
+    let app = appliance_with(&["ecole"]);
+    let lrs = Lrs::new(&app, "ecole", &["all"]);
+    let batch = lrs
+        .store(&json!([
+            statement("lea", "completed", "a"),
+            statement("tom", "completed", "b"),
+            statement("noe", "failed", "c")
+        ]))
+        .await;
+    let single = lrs.store(&statement("lea", "passed", "d")).await;
+    // Refused and repeated statements change nothing.
+    let mut bad = statement("lea", "passed", "e");
+    bad["verb"]["id"] = json!("not an iri");
+    assert_eq!(lrs.post(&bad).await.status(), StatusCode::BAD_REQUEST);
+    let mut again = statement("lea", "passed", "d");
+    again["id"] = json!(single[0]);
+    assert_eq!(lrs.store(&again).await, single);
+    let agent = urlencode(&json!({"mbox": "mailto:lea@ecole.example"}).to_string());
+    let r = lrs
+        .req(
+            Method::PUT,
+            &format!("/activities/state?activityId=http://ecole.example/quiz&agent={agent}&stateId=progress"),
+        )
+        .json(&json!({"page": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let log = change_log(&app, "ecole");
+    let kinds: Vec<&str> = log.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["statements", "statements", "state"], "{log:?}");
+    assert_eq!(statements_in(&app, "ecole", &log[0].1), batch);
+    assert_eq!(statements_in(&app, "ecole", &log[1].1), single);
+    assert_eq!(log[2].1, "progress");
+}
