@@ -77,20 +77,29 @@ struct Found {
     activities: Vec<(String, Value)>,
 }
 
+/// One page of what `user` may read, newest first, before statement `before`.
+async fn page_filter(
+    tenant: &TenantHandle,
+    user: &User,
+    before: Option<i64>,
+) -> Result<Filter, ApiError> {
+    let mut filter = Filter {
+        limit: PAGE,
+        after: before,
+        ..Filter::default()
+    };
+    if let ReadScope::AnyOf(keys) = lrs::member_scope(tenant, user).await? {
+        filter.any_of = keys;
+    }
+    Ok(filter)
+}
+
 pub async fn browser(
     lang: Lang,
     m: Member<Staff>,
     Query(params): Query<BrowseParams>,
 ) -> Result<Response, ApiError> {
-    let scope = lrs::member_scope(&m.tenant, &m.user).await?;
-    let mut filter = Filter {
-        limit: PAGE,
-        after: params.before,
-        ..Filter::default()
-    };
-    if let ReadScope::AnyOf(keys) = scope {
-        filter.any_of = keys;
-    }
+    let mut filter = page_filter(&m.tenant, &m.user, params.before).await?;
     if let Some(verb) = given(&params.verb) {
         filter
             .keys
@@ -266,15 +275,7 @@ pub async fn history(
     m: Member<StudentOnly>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Response, ApiError> {
-    let scope = lrs::member_scope(&m.tenant, &m.user).await?;
-    let mut filter = Filter {
-        limit: PAGE,
-        after: params.before,
-        ..Filter::default()
-    };
-    if let ReadScope::AnyOf(keys) = scope {
-        filter.any_of = keys;
-    }
+    let filter = page_filter(&m.tenant, &m.user, params.before).await?;
     let rows = m.tenant.db.read(move |c| sql::query(c, &filter)).await?;
     let names = HashMap::from([(m.user.agent_name.clone(), lang.t("history.me").to_string())]);
     let shown = &rows[..rows.len().min(PAGE)];

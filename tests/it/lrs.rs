@@ -1395,12 +1395,15 @@ async fn members_read_only_the_statements_about_their_pupils_and_themselves() {
     assert_ne!(status, StatusCode::OK);
 }
 
+fn tenant_db(app: &Appliance, slug: &str) -> rusqlite::Connection {
+    let path = app.data_path().join("tenants").join(slug).join("tenant.db");
+    rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap()
+}
+
 /// The change log that forwarding and sync will read, as the tenant's database holds it.
 fn change_log(app: &Appliance, slug: &str) -> Vec<(String, String)> {
-    let path = app.data_path().join("tenants").join(slug).join("tenant.db");
-    let db =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let db = tenant_db(app, slug);
     let mut stmt = db
         .prepare("SELECT kind, subject FROM change_log ORDER BY seq")
         .unwrap();
@@ -1413,10 +1416,7 @@ fn change_log(app: &Appliance, slug: &str) -> Vec<(String, String)> {
 /// The ids of the statements with `seq` in `first-last`, in order.
 fn statements_in(app: &Appliance, slug: &str, range: &str) -> Vec<String> {
     let (first, last) = range.split_once('-').unwrap();
-    let path = app.data_path().join("tenants").join(slug).join("tenant.db");
-    let db =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let db = tenant_db(app, slug);
     let mut stmt = db
         .prepare("SELECT id FROM xapi_statements WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")
         .unwrap();
