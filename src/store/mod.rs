@@ -578,12 +578,9 @@ mod tests {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_queued_behind_a_commit_share_the_next_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = StoreMetrics::default();
-        let db = open_with(dir.path(), metrics.clone());
-        // Keep the writer busy so that the next 100 jobs queue up behind it.
+    /// Occupies the writer for 300 ms, so that the jobs sent meanwhile queue up behind it
+    /// and share its next transaction.
+    async fn hold_writer(db: &Database) -> tokio::task::JoinHandle<Result<(), StoreError>> {
         let slow = {
             let db = db.clone();
             tokio::spawn(async move {
@@ -595,6 +592,16 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
+        slow
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_queued_behind_a_commit_share_the_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = StoreMetrics::default();
+        let db = open_with(dir.path(), metrics.clone());
+        // Keep the writer busy so that the next 100 jobs queue up behind it.
+        let slow = hold_writer(&db).await;
         let mut tasks = Vec::new();
         for i in 0..100 {
             let db = db.clone();
@@ -627,17 +634,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
         // Hold the writer so that the three jobs below share one transaction.
-        let slow = {
-            let db = db.clone();
-            tokio::spawn(async move {
-                db.write(|_| {
-                    std::thread::sleep(Duration::from_millis(300));
-                    Ok(())
-                })
-                .await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let slow = hold_writer(&db).await;
         let before = {
             let db = db.clone();
             tokio::spawn(async move {
