@@ -20,6 +20,8 @@ pub mod signature;
 pub mod statement;
 pub mod validate;
 
+use std::collections::HashSet;
+
 use axum::http::StatusCode;
 
 use crate::error::ApiError;
@@ -194,23 +196,22 @@ pub async fn store(
     blobs: Vec<Blob>,
 ) -> Result<(), LrsError> {
     // Resolve the index keys already known on a reader, off the writer's thread.
-    let keys: Vec<Vec<String>> = prepared
+    let keys: Vec<String> = prepared
         .iter()
-        .map(|p| p.keys.iter().map(|(k, _)| k.clone()).collect())
+        .flat_map(|p| p.keys.iter().map(|(k, _)| k.as_str()))
+        .collect::<HashSet<&str>>()
+        .into_iter()
+        .map(str::to_string)
         .collect();
     let known = tenant
         .db
         .read(move |c| {
-            keys.iter()
-                .map(|ks| {
-                    let refs: Vec<&str> = ks.iter().map(String::as_str).collect();
-                    sql::known_key_ids(c, &refs)
-                })
-                .collect::<Result<Vec<_>, _>>()
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            sql::known_key_ids(c, &refs)
         })
         .await?;
-    for (p, ids) in prepared.iter_mut().zip(known) {
-        p.key_ids = ids;
+    for p in &mut prepared {
+        p.key_ids = p.keys.iter().map(|(k, _)| known.get(k).copied()).collect();
     }
     let now = now_ms();
     // The batch comes back out so that it is freed here, not on the writer's thread.

@@ -4,14 +4,22 @@
 //!
 //! Statements are numbered by `seq` in the order they were stored; `stored` (milliseconds)
 //! never decreases with `seq`, so `since`/`until` become a `seq` range and every query walks
-//! one index in `seq` order. Filters use `xapi_index`: one row per (interned key, statement)
-//! with a bit mask of the roles the key plays (see [`crate::lrs::statement::mask`]). A
-//! statement whose object is a StatementRef inherits the index rows of its target, when the
-//! target is stored before or after it, so that filters match it as the spec requires.
+//! one index in `seq` order. Filters use the statement index: one row per (interned key,
+//! statement) with a bit mask of the roles the key plays (see
+//! [`crate::lrs::statement::mask`]). A statement whose object is a StatementRef inherits the
+//! index rows of its target, when the target is stored before or after it, so that filters
+//! match it as the spec requires.
+//!
+//! The index lives in two tables of the same shape. New rows go to the small
+//! `xapi_index_recent`; from time to time its rows move, in key order, to `xapi_index`. Rows
+//! of one statement arrive under random keys (pupil, activity, registration): inserted
+//! straight into a large index, each commit would rewrite most of its pages to the WAL.
+//! Readers treat the two tables as one: a (key, statement) matches when either table holds
+//! it with the role asked for.
 //!
 //! Must not: validate statements or decide who may read them (see `lrs` and `auth`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -99,6 +107,22 @@ CREATE TABLE tenant_settings (
 ) WITHOUT ROWID;
 ";
 
+/// Appended to the tenant migrations: the recent part of the statement index.
+pub const V3: &str = "
+CREATE TABLE xapi_index_recent (
+    key  INTEGER NOT NULL,
+    seq  INTEGER NOT NULL,
+    mask INTEGER NOT NULL,
+    PRIMARY KEY (key, seq)
+) WITHOUT ROWID;
+";
+
+/// The two tables of the statement index, the large one first.
+const INDEX_TABLES: [&str; 2] = ["xapi_index", "xapi_index_recent"];
+
+/// The setting that holds the last `seq` whose index rows were moved to `xapi_index`.
+const MERGED_THROUGH: &str = "xapi.index_merged_through";
+
 /// The setting that fixes the tenant's xAPI account home page.
 const HOME_PAGE: &str = "xapi.home_page";
 
@@ -153,20 +177,77 @@ fn lookup_key(conn: &Connection, key: &str) -> Result<Option<i64>, StoreError> {
         .optional()?)
 }
 
-/// The ids of the index keys that already exist (read before a write, so that the writer
-/// only looks up keys it has never seen; key ids are never reused).
-pub fn known_key_ids(conn: &Connection, keys: &[&str]) -> Result<Vec<Option<i64>>, StoreError> {
-    keys.iter().map(|k| lookup_key(conn, k)).collect()
+/// The ids of those of `keys` that already exist, in one query (read before a write, so
+/// that the writer only looks up keys it has never seen; a committed key id never changes).
+pub fn known_key_ids(conn: &Connection, keys: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
+    let list = Value::from(keys).to_string();
+    let mut stmt = conn.prepare_cached(
+        "SELECT k.key, k.id FROM json_each(?1) j JOIN xapi_keys k ON k.key = j.value",
+    )?;
+    let found = stmt
+        .query_map([list], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<HashMap<String, i64>, _>>()?;
+    Ok(found)
+}
+
+/// Adds roles to a (key, statement) row of the index.
+fn add_index_row(conn: &Connection, key: i64, seq: i64, roles: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO xapi_index_recent (key, seq, mask) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
+    )?
+    .execute(params![key, seq, roles])?;
+    Ok(())
 }
 
 /// Copies the inheritable index rows of `from` to `to`.
 fn inherit(conn: &Connection, from: i64, to: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO xapi_index (key, seq, mask)
-         SELECT key, ?2, mask & ?3 FROM xapi_index WHERE seq = ?1 AND mask & ?3 != 0
+        "INSERT INTO xapi_index_recent (key, seq, mask)
+         SELECT key, ?2, mask & ?3 FROM (
+             SELECT key, mask FROM xapi_index WHERE seq = ?1
+             UNION ALL SELECT key, mask FROM xapi_index_recent WHERE seq = ?1)
+         WHERE mask & ?3 != 0
          ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
     )?
     .execute(params![from, to, mask::INHERITED])?;
+    Ok(())
+}
+
+/// How many statements' index rows `xapi_index_recent` gathers before they move to
+/// `xapi_index`, given how many the latter holds. Each commit rewrites the recent pages it
+/// touches (about all of them: their keys are random), each move rewrites the large index
+/// once; the WAL written per statement is least when the recent part holds about
+/// sqrt(2 × statements per commit × statements in the index).
+fn merge_threshold(merged: i64) -> i64 {
+    ((1024.0 * merged as f64).sqrt() as i64).clamp(4096, 65_536)
+}
+
+/// Moves the rows of `xapi_index_recent` to `xapi_index` when there are enough of them.
+/// `last` is the highest `seq` stored.
+fn merge_recent_index(conn: &Connection, last: i64) -> Result<(), StoreError> {
+    let merged: i64 = conn
+        .prepare_cached("SELECT value FROM tenant_settings WHERE key = ?1")?
+        .query_row([MERGED_THROUGH], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if last - merged < merge_threshold(merged) {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO xapi_index (key, seq, mask)
+         SELECT key, seq, mask FROM xapi_index_recent WHERE true ORDER BY key, seq
+         ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
+    )?
+    .execute([])?;
+    conn.prepare_cached("DELETE FROM xapi_index_recent")?
+        .execute([])?;
+    conn.prepare_cached(
+        "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![MERGED_THROUGH, last.to_string()])?;
     Ok(())
 }
 
@@ -298,11 +379,7 @@ pub fn insert_statements(
                 Some(id) => id,
                 None => key_id(conn, key)?,
             };
-            conn.prepare_cached(
-                "INSERT INTO xapi_index (key, seq, mask) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
-            )?
-            .execute(params![k, seq, m])?;
+            add_index_row(conn, k, seq, *m)?;
         }
         if let Some(target_seq) = target {
             inherit(conn, target_seq, seq)?;
@@ -349,6 +426,7 @@ pub fn insert_statements(
             "statements",
             &format!("{}-{}", seqs.0, seqs.1),
         )?;
+        merge_recent_index(conn, seqs.1)?;
     }
     Ok(Ok(inserted))
 }
@@ -500,7 +578,8 @@ fn query_all_keys(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatem
         for (k, m) in keys {
             let n: i64 = conn
                 .prepare_cached(
-                    "SELECT count(*) FROM (SELECT 1 FROM xapi_index WHERE key = ?1 LIMIT 2000)",
+                    "SELECT (SELECT count(*) FROM (SELECT 1 FROM xapi_index WHERE key = ?1 LIMIT 2000))
+                          + (SELECT count(*) FROM (SELECT 1 FROM xapi_index_recent WHERE key = ?1 LIMIT 2000))",
                 )?
                 .query_row([k], |r| r.get(0))?;
             counted.push((n, k, m));
@@ -528,34 +607,77 @@ fn query_all_keys(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatem
     if let Some(upto) = filter.upto {
         high = Some(high.map_or(upto, |h| h.min(upto)));
     }
-    let mut sql = String::with_capacity(400);
+    let Some(((first, first_mask), rest)) = keys.split_first() else {
+        return walk(conn, filter, None, "", Vec::new(), low, high);
+    };
+    // The statement must hold every other key, in either table of the index.
+    let mut others = String::new();
+    let mut other_args = Vec::new();
+    for (k, m) in rest {
+        others.push_str(
+            " AND (EXISTS (SELECT 1 FROM xapi_index j
+                   WHERE j.key = ? AND j.seq = s.seq AND (j.mask & ?) != 0)
+                OR EXISTS (SELECT 1 FROM xapi_index_recent j
+                   WHERE j.key = ? AND j.seq = s.seq AND (j.mask & ?) != 0))",
+        );
+        other_args.extend([*k, *m, *k, *m]);
+    }
+    // The first key is walked in each table; the two walks merge in `seq` order (a row
+    // can be in both tables when a StatementRef added roles to it after a merge).
+    let mut rows = Vec::new();
+    for table in INDEX_TABLES {
+        rows.extend(walk(
+            conn,
+            filter,
+            Some((table, *first, *first_mask)),
+            &others,
+            other_args.clone(),
+            low,
+            high,
+        )?);
+    }
+    rows.sort_unstable_by_key(|s| s.seq);
+    rows.dedup_by_key(|s| s.seq);
+    if !filter.ascending {
+        rows.reverse();
+    }
+    rows.truncate(filter.limit + 1);
+    Ok(rows)
+}
+
+/// One walk in `seq` order between `low` (exclusive) and `high`: over the statements, or
+/// over one index table's rows for `(table, key, mask)`; `others` adds conditions on `s`.
+fn walk(
+    conn: &Connection,
+    filter: &Filter,
+    index: Option<(&str, i64, i64)>,
+    others: &str,
+    other_args: Vec<i64>,
+    low: Option<i64>,
+    high: Option<i64>,
+) -> Result<Vec<StoredStatement>, StoreError> {
+    let mut sql = String::with_capacity(400 + others.len());
     let mut args: Vec<i64> = Vec::new();
-    let seq_col;
-    match keys.split_first() {
-        Some(((k, m), rest)) => {
-            seq_col = "i.seq";
-            sql.push_str(
-                "SELECT s.seq, s.full, s.stored, s.has_timestamp FROM xapi_index i
+    let seq_col = match index {
+        Some((table, k, m)) => {
+            sql.push_str(&format!(
+                "SELECT s.seq, s.full, s.stored, s.has_timestamp FROM {table} i
                  JOIN xapi_statements s ON s.seq = i.seq
-                 WHERE i.key = ? AND (i.mask & ?) != 0 AND s.voided = 0",
-            );
-            args.extend([*k, *m]);
-            for (k, m) in rest {
-                sql.push_str(
-                    " AND EXISTS (SELECT 1 FROM xapi_index j
-                       WHERE j.key = ? AND j.seq = s.seq AND (j.mask & ?) != 0)",
-                );
-                args.extend([*k, *m]);
-            }
+                 WHERE i.key = ? AND (i.mask & ?) != 0 AND s.voided = 0"
+            ));
+            args.extend([k, m]);
+            "i.seq"
         }
         None => {
-            seq_col = "s.seq";
             sql.push_str(
                 "SELECT s.seq, s.full, s.stored, s.has_timestamp FROM xapi_statements s
                  WHERE s.voided = 0",
             );
+            "s.seq"
         }
-    }
+    };
+    sql.push_str(others);
+    args.extend(other_args);
     if let Some(l) = low {
         sql.push_str(&format!(" AND {seq_col} > ?"));
         args.push(l);
@@ -587,7 +709,9 @@ pub fn has_any_index_key(
         let found: bool = conn
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM xapi_index
-                 WHERE key = ?1 AND seq = ?2 AND (mask & ?3) != 0)",
+                     WHERE key = ?1 AND seq = ?2 AND (mask & ?3) != 0)
+                 OR EXISTS (SELECT 1 FROM xapi_index_recent
+                     WHERE key = ?1 AND seq = ?2 AND (mask & ?3) != 0)",
             )?
             .query_row(params![k, seq, mask], |r| r.get(0))?;
         if found {

@@ -233,6 +233,9 @@ impl std::fmt::Debug for Database {
     }
 }
 
+/// The page size of new database files.
+const PAGE_SIZE: i64 = 16 * 1024;
+
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -284,6 +287,11 @@ impl Database {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        // Only a new file takes it. Statement rows are about 1 KB and every commit rewrites
+        // the index pages it touches: larger pages mean fewer page writes and less per-page
+        // work for the same bytes (measured with benches/lrs.rs: the writer's CPU per
+        // statement drops by about 15 % from 4 KB pages).
+        writer.pragma_update(None, "page_size", PAGE_SIZE)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         // The writer walks the statement indexes on every insert: keep their upper levels
         // in its own page cache (grows only as the database does) instead of re-reading
@@ -694,9 +702,9 @@ mod tests {
     async fn when_the_disk_fills_no_write_is_reported_that_did_not_land() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
-        // A tiny database: some of the writes below hit SQLITE_FULL.
+        // A tiny database (160 KB): some of the writes below hit SQLITE_FULL.
         db.write(|c| {
-            c.execute_batch("PRAGMA max_page_count = 40")?;
+            c.execute_batch("PRAGMA max_page_count = 10")?;
             Ok(())
         })
         .await

@@ -8,8 +8,13 @@ use super::shared::SESSIONS_AND_TOKENS;
 use super::{Migrations, StoreError, now};
 use crate::tenant::Role;
 
-pub const MIGRATIONS: Migrations =
-    Migrations(&[V1, SESSIONS_AND_TOKENS, super::lrs::V1, super::lrs::V2]);
+pub const MIGRATIONS: Migrations = Migrations(&[
+    V1,
+    SESSIONS_AND_TOKENS,
+    super::lrs::V1,
+    super::lrs::V2,
+    super::lrs::V3,
+]);
 
 const V1: &str = "
 CREATE TABLE orgs (

@@ -139,8 +139,13 @@ async fn error_message(r: Response) -> (StatusCode, String) {
 
 /// The ids of every statement the credential may read, following `more` links.
 async fn all_ids(lrs: &Lrs) -> Vec<String> {
+    ids_matching(lrs, "limit=500").await
+}
+
+/// The ids of the statements a query returns, following `more` links.
+async fn ids_matching(lrs: &Lrs, query: &str) -> Vec<String> {
     let mut ids = Vec::new();
-    let mut next = "/statements?limit=500".to_string();
+    let mut next = format!("/statements?{query}");
     loop {
         let page = lrs.get_json(&next).await;
         for s in page["statements"].as_array().unwrap() {
@@ -1463,4 +1468,140 @@ async fn every_accepted_change_enters_the_change_log_in_order() {
     assert_eq!(statements_in(&app, "ecole", &log[0].1), batch);
     assert_eq!(statements_in(&app, "ecole", &log[1].1), single);
     assert_eq!(log[2].1, "progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_stay_exact_when_the_recent_index_moves_to_the_large_one() {
+    let app = appliance_with(&["ecole"]);
+    let lrs = Lrs::new(&app, "ecole", &["all"]);
+    let registration = uuid();
+    let with_registration = |mut s: Value| {
+        s["context"] = json!({"registration": registration});
+        s
+    };
+    let commented = |target: &str| {
+        json!({"actor": {"mbox": "mailto:prof@ecole.example"},
+            "verb": {"id": "http://adlnet.gov/expapi/verbs/commented"},
+            "object": {"objectType": "StatementRef", "id": target}})
+    };
+    // Before the move: e1 and e2 in the registration, a comment on a statement that has
+    // not arrived yet, and a statement that will be voided.
+    let late = uuid();
+    let e1 = lrs
+        .store(&with_registration(statement(
+            "lea",
+            "answered",
+            "fractions",
+        )))
+        .await
+        .remove(0);
+    let e2 = lrs
+        .store(&with_registration(statement(
+            "tom",
+            "answered",
+            "fractions",
+        )))
+        .await
+        .remove(0);
+    let early_comment = lrs.store(&commented(&late)).await.remove(0);
+    let to_void = lrs
+        .store(&statement("lea", "attempted", "geometrie"))
+        .await
+        .remove(0);
+    // Enough other statements for the recent index rows to move to the large index.
+    for b in 0..42 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| {
+                statement(
+                    &format!("eleve{b}x{i}"),
+                    "experienced",
+                    &format!("lecon-{i}"),
+                )
+            })
+            .collect();
+        lrs.store(&Value::Array(batch)).await;
+    }
+    let db = tenant_db(&app, "ecole");
+    let rows_of = |table: &str, id: &str| -> i64 {
+        db.query_row(
+            &format!(
+                "SELECT count(*) FROM {table} WHERE seq = (SELECT seq FROM xapi_statements WHERE id = ?1)"
+            ),
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(rows_of("xapi_index", &e1) > 0, "e1's index rows moved");
+    assert_eq!(rows_of("xapi_index_recent", &e1), 0);
+
+    // After the move: lea again, the statement the early comment waited for (its comment,
+    // stored before the move, now also matches lea), a voiding, a comment on e2.
+    let l1 = lrs
+        .store(&with_registration(statement(
+            "lea",
+            "answered",
+            "fractions",
+        )))
+        .await
+        .remove(0);
+    let mut arrives = statement("lea", "passed", "fractions");
+    arrives["id"] = json!(late);
+    lrs.store(&arrives).await;
+    let voiding = lrs
+        .store(&json!({"actor": {"mbox": "mailto:prof@ecole.example"},
+            "verb": {"id": "http://adlnet.gov/expapi/verbs/voided"},
+            "object": {"objectType": "StatementRef", "id": to_void}}))
+        .await
+        .remove(0);
+    let late_comment = lrs.store(&commented(&e2)).await.remove(0);
+    assert!(
+        rows_of("xapi_index_recent", &early_comment) > 0,
+        "the early comment's inherited rows are recent"
+    );
+    assert!(rows_of("xapi_index", &early_comment) > 0);
+
+    // Newest first, two per page, across both index tables.
+    let lea = pupil_filter("lea");
+    assert_eq!(
+        ids_matching(&lrs, &format!("{lea}&limit=2")).await,
+        vec![
+            voiding.clone(),
+            late.clone(),
+            l1.clone(),
+            early_comment.clone(),
+            e1.clone()
+        ],
+        "lea's statements and the statements that refer to them, not the voided one"
+    );
+    assert_eq!(
+        ids_matching(&lrs, &format!("{lea}&limit=2&ascending=true")).await,
+        vec![
+            e1.clone(),
+            early_comment.clone(),
+            l1.clone(),
+            late.clone(),
+            voiding
+        ]
+    );
+    assert_eq!(
+        ids_matching(&lrs, &format!("{}&limit=2", pupil_filter("tom"))).await,
+        vec![late_comment.clone(), e2.clone()]
+    );
+    // Two keys: one in each table must both hold.
+    let fractions = urlencode("http://ecole.example/activites/fractions");
+    assert_eq!(
+        ids_matching(
+            &lrs,
+            &format!("activity={fractions}&registration={registration}&limit=3")
+        )
+        .await,
+        vec![late_comment, l1, e2, e1]
+    );
+    let verb = urlencode("http://adlnet.gov/expapi/verbs/commented");
+    assert_eq!(
+        ids_matching(&lrs, &format!("verb={verb}&{lea}")).await,
+        vec![early_comment],
+        "its own verb is in the large index, lea in the recent one"
+    );
 }
