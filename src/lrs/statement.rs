@@ -284,11 +284,7 @@ pub fn prepare(
         ),
         _ => (None, false),
     };
-    let mut keys = Keys(Vec::new());
-    keys.body(&statement, false);
-    if let Some(a) = statement.get("authority") {
-        keys.agent(a, false);
-    }
+    let mut keys = statement_keys(&statement);
     keys.add(stored_by_index_key(&storer.key), mask::STORED_BY);
     let attachments = statement
         .get("attachments")
@@ -311,6 +307,26 @@ pub fn prepare(
         attachments,
         value: statement,
     }
+}
+
+/// The index keys of a statement's content and authority.
+fn statement_keys(statement: &Value) -> Keys {
+    let mut keys = Keys(Vec::new());
+    keys.body(statement, false);
+    if let Some(a) = statement.get("authority") {
+        keys.agent(a, false);
+    }
+    keys
+}
+
+/// The index keys a stored statement passes on to the statements whose StatementRef targets
+/// it, each with the roles that pass (see [`mask::INHERITED`]).
+pub fn inheritable_keys(statement: &Value) -> Vec<(String, i64)> {
+    statement_keys(statement)
+        .0
+        .into_iter()
+        .filter_map(|(k, m)| (m & mask::INHERITED != 0).then_some((k, m & mask::INHERITED)))
+        .collect()
 }
 
 /// The Activities of a statement (its object, its SubStatement's, their context

@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::StoreError;
-use crate::lrs::statement::{Prepared, mask, merge_definition, same_content};
+use crate::lrs::statement::{Prepared, inheritable_keys, merge_definition, same_content};
 
 /// Appended to the tenant migrations.
 pub const V1: &str = "
@@ -200,17 +200,46 @@ fn add_index_row(conn: &Connection, key: i64, seq: i64, roles: i64) -> Result<()
     Ok(())
 }
 
-/// Copies the inheritable index rows of `from` to `to`.
+/// Gives `to` the index rows that `from` passes on: the inheritable keys of `from` and,
+/// through its StatementRef, of the statements it refers to. They are computed from the
+/// stored statements, never by scanning the index for `from`'s rows.
 fn inherit(conn: &Connection, from: i64, to: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO xapi_index_recent (key, seq, mask)
-         SELECT key, ?2, mask & ?3 FROM (
-             SELECT key, mask FROM xapi_index WHERE seq = ?1
-             UNION ALL SELECT key, mask FROM xapi_index_recent WHERE seq = ?1)
-         WHERE mask & ?3 != 0
-         ON CONFLICT (key, seq) DO UPDATE SET mask = mask | excluded.mask",
-    )?
-    .execute(params![from, to, mask::INHERITED])?;
+    let mut passed: Vec<(String, i64)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut next = Some(from);
+    while let Some(seq) = next.take() {
+        if !seen.insert(seq) {
+            break; // a cycle of StatementRefs
+        }
+        let Some((full, target)) = conn
+            .prepare_cached("SELECT full, target FROM xapi_statements WHERE seq = ?1")?
+            .query_row([seq], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .optional()?
+        else {
+            break;
+        };
+        let value: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
+        for (key, roles) in inheritable_keys(&value) {
+            match passed.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, m)) => *m |= roles,
+                None => passed.push((key, roles)),
+            }
+        }
+        next = match target {
+            Some(t) => conn
+                .prepare_cached("SELECT seq FROM xapi_statements WHERE id = ?1")?
+                .query_row([t], |r| r.get(0))
+                .optional()?,
+            None => None,
+        };
+    }
+    for (key, roles) in passed {
+        if let Some(k) = lookup_key(conn, &key)? {
+            add_index_row(conn, k, to, roles)?;
+        }
+    }
     Ok(())
 }
 

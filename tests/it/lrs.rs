@@ -1596,7 +1596,7 @@ async fn filters_stay_exact_when_the_recent_index_moves_to_the_large_one() {
             &format!("activity={fractions}&registration={registration}&limit=3")
         )
         .await,
-        vec![late_comment, l1, e2, e1]
+        vec![late_comment.clone(), l1, e2.clone(), e1]
     );
     let verb = urlencode("http://adlnet.gov/expapi/verbs/commented");
     assert_eq!(
@@ -1604,4 +1604,19 @@ async fn filters_stay_exact_when_the_recent_index_moves_to_the_large_one() {
         vec![early_comment],
         "its own verb is in the large index, lea in the recent one"
     );
+    // A comment on the comment on e2 is about tom too; a cycle of references ends.
+    let chained = lrs.store(&commented(&late_comment)).await.remove(0);
+    assert_eq!(
+        ids_matching(&lrs, &pupil_filter("tom")).await,
+        vec![chained, late_comment, e2]
+    );
+    let (x, y) = (uuid(), uuid());
+    let mut to_y = commented(&y);
+    to_y["id"] = json!(x);
+    let mut to_x = commented(&x);
+    to_x["id"] = json!(y);
+    lrs.store(&Value::Array(vec![to_y, to_x])).await;
+    let prof = urlencode(&json!({"mbox": "mailto:prof@ecole.example"}).to_string());
+    let by_prof = ids_matching(&lrs, &format!("agent={prof}&limit=3")).await;
+    assert_eq!(&by_prof[..2], &[y, x]);
 }
