@@ -1484,17 +1484,11 @@ async fn filters_stay_exact_when_the_recent_index_moves_to_the_large_one() {
             "verb": {"id": "http://adlnet.gov/expapi/verbs/commented"},
             "object": {"objectType": "StatementRef", "id": target}})
     };
+    let lea_answers = || with_registration(statement("lea", "answered", "fractions"));
     // Before the move: e1 and e2 in the registration, a comment on a statement that has
     // not arrived yet, and a statement that will be voided.
     let late = uuid();
-    let e1 = lrs
-        .store(&with_registration(statement(
-            "lea",
-            "answered",
-            "fractions",
-        )))
-        .await
-        .remove(0);
+    let e1 = lrs.store(&lea_answers()).await.remove(0);
     let e2 = lrs
         .store(&with_registration(statement(
             "tom",
@@ -1537,14 +1531,7 @@ async fn filters_stay_exact_when_the_recent_index_moves_to_the_large_one() {
 
     // After the move: lea again, the statement the early comment waited for (its comment,
     // stored before the move, now also matches lea), a voiding, a comment on e2.
-    let l1 = lrs
-        .store(&with_registration(statement(
-            "lea",
-            "answered",
-            "fractions",
-        )))
-        .await
-        .remove(0);
+    let l1 = lrs.store(&lea_answers()).await.remove(0);
     let mut arrives = statement("lea", "passed", "fractions");
     arrives["id"] = json!(late);
     lrs.store(&arrives).await;
