@@ -212,28 +212,12 @@ fn peers() -> Vec<Target> {
 }
 
 fn ceredis_target(app: &Appliance, slug: &str) -> Target {
-    let out = app.cli(&[
-        "credential",
-        "add",
-        "--tenant",
-        slug,
-        "--label",
-        "bench",
-        "--scope",
-        "all",
-    ]);
-    let text = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .unwrap()
-            .to_string()
-    };
+    let (user, password) = app.credential(slug, &["all"]);
     Target {
         name: "ceredis".into(),
         endpoint: app.url(&format!("/t/{slug}/xapi")),
-        user: get("key_id="),
-        password: get("secret="),
+        user,
+        password,
         client: app.client(),
     }
 }

@@ -20,27 +20,6 @@ struct Lrs {
     version: &'static str,
 }
 
-fn credential(app: &Appliance, slug: &str, scopes: &[&str]) -> (String, String) {
-    let mut args = vec!["credential", "add", "--tenant", slug, "--label", "test"];
-    for s in scopes {
-        args.extend(["--scope", s]);
-    }
-    let out = app.cli(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .unwrap()
-            .to_string()
-    };
-    (get("key_id="), get("secret="))
-}
-
 fn tenant(app: &Appliance, slug: &str) {
     let out = app.cli(&["tenant", "create", slug]);
     assert!(
@@ -52,7 +31,7 @@ fn tenant(app: &Appliance, slug: &str) {
 
 impl Lrs {
     fn new(app: &Appliance, slug: &str, scopes: &[&str]) -> Lrs {
-        let (key, secret) = credential(app, slug, scopes);
+        let (key, secret) = app.credential(slug, scopes);
         Lrs {
             client: app.client(),
             base: app.url(&format!("/t/{slug}/xapi")),

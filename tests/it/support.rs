@@ -125,6 +125,29 @@ impl Appliance {
             .unwrap()
     }
 
+    /// Adds an API credential to tenant `slug` with these xAPI scopes, through the CLI:
+    /// `(key id, secret)`.
+    pub fn credential(&self, slug: &str, scopes: &[&str]) -> (String, String) {
+        let mut args = vec!["credential", "add", "--tenant", slug, "--label", "test"];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .to_string()
+        };
+        (get("key_id="), get("secret="))
+    }
+
     pub fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.data.join("tls/ca.crt")).unwrap()
     }
