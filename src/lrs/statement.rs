@@ -105,12 +105,17 @@ pub fn stored_by_index_key(who: &str) -> String {
 
 struct Keys(Vec<(String, i64)>);
 
+/// Adds `key` with the roles in `mask` to a list of index keys, each key once.
+pub fn add_key(keys: &mut Vec<(String, i64)>, key: String, mask: i64) {
+    match keys.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, m)) => *m |= mask,
+        None => keys.push((key, mask)),
+    }
+}
+
 impl Keys {
     fn add(&mut self, key: String, mask: i64) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, m)) => *m |= mask,
-            None => self.0.push((key, mask)),
-        }
+        add_key(&mut self.0, key, mask);
     }
 
     fn agent(&mut self, who: &Value, direct: bool) {

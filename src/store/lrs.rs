@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::StoreError;
-use crate::lrs::statement::{Prepared, inheritable_keys, merge_definition, same_content};
+use crate::lrs::statement::{Prepared, add_key, inheritable_keys, merge_definition, same_content};
 
 /// Appended to the tenant migrations.
 pub const V1: &str = "
@@ -131,16 +131,19 @@ const HOME_PAGE: &str = "xapi.home_page";
 pub fn home_page(conn: &Connection, proposed: &str) -> Result<String, StoreError> {
     conn.prepare_cached("INSERT OR IGNORE INTO tenant_settings (key, value) VALUES (?1, ?2)")?
         .execute([HOME_PAGE, proposed])?;
-    Ok(conn
-        .prepare_cached("SELECT value FROM tenant_settings WHERE key = ?1")?
-        .query_row([HOME_PAGE], |r| r.get(0))?)
+    Ok(setting(conn, HOME_PAGE)?.unwrap_or_else(|| proposed.to_string()))
 }
 
 /// The fixed home page, if it was ever set.
 pub fn fixed_home_page(conn: &Connection) -> Result<Option<String>, StoreError> {
+    setting(conn, HOME_PAGE)
+}
+
+/// A tenant setting, if it is set.
+fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT value FROM tenant_settings WHERE key = ?1")?
-        .query_row([HOME_PAGE], |r| r.get(0))
+        .query_row([key], |r| r.get(0))
         .optional()?)
 }
 
@@ -190,6 +193,14 @@ pub fn known_key_ids(conn: &Connection, keys: &[&str]) -> Result<HashMap<String,
     Ok(found)
 }
 
+/// The `seq` of the stored statement with this id.
+fn seq_of(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM xapi_statements WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
 /// Adds roles to a (key, statement) row of the index.
 fn add_index_row(conn: &Connection, key: i64, seq: i64, roles: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -222,16 +233,10 @@ fn inherit(conn: &Connection, from: i64, to: i64) -> Result<(), StoreError> {
         };
         let value: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
         for (key, roles) in inheritable_keys(&value) {
-            match passed.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, m)) => *m |= roles,
-                None => passed.push((key, roles)),
-            }
+            add_key(&mut passed, key, roles);
         }
         next = match target {
-            Some(t) => conn
-                .prepare_cached("SELECT seq FROM xapi_statements WHERE id = ?1")?
-                .query_row([t], |r| r.get(0))
-                .optional()?,
+            Some(t) => seq_of(conn, &t)?,
             None => None,
         };
     }
@@ -255,10 +260,7 @@ fn merge_threshold(merged: i64) -> i64 {
 /// Moves the rows of `xapi_index_recent` to `xapi_index` when there are enough of them.
 /// `last` is the highest `seq` stored.
 fn merge_recent_index(conn: &Connection, last: i64) -> Result<(), StoreError> {
-    let merged: i64 = conn
-        .prepare_cached("SELECT value FROM tenant_settings WHERE key = ?1")?
-        .query_row([MERGED_THROUGH], |r| r.get::<_, String>(0))
-        .optional()?
+    let merged: i64 = setting(conn, MERGED_THROUGH)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if last - merged < merge_threshold(merged) {
@@ -377,10 +379,7 @@ pub fn insert_statements(
     let mut recorded: HashSet<&(String, Option<String>)> = HashSet::new();
     for (p, _) in batch.iter().zip(&fresh).filter(|(_, fresh)| **fresh) {
         let target = match &p.target {
-            Some(t) => conn
-                .prepare_cached("SELECT seq FROM xapi_statements WHERE id = ?1")?
-                .query_row([t], |r| r.get::<_, i64>(0))
-                .optional()?,
+            Some(t) => seq_of(conn, t)?,
             None => None,
         };
         let added = conn
@@ -584,13 +583,19 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>,
         one.keys.push(key.clone());
         merged.extend(query_all_keys(conn, &one)?);
     }
-    merged.sort_unstable_by_key(|s| s.seq);
-    merged.dedup_by_key(|s| s.seq);
+    Ok(one_page(merged, filter))
+}
+
+/// Statements found by several walks, as one page of `filter`: in its order, each once, at
+/// most `filter.limit + 1`.
+fn one_page(mut rows: Vec<StoredStatement>, filter: &Filter) -> Vec<StoredStatement> {
+    rows.sort_unstable_by_key(|s| s.seq);
+    rows.dedup_by_key(|s| s.seq);
     if !filter.ascending {
-        merged.reverse();
+        rows.reverse();
     }
-    merged.truncate(filter.limit + 1);
-    Ok(merged)
+    rows.truncate(filter.limit + 1);
+    rows
 }
 
 fn query_all_keys(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatement>, StoreError> {
@@ -665,13 +670,7 @@ fn query_all_keys(conn: &Connection, filter: &Filter) -> Result<Vec<StoredStatem
             high,
         )?);
     }
-    rows.sort_unstable_by_key(|s| s.seq);
-    rows.dedup_by_key(|s| s.seq);
-    if !filter.ascending {
-        rows.reverse();
-    }
-    rows.truncate(filter.limit + 1);
-    Ok(rows)
+    Ok(one_page(rows, filter))
 }
 
 /// One walk in `seq` order between `low` (exclusive) and `high`: over the statements, or
