@@ -14,6 +14,8 @@
 //!   extractors that make access control a type.
 //! - [`tenant`] — tenants, roles, OneRoster import.
 //! - [`lrs`] — the built-in xAPI learning record store (1.0.3 and 2.0.0), one per tenant.
+//! - [`competency`] — frameworks, evidence, mastery estimates and their journal, CEFR level
+//!   decisions, and what each role may see of them.
 //! - [`store`] — the only module that touches SQLite: group-commit writers, read pools,
 //!   add-only migrations, backup.
 //! - [`metrics`], [`doctor`], [`error`].
@@ -22,6 +24,7 @@ pub mod acme;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod competency;
 pub mod config;
 pub mod doctor;
 pub mod error;

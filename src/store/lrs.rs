@@ -140,7 +140,7 @@ pub fn fixed_home_page(conn: &Connection) -> Result<Option<String>, StoreError> 
 }
 
 /// A tenant setting, if it is set.
-fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT value FROM tenant_settings WHERE key = ?1")?
         .query_row([key], |r| r.get(0))

@@ -15,7 +15,9 @@
 //!
 //! Key types: [`Database`], [`Migrations`], [`StoreError`], [`StoreMetrics`].
 
+pub mod ai;
 pub mod backup;
+pub mod competency;
 pub mod lrs;
 pub mod shared;
 pub mod system;
@@ -281,6 +283,19 @@ impl Database {
         options: DbOptions,
         metrics: StoreMetrics,
     ) -> Result<Database, StoreError> {
+        Self::open_seeded(name, path, migrations, |_| Ok(()), options, metrics)
+    }
+
+    /// Like [`Database::open`], then runs `seed` in one transaction before the writer
+    /// starts: content every database of this kind must have (it must be idempotent).
+    pub fn open_seeded(
+        name: &str,
+        path: &Path,
+        migrations: Migrations,
+        seed: fn(&Connection) -> Result<(), StoreError>,
+        options: DbOptions,
+        metrics: StoreMetrics,
+    ) -> Result<Database, StoreError> {
         let mut writer = open_connection(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -298,6 +313,11 @@ impl Database {
         // them from the OS on each page miss.
         writer.pragma_update(None, "cache_size", -32 * 1024)?;
         migrate(&mut writer, path, migrations)?;
+        {
+            let tx = writer.transaction()?;
+            seed(&tx)?;
+            tx.commit()?;
+        }
         restrict_permissions(path)?;
 
         let mut readers = Vec::with_capacity(options.read_connections);

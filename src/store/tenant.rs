@@ -14,6 +14,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::lrs::V1,
     super::lrs::V2,
     super::lrs::V3,
+    super::competency::V1,
 ]);
 
 const V1: &str = "
@@ -72,6 +73,13 @@ CREATE TABLE api_credentials (
     revoked_at    INTEGER
 );
 ";
+
+/// What every tenant database holds from its first open: the built-in CEFR framework and
+/// the AI principal's pseudonym key.
+pub fn seed(conn: &Connection) -> Result<(), StoreError> {
+    super::competency::seed_builtin(conn)?;
+    super::ai::seed_key(conn)
+}
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct User {
@@ -354,6 +362,24 @@ pub fn teaches(conn: &Connection, user_id: i64, class_id: i64) -> Result<bool, S
             "SELECT 1 FROM enrolments WHERE user_id = ?1 AND class_id = ?2 AND role = 'teacher'",
         )?
         .exists(params![user_id, class_id])?)
+}
+
+/// Whether `teacher_id` is an active teacher of a class where `pupil_id` is an active
+/// pupil (the same rule as the database's trigger on level decisions).
+pub fn teaches_pupil(
+    conn: &Connection,
+    teacher_id: i64,
+    pupil_id: i64,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM enrolments t
+             JOIN enrolments p ON p.class_id = t.class_id AND p.role = 'student'
+             JOIN users tu ON tu.id = t.user_id AND tu.role = 'teacher' AND tu.active = 1
+             JOIN users pu ON pu.id = p.user_id AND pu.role = 'student' AND pu.active = 1
+             WHERE t.user_id = ?1 AND t.role = 'teacher' AND p.user_id = ?2",
+        )?
+        .exists(params![teacher_id, pupil_id])?)
 }
 
 /// The active pupils of every class `teacher_id` teaches, by name.

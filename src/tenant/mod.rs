@@ -270,10 +270,11 @@ impl Tenants {
         if let Some(db) = open.get(slug) {
             return Ok(db.clone());
         }
-        let db = Database::open(
+        let db = Database::open_seeded(
             &format!("tenant:{slug}"),
             &path,
             store::tenant::MIGRATIONS,
+            store::tenant::seed,
             self.inner.options,
             self.inner.metrics.clone(),
         )?;
