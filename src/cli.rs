@@ -478,6 +478,7 @@ async fn demo(config: Config) -> Result<()> {
             &handle,
             demo_activity(&handle.home_page, &pupils),
             &demo_storer(&handle.home_page),
+            crate::competency::Actor::System,
         )
         .await
         .context("recording the demo school's sample activity")?;

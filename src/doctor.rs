@@ -190,9 +190,15 @@ pub fn full(config: &Config) -> Vec<Check> {
             ));
             continue;
         }
-        let result = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(crate::store::StoreError::from)
-            .and_then(|c| integrity_problems(&c));
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(crate::store::StoreError::from);
+        let result = conn
+            .as_ref()
+            .map_err(|e| crate::store::StoreError::Conflict(e.to_string()))
+            .and_then(integrity_problems);
+        if let (Ok(conn), true) = (&conn, rel.starts_with("tenants")) {
+            out.push(journal_check(&name, conn));
+        }
         match result {
             Ok(problems) if problems.is_empty() => out.push(check(&name, true, "integrity ok".into(), None)),
             Ok(problems) => out.push(check(
@@ -210,4 +216,28 @@ pub fn full(config: &Config) -> Vec<Check> {
         }
     }
     out
+}
+
+/// The tenant's assessment journal: its chain, and whether replaying it gives the stored
+/// estimates. Says how many entries it checked, never what they hold.
+fn journal_check(name: &str, conn: &Connection) -> Check {
+    let label = format!("{name}: assessment journal");
+    match crate::store::competency::verify_journal(conn) {
+        Ok(r) if r.problems.is_empty() => check(
+            &label,
+            true,
+            format!(
+                "{} entries chained, {} recalculations replayed to the stored estimates",
+                r.entries, r.recalculations
+            ),
+            None,
+        ),
+        Ok(r) => check(
+            &label,
+            false,
+            format!("{} problem(s): {}", r.problems.len(), r.problems.join("; ")),
+            Some("the journal or the estimates were changed outside the appliance: stop the service, keep this file for inspection, and restore the last good backup (`ceredis restore --from BACKUP --data-dir NEW_DIR`)".into()),
+        ),
+        Err(e) => check(&label, false, format!("cannot read: {e}"), None),
+    }
 }

@@ -323,3 +323,64 @@ pub struct DescriptorProgress {
     pub text: String,
     pub status: Status,
 }
+
+/// Builds what a pupil sees from their frameworks, estimates and decided levels: each
+/// framework's skills (competencies narrowing nothing) with the decided level, and each
+/// skill's descriptors with a [`Status`]. The estimates go in; no number comes out.
+pub fn progress(
+    lang: &str,
+    frameworks: &[(
+        crate::store::competency::FrameworkRow,
+        Vec<crate::store::competency::CompetencyRow>,
+    )],
+    estimates: &std::collections::HashMap<i64, (i64, i64)>,
+    levels: &std::collections::HashMap<i64, String>,
+) -> PupilProgress {
+    let frameworks = frameworks
+        .iter()
+        .map(|(f, competencies)| FrameworkProgress {
+            uri: f.uri.clone(),
+            name: f.name.get(lang).to_string(),
+            skills: competencies
+                .iter()
+                .filter(|c| c.parent_id.is_none())
+                .map(|skill| {
+                    let decided = levels.get(&skill.id);
+                    let rank = |code: &str| skill.levels.iter().position(|l| l.code == code);
+                    let decided_rank = decided.and_then(|d| rank(d));
+                    SkillProgress {
+                        uri: skill.uri.clone(),
+                        name: skill.name.get(lang).to_string(),
+                        level: decided.and_then(|code| {
+                            skill
+                                .levels
+                                .iter()
+                                .find(|l| &l.code == code)
+                                .map(|l| LevelName {
+                                    code: l.code.clone(),
+                                    name: l.name.get(lang).to_string(),
+                                })
+                        }),
+                        descriptors: competencies
+                            .iter()
+                            .filter(|d| d.parent_id == Some(skill.id))
+                            .map(|d| {
+                                let at_or_above = match (decided_rank, d.level_code.as_deref()) {
+                                    (Some(have), Some(at)) => rank(at).is_some_and(|r| r <= have),
+                                    _ => false,
+                                };
+                                DescriptorProgress {
+                                    uri: d.uri.clone(),
+                                    level: d.level_code.clone(),
+                                    text: d.name.get(lang).to_string(),
+                                    status: status(estimates.get(&d.id).copied(), at_or_above),
+                                }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    PupilProgress { frameworks }
+}

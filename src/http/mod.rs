@@ -6,6 +6,7 @@
 //! compile time) elsewhere. Errors are JSON [`crate::error::ApiError`]s; [`html_errors`]
 //! turns them into pages (or a redirect to the login page) for browsers.
 
+pub mod assessment;
 pub mod classes;
 pub mod credentials;
 pub mod extract;
@@ -348,6 +349,79 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/api/teaching",
         members::<TeacherOnly>(),
         get(classes::teaching),
+    )
+    // Assessment: frameworks, evidence, levels, each role's view, erasure
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/frameworks",
+        members::<AnyRole>(),
+        get(assessment::frameworks),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/frameworks/{framework}",
+        members::<AnyRole>(),
+        get(assessment::framework),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/alignments",
+        members::<Staff>(),
+        post(assessment::align),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/classes/{class}/assessment",
+        members::<TeacherOnly>(),
+        get(assessment::class_assessment),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/classes/{class}/observations",
+        members::<TeacherOnly>(),
+        post(assessment::observe),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/pupils/{pupil}/assessment",
+        members::<TeacherOnly>(),
+        get(assessment::pupil_assessment),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/pupils/{pupil}/levels",
+        members::<TeacherOnly>(),
+        post(assessment::decide),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/evidence/{evidence}/correction",
+        members::<AnyRole>(),
+        post(assessment::correct),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/evidence/{evidence}/withdrawal",
+        members::<AnyRole>(),
+        post(assessment::withdraw),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/my/progress",
+        members::<StudentOnly>(),
+        get(assessment::my_progress),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/my/self-assessments",
+        members::<StudentOnly>(),
+        post(assessment::self_assess),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/users/{user}/erasure",
+        members::<AdminOnly>(),
+        post(assessment::erase),
     )
     .add(
         Method::GET,

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::{self, LrsCaller, LrsWho, MaybeSession};
+use crate::competency::Actor;
 use crate::error::ApiError;
 use crate::lrs::document::{self, Preconditions, WriteMode};
 use crate::lrs::multipart::{self, Part};
@@ -689,7 +690,11 @@ async fn write_statements(caller: &LrsCaller, x: &XRequest) -> Result<Response, 
         })
         .collect();
     let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
-    lrs::store(&caller.tenant, prepared, blobs).await?;
+    let actor = match &caller.who {
+        LrsWho::Credential { key_id, .. } => Actor::Client(key_id.clone()),
+        LrsWho::Member(user) => Actor::User(user.id),
+    };
+    lrs::store(&caller.tenant, prepared, blobs, actor).await?;
     if put {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -24,6 +24,7 @@ use std::collections::HashSet;
 
 use axum::http::StatusCode;
 
+use crate::competency::Actor;
 use crate::error::ApiError;
 use crate::store::StoreError;
 use crate::store::lrs::{self as sql, Blob, StatementConflict};
@@ -190,10 +191,15 @@ pub async fn member_scope(tenant: &TenantHandle, user: &User) -> Result<ReadScop
 /// Stores prepared statements and their attachments through the tenant's writer; returns
 /// once they are durable. A statement id already stored with the same content changes
 /// nothing; with other content the whole batch is refused (409).
+///
+/// In the same transaction, statements about the tenant's pupils on Activities aligned to a
+/// competency become evidence, journaled with `actor`
+/// (`store::competency::evidence_from_statements`).
 pub async fn store(
     tenant: &TenantHandle,
     mut prepared: Vec<Prepared>,
     blobs: Vec<Blob>,
+    actor: Actor,
 ) -> Result<(), LrsError> {
     // Resolve the index keys already known on a reader, off the writer's thread.
     let keys: Vec<String> = prepared
@@ -214,11 +220,22 @@ pub async fn store(
         p.key_ids = p.keys.iter().map(|(k, _)| known.get(k).copied()).collect();
     }
     let now = now_ms();
+    let home = tenant.home_page.clone();
     // The batch comes back out so that it is freed here, not on the writer's thread.
     let (outcome, _batch) = tenant
         .db
         .write_checked(move |c| {
             let outcome = sql::insert_statements(c, &prepared, &blobs, now)?;
+            if outcome.is_ok() {
+                let values: Vec<&serde_json::Value> = prepared.iter().map(|p| &p.value).collect();
+                crate::store::competency::evidence_from_statements(
+                    c,
+                    &values,
+                    &home,
+                    &actor,
+                    now / 1000,
+                )?;
+            }
             Ok((outcome, (prepared, blobs)))
         })
         .await?;
@@ -235,6 +252,7 @@ pub async fn record(
     tenant: &TenantHandle,
     statements: Vec<serde_json::Value>,
     storer: &Storer,
+    actor: Actor,
 ) -> Result<Vec<String>, LrsError> {
     for s in &statements {
         validate::statement(s, Version::V2)?;
@@ -244,7 +262,7 @@ pub async fn record(
         .map(|s| statement::prepare(s, storer, Version::V2, statement::new_id))
         .collect();
     let ids = prepared.iter().map(|p| p.id.clone()).collect();
-    store(tenant, prepared, Vec::new()).await?;
+    store(tenant, prepared, Vec::new(), actor).await?;
     Ok(ids)
 }
 

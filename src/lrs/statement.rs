@@ -331,6 +331,11 @@ fn statement_keys(statement: &Value) -> Keys {
     keys
 }
 
+/// Every index key of a stored statement's own content and authority, with its roles.
+pub fn all_keys(statement: &Value) -> Vec<(String, i64)> {
+    statement_keys(statement).0
+}
+
 /// The index keys a stored statement passes on to the statements whose StatementRef targets
 /// it, each with the roles that pass (see [`mask::INHERITED`]).
 pub fn inheritable_keys(statement: &Value) -> Vec<(String, i64)> {

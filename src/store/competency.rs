@@ -443,7 +443,13 @@ pub struct CompetencyRow {
     /// The competency this one narrows, if any (a descriptor's skill).
     pub parent_id: Option<i64>,
     /// The levels decided on it (a skill), in order.
-    pub levels: Vec<String>,
+    pub levels: Vec<LevelRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LevelRef {
+    pub code: String,
+    pub name: Text,
 }
 
 pub fn competencies(
@@ -454,8 +460,8 @@ pub fn competencies(
         "SELECT c.id, c.framework_id, c.uri, c.code, c.name, c.level_code,
                 (SELECT r.target_id FROM competency_relations r
                   WHERE r.source_id = c.id AND r.kind = 'narrows' ORDER BY r.id LIMIT 1),
-                (SELECT json_group_array(code) FROM
-                    (SELECT code FROM competency_levels l WHERE l.competency_id = c.id
+                (SELECT json_group_array(json_object('code', code, 'name', json(name))) FROM
+                    (SELECT code, name FROM competency_levels l WHERE l.competency_id = c.id
                       ORDER BY rank))
          FROM competencies c WHERE c.framework_id = ?1 ORDER BY c.position, c.id",
     )?;
@@ -941,15 +947,14 @@ pub fn decide_level(
         )));
     }
     for id in &d.evidence_ids {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM evidence WHERE id = ?1 AND pupil_id = ?2 AND {IN_EFFECT}
+               AND (competency_id = ?3 OR EXISTS (
+                    SELECT 1 FROM competency_relations r WHERE r.source_id = evidence.competency_id
+                       AND r.target_id = ?3 AND r.kind = 'narrows')))"
+        );
         let ok: bool = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM evidence e WHERE e.id = ?1 AND e.pupil_id = ?2
-                   AND e.kind != 'withdrawal'
-                   AND NOT EXISTS (SELECT 1 FROM evidence s WHERE s.supersedes = e.id)
-                   AND (e.competency_id = ?3 OR EXISTS (
-                        SELECT 1 FROM competency_relations r WHERE r.source_id = e.competency_id
-                           AND r.target_id = ?3 AND r.kind = 'narrows')))",
-            )?
+            .prepare_cached(&sql)?
             .query_row(params![id, d.pupil_id, d.competency_id], |r| r.get(0))?;
         if !ok {
             return Ok(Err(Refusal::new(
@@ -1269,6 +1274,174 @@ pub fn verify_journal(conn: &Connection) -> Result<JournalReport, StoreError> {
         }
     }
     Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------
+// Evidence from the LRS
+
+/// A statement's result as a value in basis points: `score.scaled`, else `score.raw` within
+/// `min`..`max`, else `success`. `None`: the statement says nothing about how it went.
+pub fn result_value(statement: &Value) -> Option<i64> {
+    let result = statement.get("result")?;
+    let score = result.get("score");
+    let scaled = score.and_then(|s| s.get("scaled")).and_then(Value::as_f64);
+    let raw = score.and_then(|s| {
+        let raw = s.get("raw")?.as_f64()?;
+        let (min, max) = (s.get("min")?.as_f64()?, s.get("max")?.as_f64()?);
+        (max > min).then(|| (raw - min) / (max - min))
+    });
+    let success = result
+        .get("success")
+        .and_then(Value::as_bool)
+        .map(|ok| if ok { 1.0 } else { 0.0 });
+    let v = scaled.or(raw).or(success)?;
+    Some((v.clamp(0.0, 1.0) * 10_000.0).round() as i64)
+}
+
+/// The Activities a statement is about: its object and its context activities.
+fn activity_iris(statement: &Value) -> Vec<&str> {
+    let mut iris = Vec::new();
+    let object = &statement["object"];
+    if matches!(
+        object.get("objectType").and_then(Value::as_str),
+        None | Some("Activity")
+    ) && let Some(id) = object.get("id").and_then(Value::as_str)
+    {
+        iris.push(id);
+    }
+    if let Some(ctx) = statement["context"]["contextActivities"].as_object() {
+        for list in ctx.values() {
+            let items = match list {
+                Value::Array(a) => a.iter().collect::<Vec<_>>(),
+                one => vec![one],
+            };
+            iris.extend(items.into_iter().filter_map(|a| a.get("id")?.as_str()));
+        }
+    }
+    iris
+}
+
+const IN_EFFECT: &str = "kind != 'withdrawal' AND NOT EXISTS
+    (SELECT 1 FROM evidence later WHERE later.supersedes = evidence.id)";
+
+/// Turns statements the LRS accepted in this transaction into evidence: a statement about
+/// one of the tenant's pupils (their xAPI account), with a result, about an Activity aligned
+/// to a competency (through `activity_alignments`, or naming the competency's URI itself),
+/// becomes one record per competency. A voiding statement withdraws the evidence its target
+/// gave. Runs in the LRS's transaction: a statement is stored with its evidence or not at
+/// all. Returns how many rows of evidence were written.
+pub fn evidence_from_statements(
+    conn: &Connection,
+    statements: &[&Value],
+    home_page: &str,
+    actor: &Actor,
+    at: i64,
+) -> Result<usize, StoreError> {
+    let mut written = 0;
+    for s in statements {
+        let id = s.get("id").and_then(Value::as_str).unwrap_or_default();
+        let object = &s["object"];
+        if s.get("verb")
+            .and_then(|v| v.get("id"))
+            .and_then(Value::as_str)
+            == Some("http://adlnet.gov/expapi/verbs/voided")
+            && object.get("objectType").and_then(Value::as_str) == Some("StatementRef")
+        {
+            let target = object.get("id").and_then(Value::as_str).unwrap_or_default();
+            let sql = format!("SELECT id FROM evidence WHERE statement_id = ?1 AND {IN_EFFECT}");
+            let ids: Vec<i64> = conn
+                .prepare_cached(&sql)?
+                .query_map([target], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for e in ids {
+                let comment = format!("statement {target} voided by statement {id}");
+                if supersede(conn, e, None, &comment, actor, at)?.is_ok() {
+                    written += 1;
+                }
+            }
+            continue;
+        }
+        let Some(value) = result_value(s) else {
+            continue;
+        };
+        let account = &s["actor"]["account"];
+        if account.get("homePage").and_then(Value::as_str) != Some(home_page) {
+            continue;
+        }
+        let Some(agent) = account.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let pupil: Option<i64> = conn
+            .prepare_cached("SELECT id FROM users WHERE agent_name = ?1 AND role = 'student'")?
+            .query_row([agent], |r| r.get(0))
+            .optional()?;
+        let Some(pupil) = pupil else {
+            continue;
+        };
+        let mut competencies: Vec<i64> = Vec::new();
+        for iri in activity_iris(s) {
+            let ids: Vec<i64> = conn
+                .prepare_cached(
+                    "SELECT competency_id FROM activity_alignments WHERE activity_iri = ?1
+                     UNION SELECT id FROM competencies WHERE uri = ?1",
+                )?
+                .query_map([iri], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            competencies.extend(ids);
+        }
+        competencies.sort_unstable();
+        competencies.dedup();
+        if competencies.is_empty() {
+            continue;
+        }
+        // Voided before it arrived (the voiding statement came first): no evidence.
+        let voided: bool = conn
+            .prepare_cached("SELECT voided FROM xapi_statements WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false);
+        if voided {
+            continue;
+        }
+        for competency in competencies {
+            let known = conn
+                .prepare_cached(
+                    "SELECT 1 FROM evidence WHERE statement_id = ?1 AND competency_id = ?2
+                     AND kind = 'record'",
+                )?
+                .exists(params![id, competency])?;
+            if known {
+                continue;
+            }
+            add_evidence(
+                conn,
+                &NewEvidence {
+                    pupil_id: pupil,
+                    competency_id: competency,
+                    source: Source::Xapi,
+                    value_bp: value,
+                    scale_level: None,
+                    comment: String::new(),
+                    statement_id: Some(id.to_string()),
+                    actor: actor.clone(),
+                },
+                at,
+            )?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Aligns an Activity to a competency: statements about it become evidence from now on.
+pub fn align(conn: &Connection, activity: &str, competency: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO activity_alignments (activity_iri, competency_id) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![activity, competency])?
+        > 0)
 }
 
 // ---------------------------------------------------------------------------------------

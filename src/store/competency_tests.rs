@@ -153,7 +153,9 @@ fn every_tenant_gets_the_cefr_framework_once() {
         .into_iter()
         .find(|c| c.code == "reception")
         .unwrap();
-    assert_eq!(reception.levels, crate::competency::cefr::LEVELS);
+    let codes: Vec<&str> = reception.levels.iter().map(|l| l.code.as_str()).collect();
+    assert_eq!(codes, crate::competency::cefr::LEVELS);
+    assert_eq!(reception.levels[3].name.fr, "B1 — seuil");
 }
 
 #[test]

@@ -215,6 +215,17 @@ fn add_index_row(conn: &Connection, key: i64, seq: i64, roles: i64) -> Result<()
 /// through its StatementRef, of the statements it refers to. They are computed from the
 /// stored statements, never by scanning the index for `from`'s rows.
 fn inherit(conn: &Connection, from: i64, to: i64) -> Result<(), StoreError> {
+    for (key, roles) in passed_keys(conn, from)? {
+        if let Some(k) = lookup_key(conn, &key)? {
+            add_index_row(conn, k, to, roles)?;
+        }
+    }
+    Ok(())
+}
+
+/// The index keys `from` passes on to a statement referring to it: its inheritable keys
+/// and, through its StatementRef, those of the statements it refers to.
+fn passed_keys(conn: &Connection, from: i64) -> Result<Vec<(String, i64)>, StoreError> {
     let mut passed: Vec<(String, i64)> = Vec::new();
     let mut seen = HashSet::new();
     let mut next = Some(from);
@@ -240,12 +251,87 @@ fn inherit(conn: &Connection, from: i64, to: i64) -> Result<(), StoreError> {
             None => None,
         };
     }
-    for (key, roles) in passed {
-        if let Some(k) = lookup_key(conn, &key)? {
-            add_index_row(conn, k, to, roles)?;
-        }
+    Ok(passed)
+}
+
+/// What erasing an agent removed from the LRS.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ErasedRecords {
+    pub statements: i64,
+    pub documents: i64,
+}
+
+/// Removes every statement about an agent (where they are actor or object, and the
+/// statements referring to those), its index rows and attachments no statement still
+/// uses, and the agent's state and profile documents. `index_key` is the agent's index
+/// key ([`crate::lrs::learner_key`]), `ifi` their identifier as documents store it.
+pub fn erase_agent(
+    conn: &Connection,
+    index_key: &str,
+    ifi: &str,
+) -> Result<ErasedRecords, StoreError> {
+    let documents = conn
+        .prepare_cached("DELETE FROM xapi_documents WHERE agent = ?1")?
+        .execute([ifi])? as i64;
+    let Some(key) = lookup_key(conn, index_key)? else {
+        return Ok(ErasedRecords {
+            statements: 0,
+            documents,
+        });
+    };
+    let mut seqs: Vec<i64> = Vec::new();
+    for table in INDEX_TABLES {
+        let found: Vec<i64> = conn
+            .prepare_cached(&format!("SELECT seq FROM {table} WHERE key = ?1"))?
+            .query_map([key], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        seqs.extend(found);
     }
-    Ok(())
+    seqs.sort_unstable();
+    seqs.dedup();
+    // Every index row of every statement that goes: its own keys and those it inherited,
+    // computed before any of them is deleted.
+    let mut rows: Vec<(i64, Vec<(String, i64)>)> = Vec::with_capacity(seqs.len());
+    for seq in &seqs {
+        let (full, target): (String, Option<String>) = conn
+            .prepare_cached("SELECT full, target FROM xapi_statements WHERE seq = ?1")?
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let value: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
+        let mut keys = crate::lrs::statement::all_keys(&value);
+        if let Some(target) = target.map(|t| seq_of(conn, &t)).transpose()?.flatten() {
+            keys.extend(passed_keys(conn, target)?);
+        }
+        rows.push((*seq, keys));
+    }
+    for (seq, keys) in &rows {
+        for (k, _) in keys {
+            if let Some(id) = lookup_key(conn, k)? {
+                for table in INDEX_TABLES {
+                    conn.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE key = ?1 AND seq = ?2"
+                    ))?
+                    .execute(params![id, seq])?;
+                }
+            }
+        }
+        conn.prepare_cached("DELETE FROM xapi_statement_attachments WHERE seq = ?1")?
+            .execute([seq])?;
+        conn.prepare_cached("DELETE FROM xapi_statements WHERE seq = ?1")?
+            .execute([seq])?;
+    }
+    for table in INDEX_TABLES {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE key = ?1"))?
+            .execute([key])?;
+    }
+    conn.prepare_cached(
+        "DELETE FROM xapi_attachments WHERE sha2 NOT IN
+             (SELECT sha2 FROM xapi_statement_attachments)",
+    )?
+    .execute([])?;
+    Ok(ErasedRecords {
+        statements: seqs.len() as i64,
+        documents,
+    })
 }
 
 /// How many statements' index rows `xapi_index_recent` gathers before they move to

@@ -18,6 +18,7 @@
 pub mod ai;
 pub mod backup;
 pub mod competency;
+pub mod erasure;
 pub mod lrs;
 pub mod shared;
 pub mod system;

@@ -85,6 +85,9 @@ fn concrete(path: &str, slug: &str, t: &Tenant) -> String {
         .replace("{user}", &t.target_user_id.to_string())
         .replace("{key}", &t.target_key_id)
         .replace("{job}", "no-such-job")
+        .replace("{framework}", "1")
+        .replace("{pupil}", &t.target_user_id.to_string())
+        .replace("{evidence}", "1")
         .replace("{token}", "no-such-token")
 }
 

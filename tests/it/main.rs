@@ -4,6 +4,7 @@
 
 mod acme;
 mod api;
+mod assessment;
 mod durability;
 mod isolation;
 mod lrs;
