@@ -474,6 +474,19 @@ async fn demo(config: Config) -> Result<()> {
                 pupils.push(user);
             }
         }
+        let home = handle.home_page.to_string();
+        handle
+            .db
+            .write(move |c| {
+                for (path, competency) in DEMO_ALIGNMENTS {
+                    let id = crate::store::competency::competency_id(c, competency)?
+                        .ok_or(crate::store::StoreError::NotFound)?;
+                    crate::store::competency::align(c, &format!("{home}activities/{path}"), id)?;
+                }
+                Ok(())
+            })
+            .await
+            .context("aligning the demo activities to CEFR descriptors")?;
         crate::lrs::record(
             &handle,
             demo_activity(&handle.home_page, &pupils),
@@ -514,6 +527,14 @@ fn demo_storer(home: &str) -> crate::lrs::statement::Storer {
         key: "urn:ceredis:tenant:demo:demo".into(),
     }
 }
+
+/// The CEFR descriptor each demo activity gives evidence on: its results become evidence.
+const DEMO_ALIGNMENTS: [(&str, &str); 4] = [
+    ("listening/market", "urn:ceredis:cefr:reception:A2:1"),
+    ("vocabulary/house", "urn:ceredis:cefr:reception:A1:2"),
+    ("reading/letter", "urn:ceredis:cefr:reception:B1:2"),
+    ("speaking/introduce", "urn:ceredis:cefr:production:A1:1"),
+];
 
 /// A fortnight of sample activity for the demo pupils: listening and vocabulary exercises,
 /// attempted, completed, passed or not, so that the statement browser and the pupils'

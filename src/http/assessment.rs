@@ -120,7 +120,7 @@ pub async fn align(
 }
 
 /// A teacher's own class, or 404.
-async fn taught_class(m: &Member<TeacherOnly>, class_id: i64) -> Result<(), ApiError> {
+pub async fn taught_class(m: &Member<TeacherOnly>, class_id: i64) -> Result<(), ApiError> {
     let teacher = m.user.id;
     if m.tenant
         .db
@@ -134,7 +134,11 @@ async fn taught_class(m: &Member<TeacherOnly>, class_id: i64) -> Result<(), ApiE
 }
 
 /// A pupil the teacher teaches, or 404.
-async fn taught_pupil(tenant: &TenantHandle, teacher: i64, pupil: i64) -> Result<User, ApiError> {
+pub async fn taught_pupil(
+    tenant: &TenantHandle,
+    teacher: i64,
+    pupil: i64,
+) -> Result<User, ApiError> {
     let found = tenant
         .db
         .read(move |c| {
@@ -239,23 +243,23 @@ pub async fn class_assessment(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Observations {
-    competency: String,
-    observations: Vec<Observation>,
+    pub competency: String,
+    pub observations: Vec<Observation>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Observation {
-    pupil: i64,
+    pub pupil: i64,
     /// Rubric level: 1 not yet, 2 beginning, 3 achieved, 4 exceeded.
-    level: i64,
+    pub level: i64,
     #[serde(default)]
-    comment: String,
+    pub comment: String,
 }
 
 #[derive(Serialize)]
 pub struct Recorded {
-    evidence: Vec<i64>,
+    pub evidence: Vec<i64>,
     recalculations: Vec<sql::Recalc>,
 }
 
@@ -274,7 +278,19 @@ pub async fn observe(
     Path((_, class_id)): Path<(String, i64)>,
     Json(o): Json<Observations>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
-    taught_class(&m, class_id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(record_observations(&m, class_id, o).await?),
+    ))
+}
+
+/// The observations of [`observe`], for the JSON API and the class page alike.
+pub async fn record_observations(
+    m: &Member<TeacherOnly>,
+    class_id: i64,
+    o: Observations,
+) -> Result<Recorded, ApiError> {
+    taught_class(m, class_id).await?;
     if o.observations.is_empty() || o.observations.len() > 200 {
         return Err(invalid("observations: 1 to 200 pupils at a time"));
     }
@@ -326,7 +342,7 @@ pub async fn observe(
             Ok(Ok(recorded))
         })
         .await??;
-    Ok((StatusCode::CREATED, Json(outcome)))
+    Ok(outcome)
 }
 
 #[derive(Serialize)]
@@ -511,12 +527,12 @@ pub async fn withdraw(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LevelDecision {
-    competency: String,
-    level: String,
-    justification: String,
-    evidence: Vec<i64>,
+    pub competency: String,
+    pub level: String,
+    pub justification: String,
+    pub evidence: Vec<i64>,
     #[serde(default)]
-    suggestion: Option<i64>,
+    pub suggestion: Option<i64>,
 }
 
 /// A teacher decides a pupil's level on a skill, citing evidence.
@@ -525,6 +541,15 @@ pub async fn decide(
     Path((_, pupil)): Path<(String, i64)>,
     Json(d): Json<LevelDecision>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Ok((StatusCode::CREATED, Json(decide_level(&m, pupil, d).await?)))
+}
+
+/// The decision of [`decide`], for the JSON API and the pupil page alike.
+pub async fn decide_level(
+    m: &Member<TeacherOnly>,
+    pupil: i64,
+    d: LevelDecision,
+) -> Result<Value, ApiError> {
     taught_pupil(&m.tenant, m.user.id, pupil).await?;
     let competency = competency_by_uri(&m.tenant, &d.competency).await?;
     let decision = Decision {
@@ -542,10 +567,7 @@ pub async fn decide(
         .db
         .write(move |c| sql::decide_level(c, &decision, at))
         .await??;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": id, "competency": competency.uri, "level": d.level})),
-    ))
+    Ok(json!({"id": id, "competency": competency.uri, "level": d.level}))
 }
 
 /// What a pupil may see of their own assessment.

@@ -49,6 +49,7 @@ async fn teacher_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
         @for (class, members) in &classes {
             section.card {
                 h2 { a href={ "/t/" (slug) "/classes/" (class.id) } { (class.title) } }
+                p { a href={ "/t/" (slug) "/classes/" (class.id) "/assessment" } { (lang.t("assess.link")) } }
                 (pupil_list(lang, members))
             }
         }
@@ -93,7 +94,11 @@ async fn student_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
         .await?;
     let slug = &m.tenant.slug;
     let body = html! {
-        nav.sections { a href={ "/t/" (slug) "/history" } { (lang.t("history.link")) } }
+        nav.sections {
+            a href={ "/t/" (slug) "/progress" } { (lang.t("progress.link")) }
+            " "
+            a href={ "/t/" (slug) "/history" } { (lang.t("history.link")) }
+        }
         h2 { (lang.t("student.classes")) }
         @if classes.is_empty() { p { (lang.t("student.none")) } }
         ul.cards {

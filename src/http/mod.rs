@@ -7,6 +7,7 @@
 //! turns them into pages (or a redirect to the login page) for browsers.
 
 pub mod assessment;
+pub mod assessment_pages;
 pub mod classes;
 pub mod credentials;
 pub mod extract;
@@ -210,6 +211,36 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/classes/{class}",
         members::<Staff>(),
         get(classes::class_page),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/classes/{class}/assessment",
+        members::<TeacherOnly>(),
+        get(assessment_pages::class_page),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/classes/{class}/assessment",
+        members::<TeacherOnly>(),
+        post(assessment_pages::class_submit),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/pupils/{pupil}",
+        members::<TeacherOnly>(),
+        get(assessment_pages::pupil_page),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/pupils/{pupil}/levels",
+        members::<TeacherOnly>(),
+        post(assessment_pages::decide_submit),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/progress",
+        members::<StudentOnly>(),
+        get(assessment_pages::progress_page),
     )
     .add(
         Method::GET,

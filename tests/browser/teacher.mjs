@@ -1,6 +1,8 @@
 // A teacher signs in to the demo school for the first time with the one-time password that
 // `ceredis demo` printed, chooses a password, sees the class and its pupils and browses
-// their learning records; a pupil reads her own activity history.
+// their learning records; a pupil reads her own activity history. Then, on a fresh demo, a
+// teacher observes the class on a descriptor and decides a pupil's level, and the pupil sees
+// her level and descriptors with no number on the page.
 // Runs the real binary (BIN_CEREDIS; not CEREDIS_*, which the binary reads as configuration) and Debian's Chromium (CHROMIUM, default /usr/bin/chromium).
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -134,6 +136,96 @@ test("a teacher signs in with a one-time password and sees the class and its pup
     assert.ok(!(await again.locator("main").textContent()).includes("%"), "no score reaches a pupil");
     if (shots) await again.screenshot({ path: join(shots, "pupil-history.png"), fullPage: true });
     assert.deepEqual(consoleErrors, [], "no script or CSP errors in the page");
+  } finally {
+    await browser.close();
+    demo.child.kill("SIGTERM");
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+async function firstSignIn(page, base, who, password) {
+  await page.goto(`${base}/t/demo/login`);
+  await page.getByLabel("Identifiant").fill(who.username);
+  await page.getByLabel("Mot de passe").fill(who.otp);
+  await page.getByRole("button", { name: "Se connecter" }).click();
+  await page.waitForURL("**/t/demo/password");
+  await page.getByLabel("Nouveau mot de passe").fill(password);
+  await page.getByLabel("Confirmez le mot de passe").fill(password);
+  await page.getByRole("button", { name: "Enregistrer" }).click();
+  await page.waitForURL("**/t/demo/");
+}
+
+test("a teacher assesses the class and decides a level; the pupil sees it with no number", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "ceredis-browser-"));
+  const demo = await startDemo(dataDir);
+  const browser = await chromium.launch({
+    executablePath: browserPath,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  try {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
+    const page = await context.newPage();
+    const consoleErrors = [];
+    page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    await firstSignIn(page, demo.base, demo.teacher, "le chat de la classe dort");
+
+    // The class, observed on one descriptor, from the keyboard for Léa.
+    await page.getByRole("link", { name: "Évaluer la classe" }).click();
+    await page.waitForURL(/\/t\/demo\/classes\/\d+\/assessment$/);
+    assert.equal(await page.locator("h1").textContent(), "CM2 A — Anglais — Évaluation");
+    await page.getByLabel("Descripteur").selectOption("urn:ceredis:cefr:reception:A2:1");
+    const lea = page.getByRole("group", { name: "Robert Léa" });
+    await lea.getByRole("radio", { name: "Pas encore" }).focus();
+    await page.keyboard.press("ArrowRight");
+    await page.keyboard.press("ArrowRight");
+    assert.ok(await lea.getByRole("radio", { name: "Acquis" }).isChecked(), "arrow keys choose the level");
+    await page.keyboard.press("Tab");
+    await page.keyboard.type("Comprend l'annonce du quai");
+    for (const name of ["Benali Amel", "Bernard Lucas", "Dubois Inès", "Petit Noah", "Moreau Yanis"]) {
+      await page.getByRole("group", { name }).getByRole("radio", { name: "Débutant" }).check();
+    }
+    await page.getByRole("button", { name: "Enregistrer les observations" }).click();
+    await page.waitForURL(/recorded=6/);
+    assert.equal(await page.getByLabel("Descripteur").inputValue(), "urn:ceredis:cefr:reception:A2:1", "the descriptor stays chosen");
+    assert.match(await page.locator("[role=status]").textContent(), /Observations enregistrées : 6/);
+    if (shots) await page.screenshot({ path: join(shots, "class-assessment.png"), fullPage: true });
+
+    // Léa's page: her evidence (the demo's quiz results and today's observation), then a level.
+    await page.getByRole("link", { name: "Robert Léa" }).click();
+    await page.waitForURL(/\/t\/demo\/pupils\/\d+$/);
+    const evidence = await page.locator("table.evidence").textContent();
+    assert.match(evidence, /Comprend l'annonce du quai/);
+    assert.match(evidence, /Activité \(xAPI\)/, "the demo's quiz results became evidence");
+    await page.getByLabel("Compétence").selectOption({ label: "Réception" });
+    await page.getByLabel("Niveau", { exact: true }).selectOption({ label: "A2 — intermédiaire" });
+    await page.getByLabel("Justification").fill("Comprend les annonces courtes ; observé en classe.");
+    await page.locator("label.cite", { hasText: "Observation" }).first().getByRole("checkbox").check();
+    await page.getByRole("button", { name: "Décider le niveau" }).click();
+    await page.waitForURL(/decided=A2$/);
+    assert.match(await page.locator("main").textContent(), /A2 — Comprend les annonces courtes/);
+    if (shots) await page.screenshot({ path: join(shots, "pupil-assessment.png"), fullPage: true });
+
+    // Léa sees her level and descriptors in words, and no number.
+    const pupilContext = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
+    const pupil = await pupilContext.newPage();
+    pupil.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    await firstSignIn(pupil, demo.base, demo.pupils.find((p) => p.username === "lea.robert"), "mon poney s'appelle Caramel");
+    await pupil.getByRole("link", { name: "Mes compétences" }).click();
+    await pupil.waitForURL("**/t/demo/progress");
+    const reception = pupil.locator("section.skill", { hasText: "Réception" });
+    assert.match(await reception.locator("p.level").textContent(), /Mon niveau : A2 — intermédiaire/);
+    const reached = reception.locator("li", { hasText: "Je saisis l'essentiel d'annonces" });
+    assert.equal(await reached.locator(".status").textContent(), "Acquis");
+    const later = reception.locator("li", { hasText: "Je lis sans effort tout type de texte" });
+    assert.equal(await later.locator(".status").textContent(), "Pas encore");
+    const production = pupil.locator("section.skill", { hasText: "Production" });
+    assert.match(await production.locator("p.level").textContent(), /pas encore décidé/);
+    const text = await pupil.locator("main").textContent();
+    const withoutLevels = text.replace(/Pré-A1|Pre-A1|\b[ABC][12]\b/g, "");
+    assert.doesNotMatch(withoutLevels, /\d/, "no number on the pupil's page");
+    assert.doesNotMatch(await pupil.content(), /%|mastery|score/i, "nor in its markup");
+    if (shots) await pupil.screenshot({ path: join(shots, "pupil-progress.png"), fullPage: true });
+    assert.deepEqual(consoleErrors, [], "no script or CSP errors in the pages");
   } finally {
     await browser.close();
     demo.child.kill("SIGTERM");
