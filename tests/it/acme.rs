@@ -22,12 +22,19 @@ impl Drop for Killed {
     }
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), so that it cannot be
+/// taken between this check and its use by the other tests' servers and clients, which all
+/// bind or connect from ephemeral ports.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 7_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 async fn wait_for_port(port: u16) {
