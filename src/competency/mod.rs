@@ -20,6 +20,7 @@
 
 pub mod cefr;
 pub mod mastery;
+pub mod research;
 
 use serde::{Deserialize, Serialize};
 

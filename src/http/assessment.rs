@@ -33,7 +33,7 @@ impl From<Refusal> for ApiError {
         let status = match r.code {
             "not_found" => StatusCode::NOT_FOUND,
             "not_their_teacher" => StatusCode::FORBIDDEN,
-            "evidence_superseded" | "evidence_withdrawn" => StatusCode::CONFLICT,
+            "evidence_superseded" | "evidence_withdrawn" | "project_exists" => StatusCode::CONFLICT,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, r.code, r.message)

@@ -408,6 +408,21 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("status.reached", "Acquis", "Reached"),
     ("status.working_on", "En cours", "Working on"),
     ("status.not_started", "Pas encore", "Not yet"),
+    (
+        "researcher.none",
+        "Vous ne participez encore à aucun projet de recherche de l'établissement.",
+        "You are not part of any research project of this school yet.",
+    ),
+    (
+        "researcher.pupils",
+        "Export par élève et compétence (CSV pour R)",
+        "Export by pupil and skill (CSV for R)",
+    ),
+    (
+        "researcher.distribution",
+        "Répartition des niveaux (CSV, petites cases masquées)",
+        "Level distribution (CSV, small cells suppressed)",
+    ),
     ("history.title", "Mon activité", "My activity"),
     ("history.link", "Mon activité", "My activity"),
     ("history.me", "Moi", "Me"),
@@ -419,8 +434,8 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("researcher.title", "Espace recherche", "Research space"),
     (
         "researcher.intro",
-        "Les exports pseudonymisés de vos projets de recherche apparaîtront ici.",
-        "The pseudonymised exports of your research projects will appear here.",
+        "Les exports de vos projets de recherche : élèves pseudonymisés par projet, aucun identifiant direct, quasi-identifiants généralisés jusqu'à k élèves au moins par groupe. Chaque export est journalisé.",
+        "The exports of your research projects: pupils under a per-project pseudonym, no direct identifier, quasi-identifiers generalised until every group has at least k pupils. Every export is journaled.",
     ),
     (
         "error.title",

@@ -15,6 +15,7 @@ pub mod health;
 pub mod i18n;
 pub mod layout;
 pub mod operator;
+pub mod research;
 pub mod roster;
 pub mod session;
 pub mod setup;
@@ -453,6 +454,25 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/api/users/{user}/erasure",
         members::<AdminOnly>(),
         post(assessment::erase),
+    )
+    // Research projects and their exports
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/research/projects",
+        members::<AdminOnly>(),
+        post(research::create),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/research/projects",
+        members::<ResearcherOnly>(),
+        get(research::list),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/research/projects/{project}/export",
+        members::<ResearcherOnly>(),
+        get(research::export),
     )
     .add(
         Method::GET,

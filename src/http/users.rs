@@ -275,14 +275,29 @@ pub async fn reset_form(
     render_admin(lang, &m, Some(otp_notice(lang, &user, &otp))).await
 }
 
-pub async fn research_page(lang: Lang, m: Member<ResearcherOnly>) -> Response {
+pub async fn research_page(lang: Lang, m: Member<ResearcherOnly>) -> Result<Response, ApiError> {
+    let me = m.user.id;
+    let projects = m
+        .tenant
+        .db
+        .read(move |c| crate::store::research::projects(c, Some(me)))
+        .await?;
+    let slug = &m.tenant.slug;
     let name = m.user.display_name();
-    let v = viewer(lang, &m.user, &m.tenant.slug, &m.csrf, &name);
-    layout::page(
-        lang,
-        lang.t("researcher.title"),
-        Some(v),
-        html! { p { (lang.t("researcher.intro")) } },
-    )
-    .into_response()
+    let v = viewer(lang, &m.user, slug, &m.csrf, &name);
+    let body = html! {
+        p { (lang.t("researcher.intro")) }
+        @if projects.is_empty() { p { (lang.t("researcher.none")) } }
+        @for p in &projects {
+            section.card {
+                h2 { (p.title) }
+                p.small { (p.name) " · k = " (p.k) }
+                ul {
+                    li { a href={ "/t/" (slug) "/api/research/projects/" (p.id) "/export" } { (lang.t("researcher.pupils")) } }
+                    li { a href={ "/t/" (slug) "/api/research/projects/" (p.id) "/export?dataset=distribution" } { (lang.t("researcher.distribution")) } }
+                }
+            }
+        }
+    };
+    Ok(layout::page(lang, lang.t("researcher.title"), Some(v), body).into_response())
 }

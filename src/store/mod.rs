@@ -20,6 +20,7 @@ pub mod backup;
 pub mod competency;
 pub mod erasure;
 pub mod lrs;
+pub mod research;
 pub mod shared;
 pub mod system;
 pub mod tenant;

@@ -15,6 +15,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::lrs::V2,
     super::lrs::V3,
     super::competency::V1,
+    super::research::V1,
 ]);
 
 const V1: &str = "

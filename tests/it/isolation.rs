@@ -88,6 +88,7 @@ fn concrete(path: &str, slug: &str, t: &Tenant) -> String {
         .replace("{framework}", "1")
         .replace("{pupil}", &t.target_user_id.to_string())
         .replace("{evidence}", "1")
+        .replace("{project}", "1")
         .replace("{token}", "no-such-token")
 }
 

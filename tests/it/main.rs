@@ -9,5 +9,6 @@ mod durability;
 mod isolation;
 mod lrs;
 mod operations;
+mod research;
 mod roster;
 mod support;
