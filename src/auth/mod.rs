@@ -584,6 +584,7 @@ pub const SCOPES: &[&str] = &[
     "state",
     "define",
     "profile",
+    "analytics/read",
     "all/read",
     "all",
 ];

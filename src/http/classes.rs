@@ -44,12 +44,20 @@ async fn teacher_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
         .await?;
     let slug = &m.tenant.slug;
     let body = html! {
-        nav.sections { a href={ "/t/" (slug) "/statements" } { (lang.t("browse.link")) } }
+        nav.sections {
+            a href={ "/t/" (slug) "/statements" } { (lang.t("browse.link")) }
+            " "
+            a href={ "/t/" (slug) "/dashboard" } { (lang.t("dash.school_link")) }
+        }
         @if classes.is_empty() { p { (lang.t("teacher.none")) } }
         @for (class, members) in &classes {
             section.card {
                 h2 { a href={ "/t/" (slug) "/classes/" (class.id) } { (class.title) } }
-                p { a href={ "/t/" (slug) "/classes/" (class.id) "/assessment" } { (lang.t("assess.link")) } }
+                p {
+                    a href={ "/t/" (slug) "/classes/" (class.id) "/assessment" } { (lang.t("assess.link")) }
+                    " · "
+                    a href={ "/t/" (slug) "/classes/" (class.id) "/dashboard" } { (lang.t("dash.link")) }
+                }
                 (pupil_list(lang, members))
             }
         }

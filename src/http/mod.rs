@@ -10,6 +10,7 @@ pub mod assessment;
 pub mod assessment_pages;
 pub mod classes;
 pub mod credentials;
+pub mod dashboards;
 pub mod extract;
 pub mod health;
 pub mod i18n;
@@ -224,6 +225,36 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/classes/{class}/assessment",
         members::<TeacherOnly>(),
         post(assessment_pages::class_submit),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/classes/{class}/dashboard",
+        members::<TeacherOnly>(),
+        get(dashboards::class_dashboard),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/dashboard",
+        members::<Staff>(),
+        get(dashboards::school_dashboard),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/classes/{class}/dashboard",
+        members::<TeacherOnly>(),
+        get(dashboards::class_dashboard_json),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/dashboard",
+        members::<Staff>(),
+        get(dashboards::school_dashboard_json),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/metrics",
+        Machine,
+        get(dashboards::tenant_metrics),
     )
     .add(
         Method::GET,

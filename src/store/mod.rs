@@ -16,6 +16,7 @@
 //! Key types: [`Database`], [`Migrations`], [`StoreError`], [`StoreMetrics`].
 
 pub mod ai;
+pub mod analytics;
 pub mod backup;
 pub mod competency;
 pub mod erasure;

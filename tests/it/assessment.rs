@@ -812,3 +812,90 @@ async fn erasing_a_pupil_removes_everything_of_theirs_and_leaves_a_tombstone() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_count_levels_evidence_and_coverage_for_the_class_and_the_school() {
+    let mut app = Appliance::init();
+    app.start();
+    let s = school(&app).await;
+    assess_lea(&s).await;
+    let class = json_of(
+        s.prof
+            .get(&format!("/t/{SLUG}/api/classes/{}/dashboard", s.class_a))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(class["pupils"], 2);
+    assert_eq!(class["evidence_total"], 3);
+    let reception = class["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["uri"] == SKILL)
+        .unwrap();
+    let a2 = reception["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l[0] == "A2")
+        .unwrap();
+    assert_eq!(a2[1], 1);
+    assert_eq!(reception["undecided"], 1);
+    assert_eq!(
+        reception["covered"], 2,
+        "lea and tom have evidence on reception"
+    );
+    let weekly: i64 = class["weekly_evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[1].as_i64().unwrap())
+        .sum();
+    assert_eq!(weekly, 3);
+    let school = json_of(
+        s.admin.get(&format!("/t/{SLUG}/api/dashboard")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(school["pupils"], 3, "zoe counts at school level");
+    // Another teacher's class is not found; the page draws its charts.
+    let r = s
+        .autre
+        .get(&format!("/t/{SLUG}/api/classes/{}/dashboard", s.class_a))
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let page = s
+        .prof
+        .get(&format!("/t/{SLUG}/classes/{}/dashboard", s.class_a))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<svg class=\"chart\"") && page.contains("Réception · A2: 1"),
+        "{page}"
+    );
+
+    // The school's own Grafana reads the same figures with an analytics credential.
+    let metrics = |key: (String, String)| {
+        app.client()
+            .get(app.url(&format!("/t/{SLUG}/metrics")))
+            .basic_auth(key.0, Some(key.1))
+            .send()
+    };
+    let r = metrics(app.credential(SLUG, &["analytics/read"]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("ceredis_school_level_pupils{skill=\"reception\",level=\"A2\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("ceredis_school_pupils 3"), "{text}");
+    let r = metrics(app.credential(SLUG, &["statements/write"]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
