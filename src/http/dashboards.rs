@@ -65,32 +65,41 @@ fn levels_chart(lang: Lang, f: &Figures) -> Markup {
     html! { (PreEscaped(svg)) }
 }
 
-/// Columns: evidence recorded per week.
+/// Twelve weekly slots, the latest on the right: columns for the evidence recorded, marks
+/// for its mean result (0 at the bottom, 100 % at the top).
 fn weekly_chart(lang: Lang, f: &Figures) -> Markup {
     let max = f
         .weekly_evidence
         .iter()
-        .map(|(_, n)| *n)
+        .map(|(_, n, _)| *n)
         .max()
         .unwrap_or(0)
         .max(1) as f64;
-    let width = 10.0 * f.weekly_evidence.len().max(1) as f64;
     let mut svg = format!(
-        "<svg class=\"chart weekly\" viewBox=\"0 0 {width} 50\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{}\">",
+        "<svg class=\"chart weekly\" viewBox=\"0 0 120 50\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{}\">",
         escape(lang.t("dash.weekly"))
     );
-    for (i, (week, n)) in f.weekly_evidence.iter().enumerate() {
+    let offset = 12usize.saturating_sub(f.weekly_evidence.len());
+    for (i, (week, n, mean)) in f.weekly_evidence.iter().enumerate() {
+        let x = (offset + i) as f64 * 10.0 + 1.0;
         let h = 48.0 * *n as f64 / max;
         let _ = write!(
             svg,
-            "<rect class=\"bar\" x=\"{}\" y=\"{:.2}\" width=\"8\" height=\"{h:.2}\"><title>{}: {n}</title></rect>",
-            i as f64 * 10.0 + 1.0,
+            "<rect class=\"bar\" x=\"{x:.1}\" y=\"{:.2}\" width=\"8\" height=\"{h:.2}\"><title>{}: {n}</title></rect>\
+             <rect class=\"mean\" x=\"{x:.1}\" y=\"{:.2}\" width=\"8\" height=\"1.5\"><title>{}: {}</title></rect>",
             50.0 - h,
-            week_label(*week)
+            week_label(*week),
+            48.5 - 47.0 * *mean as f64 / 10_000.0,
+            escape(lang.t("dash.mean")),
+            percent(*mean)
         );
     }
     svg.push_str("</svg>");
     html! { (PreEscaped(svg)) }
+}
+
+fn percent(bp: i64) -> String {
+    format!("{} %", (bp + 50) / 100)
 }
 
 fn week_label(at: i64) -> String {
@@ -133,8 +142,10 @@ fn dashboard_body(lang: Lang, f: &Figures) -> Markup {
             h2 { (lang.t("dash.weekly")) }
             @if f.weekly_evidence.is_empty() { p { (lang.t("pupil.no_evidence")) } } @else { (weekly_chart(lang, f)) }
             table.grid.figures {
-                thead { tr { th scope="col" { (lang.t("dash.week")) } th scope="col" { (lang.t("dash.evidence")) } } }
-                tbody { @for (w, n) in &f.weekly_evidence { tr { td { (week_label(*w)) } td { (n) } } } }
+                thead { tr { th scope="col" { (lang.t("dash.week")) } th scope="col" { (lang.t("dash.evidence")) } th scope="col" { (lang.t("dash.mean")) } } }
+                tbody { @for (w, n, mean) in &f.weekly_evidence { tr {
+                    td { (week_label(*w)) } td { (n) } td { (percent(*mean)) }
+                } } }
             }
         }
         section.card {

@@ -439,6 +439,7 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("dash.weekly", "Preuves par semaine", "Evidence per week"),
     ("dash.week", "Semaine du", "Week of"),
     ("dash.evidence", "Preuves", "Evidence"),
+    ("dash.mean", "Résultat moyen", "Mean result"),
     ("dash.pupils", "Élèves", "Pupils"),
     (
         "dash.coverage",

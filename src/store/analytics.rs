@@ -26,9 +26,9 @@ pub struct SkillFigures {
 pub struct Figures {
     pub pupils: i64,
     pub skills: Vec<SkillFigures>,
-    /// `(first day of the week as Unix seconds, evidence rows recorded that week)`, the
-    /// last 12 weeks with any.
-    pub weekly_evidence: Vec<(i64, i64)>,
+    /// `(first day of the week as Unix seconds, evidence rows that week, their mean result
+    /// in basis points)`, the last 12 weeks with any: activity and progress over time.
+    pub weekly_evidence: Vec<(i64, i64, i64)>,
     pub evidence_total: i64,
 }
 
@@ -104,17 +104,24 @@ pub fn figures(conn: &Connection, class: Option<i64>) -> Result<Figures, StoreEr
             });
         }
     }
-    let mut weeks: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut weeks: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT (at - (at + 259200) % 604800) AS week, count(*) FROM evidence
-             WHERE pupil_id IN (SELECT value FROM json_each(?1))
+            "SELECT (at - (at + 259200) % 604800) AS week, count(*),
+                    coalesce(CAST(round(avg(value_bp)) AS INTEGER), 0)
+             FROM evidence WHERE pupil_id IN (SELECT value FROM json_each(?1))
              GROUP BY week ORDER BY week DESC LIMIT 12",
         )?;
-        let rows = stmt.query_map([&set], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([&set], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
         for row in rows {
-            let (week, n) = row?;
-            weeks.insert(week, n);
+            let (week, n, mean) = row?;
+            weeks.insert(week, (n, mean));
         }
     }
     let evidence_total: i64 = conn
@@ -125,7 +132,7 @@ pub fn figures(conn: &Connection, class: Option<i64>) -> Result<Figures, StoreEr
     Ok(Figures {
         pupils: pupils.len() as i64,
         skills,
-        weekly_evidence: weeks.into_iter().collect(),
+        weekly_evidence: weeks.into_iter().map(|(w, (n, m))| (w, n, m)).collect(),
         evidence_total,
     })
 }

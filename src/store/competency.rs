@@ -1403,6 +1403,15 @@ pub fn evidence_from_statements(
         if voided {
             continue;
         }
+        // Evidence is dated when the learning happened, if the statement says so.
+        let happened = s
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|t| t.unix_timestamp().min(at))
+            .unwrap_or(at);
         for competency in competencies {
             let known = conn
                 .prepare_cached(
@@ -1425,7 +1434,7 @@ pub fn evidence_from_statements(
                     statement_id: Some(id.to_string()),
                     actor: actor.clone(),
                 },
-                at,
+                happened,
             )?;
             written += 1;
         }

@@ -853,6 +853,9 @@ async fn dashboards_count_levels_evidence_and_coverage_for_the_class_and_the_sch
         .map(|w| w[1].as_i64().unwrap())
         .sum();
     assert_eq!(weekly, 3);
+    // Lea's observations (3 and 4 on the rubric) and Tom's (2): a mean of about 67 %.
+    let mean = class["weekly_evidence"][0][2].as_i64().unwrap();
+    assert_eq!(mean, ((6_667 + 10_000 + 3_333) as f64 / 3.0).round() as i64);
     let school = json_of(
         s.admin.get(&format!("/t/{SLUG}/api/dashboard")).await,
         StatusCode::OK,
