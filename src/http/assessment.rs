@@ -447,18 +447,28 @@ async fn may_supersede(m: &Member<AnyRole>, evidence: i64) -> Result<EvidenceRow
     row.ok_or_else(ApiError::not_found)
 }
 
+/// Writes the correction (`Some`) or withdrawal (`None`). A pupil is told only that it was
+/// recorded; a teacher gets the new row and the recalculation.
 async fn supersede(
     m: &Member<AnyRole>,
     evidence: i64,
     replacement: Option<(i64, Option<i64>)>,
     comment: String,
-) -> Result<(i64, sql::Recalc), ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let actor = Actor::User(m.user.id);
     let at = now();
-    Ok(m.tenant
+    let (id, recalc) = m
+        .tenant
         .db
         .write(move |c| sql::supersede(c, evidence, replacement, &comment, &actor, at))
-        .await??)
+        .await??;
+    if m.user.role == Role::Student {
+        return Ok(pupil_ack());
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"evidence": id, "recalculation": recalc})),
+    ))
 }
 
 /// The answer to a pupil's change of their own evidence: that it was recorded, nothing more.
@@ -489,14 +499,7 @@ pub async fn correct(
         }
         _ => return Err(invalid("level: the corrected rubric level or answer")),
     };
-    let (id, recalc) = supersede(&m, evidence, Some(replacement), comment).await?;
-    if m.user.role == Role::Student {
-        return Ok(pupil_ack());
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"evidence": id, "recalculation": recalc})),
-    ))
+    supersede(&m, evidence, Some(replacement), comment).await
 }
 
 #[derive(Deserialize)]
@@ -514,14 +517,7 @@ pub async fn withdraw(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     may_supersede(&m, evidence).await?;
     let comment = comment(&body.comment)?;
-    let (id, recalc) = supersede(&m, evidence, None, comment).await?;
-    if m.user.role == Role::Student {
-        return Ok(pupil_ack());
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"evidence": id, "recalculation": recalc})),
-    ))
+    supersede(&m, evidence, None, comment).await
 }
 
 #[derive(Deserialize)]

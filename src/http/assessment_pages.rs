@@ -17,7 +17,7 @@ use super::assessment::{
 use super::extract::{Form, Path, Query};
 use super::i18n::Lang;
 use super::layout::{self, csrf_field};
-use super::users::viewer;
+use super::users::member_page;
 use crate::auth::{Member, StudentOnly, TeacherOnly};
 use crate::competency::{RUBRIC, Status};
 use crate::error::ApiError;
@@ -169,10 +169,8 @@ pub async fn class_page(
             }
         }
     };
-    let name = m.user.display_name();
-    let v = viewer(lang, &m.user, slug, &m.csrf, &name);
     let title = format!("{} — {}", class.title, lang.t("assess.title"));
-    Ok(layout::page(lang, &title, Some(v), body).into_response())
+    Ok(member_page(lang, &m, &title, body))
 }
 
 /// The observation form: `competency`, then `level-<pupil>` (1..4) and `comment-<pupil>`
@@ -373,9 +371,7 @@ pub async fn pupil_page(
             }
         }
     };
-    let me = m.user.display_name();
-    let v = viewer(lang, &m.user, slug, &m.csrf, &me);
-    Ok(layout::page(lang, &name, Some(v), body).into_response())
+    Ok(member_page(lang, &m, &name, body))
 }
 
 /// The decision form: `competency`, `level`, `justification` and one `evidence` per
@@ -457,7 +453,5 @@ pub async fn progress_page(lang: Lang, m: Member<StudentOnly>) -> Result<Respons
             }
         }
     };
-    let name = m.user.display_name();
-    let v = viewer(lang, &m.user, &m.tenant.slug, &m.csrf, &name);
-    Ok(layout::page(lang, lang.t("progress.title"), Some(v), body).into_response())
+    Ok(member_page(lang, &m, lang.t("progress.title"), body))
 }

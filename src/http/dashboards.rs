@@ -13,8 +13,7 @@ use maud::{Markup, PreEscaped, html};
 use super::assessment::taught_class;
 use super::extract::{Json, Path};
 use super::i18n::Lang;
-use super::layout;
-use super::users::viewer;
+use super::users::member_page;
 use crate::auth::{ApiClient, Member, Staff, TeacherOnly};
 use crate::error::ApiError;
 use crate::store::StoreError;
@@ -180,10 +179,13 @@ pub async fn class_dashboard(
         .db
         .read(move |c| tenant_sql::class_by_id(c, class_id)?.ok_or(StoreError::NotFound))
         .await?;
-    let name = m.user.display_name();
-    let v = viewer(lang, &m.user, &m.tenant.slug, &m.csrf, &name);
     let title = format!("{} — {}", class.title, lang.t("dash.title"));
-    Ok(layout::page(lang, &title, Some(v), dashboard_body(lang, &figures)).into_response())
+    Ok(member_page(
+        lang,
+        &m,
+        &title,
+        dashboard_body(lang, &figures),
+    ))
 }
 
 pub async fn class_dashboard_json(
@@ -195,10 +197,13 @@ pub async fn class_dashboard_json(
 
 pub async fn school_dashboard(lang: Lang, m: Member<Staff>) -> Result<Response, ApiError> {
     let figures = m.tenant.db.read(|c| sql::figures(c, None)).await?;
-    let name = m.user.display_name();
-    let v = viewer(lang, &m.user, &m.tenant.slug, &m.csrf, &name);
     let title = format!("{} — {}", m.tenant.name, lang.t("dash.title"));
-    Ok(layout::page(lang, &title, Some(v), dashboard_body(lang, &figures)).into_response())
+    Ok(member_page(
+        lang,
+        &m,
+        &title,
+        dashboard_body(lang, &figures),
+    ))
 }
 
 pub async fn school_dashboard_json(m: Member<Staff>) -> Result<Json<Figures>, ApiError> {

@@ -10,7 +10,7 @@ use maud::{Markup, html};
 use super::i18n::Lang;
 use super::layout::{self, Viewer, csrf_field, field, notice};
 use crate::app::AppState;
-use crate::auth::{AdminOnly, AnyRole, Member, ResearcherOnly};
+use crate::auth::{AdminOnly, AnyRole, Gate, Member, ResearcherOnly};
 use crate::error::ApiError;
 use crate::store::tenant::{self as sql, User, UserFields};
 use crate::tenant::{self, Role};
@@ -28,6 +28,13 @@ pub fn viewer<'a>(
         logout_action: format!("/t/{slug}/logout"),
         csrf,
     }
+}
+
+/// A page for a signed-in member: the layout with their name, role and sign-out button.
+pub fn member_page<G: Gate>(lang: Lang, m: &Member<G>, title: &str, body: Markup) -> Response {
+    let name = m.user.display_name();
+    let v = viewer(lang, &m.user, &m.tenant.slug, &m.csrf, &name);
+    layout::page(lang, title, Some(v), body).into_response()
 }
 
 pub fn role_key(role: Role) -> &'static str {
@@ -283,8 +290,6 @@ pub async fn research_page(lang: Lang, m: Member<ResearcherOnly>) -> Result<Resp
         .read(move |c| crate::store::research::projects(c, Some(me)))
         .await?;
     let slug = &m.tenant.slug;
-    let name = m.user.display_name();
-    let v = viewer(lang, &m.user, slug, &m.csrf, &name);
     let body = html! {
         p { (lang.t("researcher.intro")) }
         @if projects.is_empty() { p { (lang.t("researcher.none")) } }
@@ -299,5 +304,5 @@ pub async fn research_page(lang: Lang, m: Member<ResearcherOnly>) -> Result<Resp
             }
         }
     };
-    Ok(layout::page(lang, lang.t("researcher.title"), Some(v), body).into_response())
+    Ok(member_page(lang, &m, lang.t("researcher.title"), body))
 }

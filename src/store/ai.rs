@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ring::hmac;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, params};
 
@@ -87,9 +88,16 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
 }
 
 /// Rewrites the derived tables from the estimates, decisions and frameworks, in one
-/// transaction, before the authorizer is installed.
+/// transaction, before the authorizer is installed. The pseudonym function exists only for
+/// the length of this call.
 fn refresh(conn: &mut Connection) -> Result<(), StoreError> {
     let key = hmac::Key::new(hmac::HMAC_SHA256, &pseudonym_key(conn)?);
+    conn.create_scalar_function(
+        "ai_pseudonym",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        move |ctx| Ok(keyed_pseudonym(&key, ctx.get(0)?)),
+    )?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "DELETE FROM ai_features; DELETE FROM ai_levels; DELETE FROM ai_competencies;
@@ -97,46 +105,17 @@ fn refresh(conn: &mut Connection) -> Result<(), StoreError> {
          SELECT c.uri, f.uri, c.code, c.name, c.level_code,
                 (SELECT t.uri FROM competency_relations r JOIN competencies t ON t.id = r.target_id
                   WHERE r.source_id = c.id AND r.kind = 'narrows' ORDER BY r.id LIMIT 1)
-         FROM competencies c JOIN frameworks f ON f.id = c.framework_id;",
+         FROM competencies c JOIN frameworks f ON f.id = c.framework_id;
+         INSERT INTO ai_features (pupil_key, competency_uri, mastery_bp, evidence_count, day)
+         SELECT ai_pseudonym(s.pupil_id), c.uri, s.mastery_bp, s.evidence_count,
+                s.updated_at / 86400
+         FROM scores s JOIN competencies c ON c.id = s.competency_id;
+         INSERT INTO ai_levels (pupil_key, competency_uri, level_code, day)
+         SELECT ai_pseudonym(d.pupil_id), c.uri, d.level_code, d.at / 86400
+         FROM level_decisions d JOIN competencies c ON c.id = d.competency_id;",
     )?;
-    {
-        let mut read = tx.prepare(
-            "SELECT s.pupil_id, c.uri, s.mastery_bp, s.evidence_count, s.updated_at / 86400
-             FROM scores s JOIN competencies c ON c.id = s.competency_id",
-        )?;
-        let mut write = tx.prepare(
-            "INSERT INTO ai_features (pupil_key, competency_uri, mastery_bp, evidence_count, day)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut rows = read.query([])?;
-        while let Some(r) = rows.next()? {
-            write.execute(params![
-                keyed_pseudonym(&key, r.get(0)?),
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?
-            ])?;
-        }
-        let mut read = tx.prepare(
-            "SELECT d.pupil_id, c.uri, d.level_code, d.at / 86400
-             FROM level_decisions d JOIN competencies c ON c.id = d.competency_id",
-        )?;
-        let mut write = tx.prepare(
-            "INSERT INTO ai_levels (pupil_key, competency_uri, level_code, day)
-             VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut rows = read.query([])?;
-        while let Some(r) = rows.next()? {
-            write.execute(params![
-                keyed_pseudonym(&key, r.get(0)?),
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?
-            ])?;
-        }
-    }
     tx.commit()?;
+    conn.remove_function("ai_pseudonym", 1)?;
     Ok(())
 }
 
