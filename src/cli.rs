@@ -72,6 +72,9 @@ enum Command {
     /// Machine credentials of a tenant (xAPI clients).
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Competency frameworks of a tenant: import CaSS JSON-LD or CASE, export CaSS JSON-LD.
+    #[command(subcommand)]
+    Framework(FrameworkCommand),
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Check the appliance and say how to fix what is wrong.
@@ -167,6 +170,28 @@ enum CredentialCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum FrameworkCommand {
+    /// Import a framework from a CaSS JSON-LD or CASE 1.0 JSON file.
+    Import {
+        #[arg(long)]
+        tenant: String,
+        file: PathBuf,
+    },
+    /// Print a framework as CaSS JSON-LD.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        /// The framework's URI (`ceredis framework list` shows them).
+        uri: String,
+    },
+    /// List the tenant's frameworks.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print the commented example configuration (all defaults).
     Example,
@@ -252,6 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .map(|_| ExitCode::SUCCESS),
         Command::User(u) => rt.block_on(user_command(config, u)),
         Command::Credential(c) => rt.block_on(credential_command(config, c)),
+        Command::Framework(f) => rt.block_on(framework_command(config, f)),
         Command::Doctor => {
             let checks = doctor::full(&config);
             let mut failed = 0;
@@ -781,6 +807,52 @@ async fn credential_command(config: Config, command: CredentialCommand) -> Resul
     eprintln!(
         "The secret is shown only now. xAPI endpoint: <appliance URL>/t/{tenant}/xapi/ (HTTP Basic: key_id as user, secret as password)."
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn framework_command(config: Config, command: FrameworkCommand) -> Result<ExitCode> {
+    let state = AppState::open(config)?;
+    let slug = match &command {
+        FrameworkCommand::Import { tenant, .. }
+        | FrameworkCommand::Export { tenant, .. }
+        | FrameworkCommand::List { tenant } => tenant.clone(),
+    };
+    let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
+    match command {
+        FrameworkCommand::Import { file, .. } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let (_, f) = crate::competency::import_framework(&handle, &doc)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!(
+                "Imported {} ({}): {} competencies, {} relations, {} levels",
+                f.uri,
+                f.source,
+                f.competencies.len(),
+                f.relations.len(),
+                f.competencies.iter().map(|c| c.levels.len()).sum::<usize>()
+            );
+        }
+        FrameworkCommand::Export { uri, .. } => {
+            let found = handle
+                .db
+                .read(move |c| crate::store::competency::load_framework(c, &uri))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no such framework in `{slug}`"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::competency::interchange::to_cass(&found))?
+            );
+        }
+        FrameworkCommand::List { .. } => {
+            for f in handle.db.read(crate::store::competency::frameworks).await? {
+                println!("{:<8} {:<60} {}", f.source, f.uri, f.name.get("fr"));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,6 +19,7 @@
 //! Key types: [`Framework`], [`Source`], [`NewEvidence`], [`PupilProgress`], [`Refusal`].
 
 pub mod cefr;
+pub mod interchange;
 pub mod mastery;
 pub mod research;
 
@@ -384,4 +385,33 @@ pub fn progress(
         })
         .collect();
     PupilProgress { frameworks }
+}
+
+/// Reads a framework from CaSS JSON-LD or a CASE 1.0 package and stores it in the tenant:
+/// new competencies, levels and relations are added, known ones (same URI) renamed.
+/// Returns the framework's id and what was read.
+pub async fn import_framework(
+    tenant: &crate::tenant::TenantHandle,
+    doc: &serde_json::Value,
+) -> Result<(i64, Framework), crate::error::ApiError> {
+    use crate::error::ApiError;
+    let framework = interchange::import(doc).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_framework",
+            e,
+        )
+    })?;
+    if framework.uri == cefr::URI {
+        return Err(ApiError::conflict(
+            "the built-in CEFR framework comes with the appliance and cannot be replaced",
+        ));
+    }
+    let stored = framework.clone();
+    let at = crate::store::now();
+    let id = tenant
+        .db
+        .write(move |c| crate::store::competency::store_framework(c, &stored, at))
+        .await?;
+    Ok((id, framework))
 }

@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 
 use axum::extract::Query;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -68,6 +69,32 @@ pub async fn framework(
         })
         .await?;
     found.map(Json).ok_or_else(ApiError::not_found)
+}
+
+/// A tenant admin imports a framework: CaSS JSON-LD or a CASE 1.0 package.
+pub async fn import_framework(
+    m: Member<AdminOnly>,
+    Json(doc): Json<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (id, f) = competency::import_framework(&m.tenant, &doc).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "uri": f.uri, "source": f.source,
+                    "competencies": f.competencies.len(), "relations": f.relations.len()})),
+    ))
+}
+
+/// A framework as CaSS JSON-LD.
+pub async fn framework_cass(
+    m: Member<AnyRole>,
+    Path((_, id)): Path<(String, i64)>,
+) -> Result<Response, ApiError> {
+    let Json(f) = framework(m, Path((String::new(), id))).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/ld+json")],
+        competency::interchange::to_cass(&f).to_string(),
+    )
+        .into_response())
 }
 
 async fn competency_by_uri(tenant: &TenantHandle, uri: &str) -> Result<CompetencyRow, ApiError> {

@@ -421,10 +421,22 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         get(assessment::frameworks),
     )
     .add(
+        Method::POST,
+        "/t/{tenant}/api/frameworks",
+        members::<AdminOnly>(),
+        post(assessment::import_framework),
+    )
+    .add(
         Method::GET,
         "/t/{tenant}/api/frameworks/{framework}",
         members::<AnyRole>(),
         get(assessment::framework),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/frameworks/{framework}/cass",
+        members::<AnyRole>(),
+        get(assessment::framework_cass),
     )
     .add(
         Method::POST,

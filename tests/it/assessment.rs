@@ -510,6 +510,9 @@ fn renderings(grid: &Value, pupil: i64) -> Vec<String> {
 
 /// A JSON key a pupil must never receive.
 fn forbidden_key(k: &str) -> bool {
+    if k == "@value" {
+        return false; // a JSON-LD text (framework names in CaSS exports)
+    }
     let k = k.to_ascii_lowercase();
     [
         "score", "mastery", "value", "_bp", "estimate", "raw", "scaled",
@@ -901,4 +904,70 @@ async fn dashboards_count_levels_evidence_and_coverage_for_the_class_and_the_sch
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_imports_a_case_package_and_anyone_reads_frameworks_as_cass() {
+    let mut app = Appliance::init();
+    app.start();
+    let s = school(&app).await;
+    let case: Value = serde_json::from_str(include_str!("../fixtures/case-package.json")).unwrap();
+    let r = s
+        .admin
+        .post(&format!("/t/{SLUG}/api/frameworks"), case.clone())
+        .await;
+    let created = json_of(r, StatusCode::CREATED).await;
+    assert_eq!(
+        (
+            created["competencies"].as_i64(),
+            created["relations"].as_i64()
+        ),
+        (Some(4), Some(4))
+    );
+    let r = s
+        .prof
+        .post(&format!("/t/{SLUG}/api/frameworks"), case)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "only an admin imports");
+    let bad = s
+        .admin
+        .post(
+            &format!("/t/{SLUG}/api/frameworks"),
+            json!({"CFDocument": {}}),
+        )
+        .await;
+    assert_eq!(
+        error_code(bad).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_framework".into())
+    );
+    let id = created["id"].as_i64().unwrap();
+    let cass: Value = s
+        .lea
+        .get(&format!("/t/{SLUG}/api/frameworks/{id}/cass"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let types: Vec<&str> = cass
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["@type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.iter().filter(|t| **t == "Competency").count(), 4);
+    assert_eq!(types[0], "Framework");
+    assert_eq!(cass[0]["name"], "Langues vivantes — cycle 3");
+    // The built-in framework cannot be replaced by an import of itself.
+    let cefr: Value = s
+        .admin
+        .get(&format!("/t/{SLUG}/api/frameworks/1/cass"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = s
+        .admin
+        .post(&format!("/t/{SLUG}/api/frameworks"), cefr)
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
 }
