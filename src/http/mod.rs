@@ -17,6 +17,7 @@ pub mod i18n;
 pub mod layout;
 pub mod operator;
 pub mod research;
+pub mod retention;
 pub mod roster;
 pub mod session;
 pub mod setup;
@@ -497,6 +498,25 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/api/users/{user}/erasure",
         members::<AdminOnly>(),
         post(assessment::erase),
+    )
+    // Retention windows
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/retention",
+        members::<AdminOnly>(),
+        get(retention::show),
+    )
+    .add(
+        Method::PUT,
+        "/t/{tenant}/api/retention",
+        members::<AdminOnly>(),
+        axum::routing::put(retention::set),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/retention/run",
+        members::<AdminOnly>(),
+        post(retention::run),
     )
     // Research projects and their exports
     .add(

@@ -664,8 +664,9 @@ pub struct Recalc {
     pub journal_seq: i64,
 }
 
-/// Recomputes a pair's estimate from its evidence, journals it and stores it.
-fn recalculate(
+/// Recomputes a pair's estimate from its evidence, journals it and stores it. `evidence`
+/// names the row that triggered it; the replay reads the pair's rows up to it.
+pub(crate) fn recalculate(
     conn: &Connection,
     pupil: i64,
     competency: i64,

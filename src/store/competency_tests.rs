@@ -595,6 +595,10 @@ enum Op {
     Erase {
         pupil: usize,
     },
+    /// Retention of evidence recorded more than `back` steps ago.
+    Retain {
+        back: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -608,6 +612,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), 1..=4i64).prop_map(|(pick, level)| Op::Correct { pick, level }),
         2 => any::<usize>().prop_map(|pick| Op::Withdraw { pick }),
         1 => (0..3usize).prop_map(|pupil| Op::Erase { pupil }),
+        1 => (0..15i64).prop_map(|back| Op::Retain { back }),
     ]
 }
 
@@ -702,6 +707,18 @@ fn apply(ops: &[Op]) -> (Connection, School) {
                     at,
                 )
                 .unwrap();
+            }
+            Op::Retain { back } => {
+                crate::store::retention::set_policy(
+                    &conn,
+                    &crate::store::retention::Policy {
+                        statements_days: None,
+                        evidence_days: Some(0),
+                    },
+                )
+                .unwrap();
+                crate::store::retention::run(&conn, false, &Actor::User(s.admin), at - back)
+                    .unwrap();
             }
             _ => {}
         }

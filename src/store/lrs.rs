@@ -254,6 +254,54 @@ fn passed_keys(conn: &Connection, from: i64) -> Result<Vec<(String, i64)>, Store
     Ok(passed)
 }
 
+/// Deletes statements by `seq`: their index rows (their own keys and those they inherited,
+/// computed before any of them goes), attachment links, the statements, and attachments no
+/// statement uses any more.
+pub fn delete_statements(conn: &Connection, seqs: &[i64]) -> Result<(), StoreError> {
+    let mut rows: Vec<(i64, Vec<(String, i64)>)> = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let (full, target): (String, Option<String>) = conn
+            .prepare_cached("SELECT full, target FROM xapi_statements WHERE seq = ?1")?
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let value: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
+        let mut keys = crate::lrs::statement::all_keys(&value);
+        if let Some(target) = target.map(|t| seq_of(conn, &t)).transpose()?.flatten() {
+            keys.extend(passed_keys(conn, target)?);
+        }
+        rows.push((*seq, keys));
+    }
+    for (seq, keys) in &rows {
+        for (k, _) in keys {
+            if let Some(id) = lookup_key(conn, k)? {
+                for table in INDEX_TABLES {
+                    conn.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE key = ?1 AND seq = ?2"
+                    ))?
+                    .execute(params![id, seq])?;
+                }
+            }
+        }
+        conn.prepare_cached("DELETE FROM xapi_statement_attachments WHERE seq = ?1")?
+            .execute([seq])?;
+        conn.prepare_cached("DELETE FROM xapi_statements WHERE seq = ?1")?
+            .execute([seq])?;
+    }
+    conn.prepare_cached(
+        "DELETE FROM xapi_attachments WHERE sha2 NOT IN
+             (SELECT sha2 FROM xapi_statement_attachments)",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
+/// The statements whose timestamp (when the experience happened) is before `cutoff_ms`.
+pub fn statements_before(conn: &Connection, cutoff_ms: i64) -> Result<Vec<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM xapi_statements WHERE stamp < ?1 ORDER BY seq")?
+        .query_map([cutoff_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
 /// What erasing an agent removed from the LRS.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct ErasedRecords {
@@ -289,45 +337,11 @@ pub fn erase_agent(
     }
     seqs.sort_unstable();
     seqs.dedup();
-    // Every index row of every statement that goes: its own keys and those it inherited,
-    // computed before any of them is deleted.
-    let mut rows: Vec<(i64, Vec<(String, i64)>)> = Vec::with_capacity(seqs.len());
-    for seq in &seqs {
-        let (full, target): (String, Option<String>) = conn
-            .prepare_cached("SELECT full, target FROM xapi_statements WHERE seq = ?1")?
-            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let value: Value = serde_json::from_str(&full).unwrap_or(Value::Null);
-        let mut keys = crate::lrs::statement::all_keys(&value);
-        if let Some(target) = target.map(|t| seq_of(conn, &t)).transpose()?.flatten() {
-            keys.extend(passed_keys(conn, target)?);
-        }
-        rows.push((*seq, keys));
-    }
-    for (seq, keys) in &rows {
-        for (k, _) in keys {
-            if let Some(id) = lookup_key(conn, k)? {
-                for table in INDEX_TABLES {
-                    conn.prepare_cached(&format!(
-                        "DELETE FROM {table} WHERE key = ?1 AND seq = ?2"
-                    ))?
-                    .execute(params![id, seq])?;
-                }
-            }
-        }
-        conn.prepare_cached("DELETE FROM xapi_statement_attachments WHERE seq = ?1")?
-            .execute([seq])?;
-        conn.prepare_cached("DELETE FROM xapi_statements WHERE seq = ?1")?
-            .execute([seq])?;
-    }
+    delete_statements(conn, &seqs)?;
     for table in INDEX_TABLES {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE key = ?1"))?
             .execute([key])?;
     }
-    conn.prepare_cached(
-        "DELETE FROM xapi_attachments WHERE sha2 NOT IN
-             (SELECT sha2 FROM xapi_statement_attachments)",
-    )?
-    .execute([])?;
     Ok(ErasedRecords {
         statements: seqs.len() as i64,
         documents,

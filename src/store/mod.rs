@@ -22,6 +22,7 @@ pub mod competency;
 pub mod erasure;
 pub mod lrs;
 pub mod research;
+pub mod retention;
 pub mod shared;
 pub mod system;
 pub mod tenant;

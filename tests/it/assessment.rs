@@ -971,3 +971,147 @@ async fn an_admin_imports_a_case_package_and_anyone_reads_frameworks_as_cass() {
         .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_dry_runs_then_deletes_old_records_and_the_journal_still_replays() {
+    let mut app = Appliance::init();
+    app.start();
+    let s = school(&app).await;
+    let lea = s.ids["lea"];
+    let key = app.credential(SLUG, &["statements/write", "statements/read"]);
+    s.prof
+        .post(
+            &format!("/t/{SLUG}/api/alignments"),
+            json!({"activity": QUIZ, "competency": DESCRIPTOR}),
+        )
+        .await;
+    let agent = agent_of(&s.lea).await;
+    let day = 86_400_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = |days_ago: i64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(
+            ((now - days_ago * day) as i128) * 1_000_000,
+        )
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+    };
+    let mut old = statement(
+        "9c4d1e32-0000-4000-8000-000000000001",
+        &agent,
+        QUIZ,
+        json!({"success": false}),
+    );
+    old["timestamp"] = json!(at(400));
+    let mut recent = statement(
+        "9c4d1e32-0000-4000-8000-000000000002",
+        &agent,
+        QUIZ,
+        json!({"success": true}),
+    );
+    recent["timestamp"] = json!(at(10));
+    assert_eq!(
+        post_statements(&app, &key, json!([old, recent])).await,
+        StatusCode::OK
+    );
+    let before = pupil_record(&s.prof, lea).await;
+    assert_eq!(before["evidence"].as_array().unwrap().len(), 2);
+
+    let bad = s
+        .admin
+        .json(
+            Method::PUT,
+            &format!("/t/{SLUG}/api/retention"),
+            json!({"statements_days": 3, "evidence_days": null}),
+        )
+        .await;
+    assert_eq!(
+        error_code(bad).await,
+        (StatusCode::BAD_REQUEST, "invalid_retention".into())
+    );
+    let r = s
+        .admin
+        .json(
+            Method::PUT,
+            &format!("/t/{SLUG}/api/retention"),
+            json!({"statements_days": 365, "evidence_days": 365}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let dry = json_of(
+        s.admin
+            .post(
+                &format!("/t/{SLUG}/api/retention/run"),
+                json!({"dry_run": true}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        (
+            dry["statements"].as_i64(),
+            dry["evidence"].as_i64(),
+            dry["pupils"].as_i64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{dry}"
+    );
+    assert_eq!(
+        pupil_record(&s.prof, lea).await["evidence"],
+        before["evidence"],
+        "a dry run changes nothing"
+    );
+
+    let done = json_of(
+        s.admin
+            .post(
+                &format!("/t/{SLUG}/api/retention/run"),
+                json!({"dry_run": false}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(done["statements"], 1, "{done}");
+    let after = pupil_record(&s.prof, lea).await;
+    let evidence = after["evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(
+        evidence[0]["statement_id"],
+        "9c4d1e32-0000-4000-8000-000000000002"
+    );
+    assert_eq!(after["scores"][0]["evidence_count"], 1);
+    assert_eq!(
+        after["scores"][0]["mastery_bp"], 7_500,
+        "recomputed from the recent result alone"
+    );
+    let all: Value = app
+        .client()
+        .get(app.url(&format!("/t/{SLUG}/xapi/statements")))
+        .basic_auth(&key.0, Some(&key.1))
+        .header("X-Experience-API-Version", "1.0.3")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = all["statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["9c4d1e32-0000-4000-8000-000000000002"]);
+    let out = app.cli(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let journal: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("assessment journal"))
+        .collect();
+    assert!(journal.len() == 1 && journal[0].contains(" ok "), "{text}");
+}
