@@ -373,22 +373,13 @@ pub async fn record_observations(
 }
 
 #[derive(Serialize)]
-pub struct Suggested {
-    id: i64,
-    competency_uri: String,
-    level_code: String,
-    rationale: String,
-    source: String,
-}
-
-#[derive(Serialize)]
 pub struct PupilRecord {
     pupil: PupilName,
     evidence: Vec<EvidenceRow>,
     scores: Vec<Score>,
     levels: Vec<LevelRow>,
     /// What a model proposed; a suggestion is never a decision.
-    suggestions: Vec<Suggested>,
+    suggestions: Vec<crate::store::ai::SuggestionRow>,
 }
 
 #[derive(Serialize)]
@@ -407,23 +398,7 @@ pub async fn pupil_assessment(
         .tenant
         .db
         .read(move |c| {
-            let key = crate::store::ai::pseudonym_key(c)?;
-            let pupil_key = crate::store::ai::pseudonym(&key, pupil);
-            let suggestions = c
-                .prepare_cached(
-                    "SELECT id, competency_uri, level_code, rationale, source
-                     FROM level_suggestions WHERE pupil_key = ?1 ORDER BY id",
-                )?
-                .query_map([pupil_key], |r| {
-                    Ok(Suggested {
-                        id: r.get(0)?,
-                        competency_uri: r.get(1)?,
-                        level_code: r.get(2)?,
-                        rationale: r.get(3)?,
-                        source: r.get(4)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            let suggestions = crate::store::ai::suggestions_for(c, pupil)?;
             Ok(PupilRecord {
                 pupil: PupilName {
                     id: user.id,

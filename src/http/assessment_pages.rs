@@ -60,6 +60,9 @@ pub struct Notice {
     /// The descriptor observed last, chosen again in the form.
     #[serde(default)]
     competency: Option<String>,
+    /// A model's suggestion the teacher starts the decision from.
+    #[serde(default)]
+    suggestion: Option<i64>,
 }
 
 /// The class grid and the observation form.
@@ -243,7 +246,7 @@ pub async fn pupil_page(
     Query(notice): Query<Notice>,
 ) -> Result<Response, ApiError> {
     let user = taught_pupil(&m.tenant, m.user.id, pupil).await?;
-    let (competencies, evidence, scores, levels) = m
+    let (competencies, evidence, scores, levels, suggestions) = m
         .tenant
         .db
         .read(move |c| {
@@ -256,11 +259,15 @@ pub async fn pupil_page(
                 sql::pupil_evidence(c, pupil)?,
                 sql::scores_of(c, pupil)?,
                 sql::current_levels(c, pupil)?,
+                crate::store::ai::suggestions_for(c, pupil)?,
             ))
         })
         .await?;
+    let chosen = suggestions.iter().find(|s| Some(s.id) == notice.suggestion);
     let code = lang.code();
     let by_id: HashMap<i64, &CompetencyRow> = competencies.iter().map(|c| (c.id, c)).collect();
+    let by_uri: HashMap<&str, &CompetencyRow> =
+        competencies.iter().map(|c| (c.uri.as_str(), c)).collect();
     let label = |id: i64| {
         by_id
             .get(&id)
@@ -301,18 +308,36 @@ pub async fn pupil_page(
                 }
             }
         }
+        @if !suggestions.is_empty() {
+            section.card.suggestions {
+                h2 { (lang.t("pupil.suggestions")) }
+                p.small { (lang.t("pupil.suggestions_hint")) }
+                ul {
+                    @for sg in &suggestions {
+                        li {
+                            strong { (by_uri.get(sg.competency_uri.as_str()).map(|c| c.name.get(code)).unwrap_or(&sg.competency_uri)) " : " (sg.level_code) }
+                            " — " (sg.rationale) " (" (sg.source) ") "
+                            a href={ "/t/" (slug) "/pupils/" (pupil) "?suggestion=" (sg.id) } { (lang.t("pupil.use_suggestion")) }
+                        }
+                    }
+                }
+            }
+        }
         section.card {
             h2 { (lang.t("pupil.decide")) }
             form.decide method="post" action={ "/t/" (slug) "/pupils/" (pupil) "/levels" } {
                 (csrf_field(&m.csrf))
+                @if let Some(sg) = chosen { input type="hidden" name="suggestion" value=(sg.id); }
                 label for="skill" { (lang.t("pupil.skill")) }
                 select #skill name="competency" required {
-                    @for s in &skills { option value=(s.uri) { (s.name.get(code)) } }
+                    @for s in &skills {
+                        option value=(s.uri) selected[chosen.is_some_and(|sg| sg.competency_uri == s.uri)] { (s.name.get(code)) }
+                    }
                 }
                 label for="level" { (lang.t("pupil.level")) }
                 select #level name="level" required {
                     @for l in skills.first().map(|s| s.levels.as_slice()).unwrap_or_default() {
-                        option value=(l.code) { (l.name.get(code)) }
+                        option value=(l.code) selected[chosen.is_some_and(|sg| sg.level_code == l.code)] { (l.name.get(code)) }
                     }
                 }
                 label for="justification" { (lang.t("pupil.justification")) }
@@ -398,7 +423,7 @@ pub async fn decide_submit(
         level: field("level"),
         justification: field("justification"),
         evidence,
-        suggestion: None,
+        suggestion: field("suggestion").parse().ok(),
     };
     let level = decision.level.clone();
     super::assessment::decide_level(&m, pupil, decision).await?;

@@ -373,6 +373,21 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ),
     ("pupil.decide", "Décider un niveau", "Decide a level"),
     (
+        "pupil.suggestions",
+        "Suggestions (modèle)",
+        "Suggestions (model)",
+    ),
+    (
+        "pupil.suggestions_hint",
+        "Une suggestion n'est pas une décision : vous seul décidez, en citant des preuves.",
+        "A suggestion is not a decision: you alone decide, citing evidence.",
+    ),
+    (
+        "pupil.use_suggestion",
+        "Partir de cette suggestion",
+        "Start from this suggestion",
+    ),
+    (
         "pupil.decide_submit",
         "Décider le niveau",
         "Decide the level",

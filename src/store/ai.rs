@@ -254,6 +254,37 @@ impl AiHandle {
     }
 }
 
+/// A suggestion as a teacher of the pupil sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SuggestionRow {
+    pub id: i64,
+    pub competency_uri: String,
+    pub level_code: String,
+    pub rationale: String,
+    pub source: String,
+}
+
+/// The suggestions made about a pupil (trusted code: it holds the pseudonym key).
+pub fn suggestions_for(conn: &Connection, pupil: i64) -> Result<Vec<SuggestionRow>, StoreError> {
+    let pupil_key = pseudonym(&pseudonym_key(conn)?, pupil);
+    let rows = conn
+        .prepare_cached(
+            "SELECT id, competency_uri, level_code, rationale, source
+             FROM level_suggestions WHERE pupil_key = ?1 ORDER BY id",
+        )?
+        .query_map([pupil_key], |r| {
+            Ok(SuggestionRow {
+                id: r.get(0)?,
+                competency_uri: r.get(1)?,
+                level_code: r.get(2)?,
+                rationale: r.get(3)?,
+                source: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// Whether an error is SQLite refusing an action through the authorizer.
 /// (SQLite reports a denied function as a plain error whose message says so.)
 pub fn is_denied(e: &StoreError) -> bool {

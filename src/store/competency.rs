@@ -967,6 +967,25 @@ pub fn decide_level(
             )));
         }
     }
+    if let Some(id) = d.suggestion_id {
+        let suggested: Option<(String, String)> = conn
+            .prepare_cached(
+                "SELECT pupil_key, competency_uri FROM level_suggestions WHERE id = ?1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let uri: Option<String> = conn
+            .prepare_cached("SELECT uri FROM competencies WHERE id = ?1")?
+            .query_row([d.competency_id], |r| r.get(0))
+            .optional()?;
+        let pupil_key = super::ai::pseudonym(&super::ai::pseudonym_key(conn)?, d.pupil_id);
+        if suggested != uri.map(|u| (pupil_key, u)) {
+            return Ok(Err(Refusal::new(
+                "suggestion_mismatch",
+                format!("suggestion #{id} is not about this pupil and this skill"),
+            )));
+        }
+    }
     if !super::tenant::teaches_pupil(conn, d.decided_by, d.pupil_id)? {
         return Ok(Err(Refusal::new(
             "not_their_teacher",

@@ -1115,3 +1115,83 @@ async fn retention_dry_runs_then_deletes_old_records_and_the_journal_still_repla
         .collect();
     assert!(journal.len() == 1 && journal[0].contains(" ok "), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_suggests_and_only_the_teacher_turns_it_into_a_decision() {
+    let mut app = Appliance::init();
+    app.start();
+    let s = school(&app).await;
+    let (lea, tom) = (s.ids["lea"], s.ids["tom"]);
+    let (evidence, _) = assess_lea(&s).await;
+    // The AI principal's handle on the tenant database: it may only suggest.
+    let path = app.data_path().join(format!("tenants/{SLUG}/tenant.db"));
+    let ai = ceredis::store::ai::AiHandle::open(&path).unwrap();
+    let features = ai.features().unwrap();
+    assert!(!features.is_empty());
+    let lea_key = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let key = ceredis::store::ai::pseudonym_key(&conn).unwrap();
+        ceredis::store::ai::pseudonym(&key, lea)
+    };
+    let suggestion = ai
+        .suggest(&ceredis::store::ai::Suggestion {
+            pupil_key: lea_key,
+            competency_uri: SKILL.into(),
+            level_code: "B1".into(),
+            rationale: "réussites régulières en réception".into(),
+            source: "onnx:kt-small@1".into(),
+        })
+        .unwrap();
+    let denied = ai.execute(&format!(
+        "INSERT INTO level_decisions (pupil_id, competency_id, level_code, decided_by, justification, evidence_ids, journal_seq, at) VALUES ({lea}, 1, 'C2', {}, 'x', '[1]', 1, 1)",
+        s.ids["prof"]
+    ));
+    assert!(ceredis::store::ai::is_denied(&denied.unwrap_err()));
+    let record = pupil_record(&s.prof, lea).await;
+    assert_eq!(record["suggestions"][0]["level_code"], "B1");
+    assert_eq!(
+        record["levels"][0]["level_code"], "A2",
+        "a suggestion is not a decision"
+    );
+    let page = s
+        .prof
+        .get(&format!("/t/{SLUG}/pupils/{lea}?suggestion={suggestion}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("name=\"suggestion\" value=\"{suggestion}\"")),
+        "{page}"
+    );
+    // Tom's teacher cannot pass Lea's suggestion off as one about Tom.
+    let r = s
+        .prof
+        .post(
+            &format!("/t/{SLUG}/api/pupils/{tom}/levels"),
+            json!({"competency": SKILL, "level": "B1", "evidence": [evidence[1]],
+                   "justification": "x", "suggestion": suggestion}),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "suggestion_mismatch".into()
+        )
+    );
+    let r = s
+        .prof
+        .post(
+            &format!("/t/{SLUG}/api/pupils/{lea}/levels"),
+            json!({"competency": SKILL, "level": "B1", "evidence": [evidence[0]],
+                   "justification": "Je retiens la suggestion : annonces et lettres comprises.",
+                   "suggestion": suggestion}),
+        )
+        .await;
+    json_of(r, StatusCode::CREATED).await;
+    let record = pupil_record(&s.prof, lea).await;
+    assert_eq!(record["levels"][0]["level_code"], "B1");
+    assert_eq!(record["levels"][0]["suggestion_id"], suggestion);
+    assert_eq!(record["levels"][0]["decided_by"], s.ids["prof"]);
+}
