@@ -312,6 +312,42 @@ pub fn to_cass(f: &Framework) -> Value {
     Value::Array(out)
 }
 
+/// What a CaSS `Assertion` of a level decision says.
+#[derive(Debug)]
+pub struct AssertionFields<'a> {
+    pub id: &'a str,
+    pub framework: &'a str,
+    pub competency: &'a str,
+    pub level: &'a str,
+    pub subject: &'a str,
+    pub agent: &'a str,
+    pub at_ms: i64,
+    pub evidence: &'a [String],
+    pub justification: &'a str,
+}
+
+/// A level decision as a CaSS `Assertion`. CaSS encrypts `subject` and `agent` with the
+/// parties' keys; the appliance has none, so both are the opaque xAPI account names the
+/// tenant's records already use (never a name), and `evidence` names the cited statements
+/// (`urn:uuid:…`) or the appliance's own evidence rows.
+pub fn assertion(a: &AssertionFields<'_>) -> Value {
+    json!({
+        "@context": CASS_CONTEXT,
+        "@type": "Assertion",
+        "@id": a.id,
+        "framework": a.framework,
+        "competency": a.competency,
+        "level": a.level,
+        "subject": a.subject,
+        "agent": a.agent,
+        "assertionDate": a.at_ms,
+        "negative": false,
+        "confidence": 1.0,
+        "evidence": a.evidence,
+        "ceredis:justification": a.justification,
+    })
+}
+
 fn case_text(o: &Value, key: &str) -> String {
     o.get(key).and_then(Value::as_str).unwrap_or("").to_string()
 }

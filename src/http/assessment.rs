@@ -414,6 +414,52 @@ pub async fn pupil_assessment(
     Ok(Json(record))
 }
 
+/// A pupil's level decisions as CaSS Assertions (JSON-LD), for a teacher of theirs.
+pub async fn pupil_assertions(
+    m: Member<TeacherOnly>,
+    Path((_, pupil)): Path<(String, i64)>,
+) -> Result<Response, ApiError> {
+    let user = taught_pupil(&m.tenant, m.user.id, pupil).await?;
+    let home = m.tenant.home_page.to_string();
+    let out = m
+        .tenant
+        .db
+        .read(move |c| {
+            let mut out = Vec::new();
+            for x in sql::decisions_for_export(c, pupil)? {
+                let mut cited = Vec::new();
+                for id in &x.decision.evidence_ids {
+                    cited.push(
+                        match sql::evidence_by_id(c, *id)?.and_then(|e| e.statement_id) {
+                            Some(statement) => format!("urn:uuid:{statement}"),
+                            None => format!("{home}evidence/{id}"),
+                        },
+                    );
+                }
+                out.push(competency::interchange::assertion(
+                    &competency::interchange::AssertionFields {
+                        id: &format!("{home}assertions/{}", x.decision.id),
+                        framework: &x.framework_uri,
+                        competency: &x.skill_uri,
+                        level: &x.level_uri,
+                        subject: &user.agent_name,
+                        agent: &x.decided_by_agent,
+                        at_ms: x.decision.at * 1000,
+                        evidence: &cited,
+                        justification: &x.decision.justification,
+                    },
+                ));
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/ld+json")],
+        Value::Array(out).to_string(),
+    )
+        .into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Correction {

@@ -470,6 +470,12 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         post(assessment::decide),
     )
     .add(
+        Method::GET,
+        "/t/{tenant}/api/pupils/{pupil}/assertions",
+        members::<TeacherOnly>(),
+        get(assessment::pupil_assertions),
+    )
+    .add(
         Method::POST,
         "/t/{tenant}/api/evidence/{evidence}/correction",
         members::<AnyRole>(),

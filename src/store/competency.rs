@@ -1030,6 +1030,62 @@ pub fn decide_level(
     Ok(Ok(conn.last_insert_rowid()))
 }
 
+/// A decision with what a CaSS assertion names.
+#[derive(Debug, Clone)]
+pub struct ExportedDecision {
+    pub decision: LevelRow,
+    pub framework_uri: String,
+    pub skill_uri: String,
+    pub level_uri: String,
+    /// The deciding teacher's opaque xAPI account name.
+    pub decided_by_agent: String,
+}
+
+/// Every decision about a pupil, oldest first, for export.
+pub fn decisions_for_export(
+    conn: &Connection,
+    pupil: i64,
+) -> Result<Vec<ExportedDecision>, StoreError> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT d.id, d.pupil_id, d.competency_id, d.level_code, d.decided_by,
+                    d.justification, d.evidence_ids, d.suggestion_id, d.at,
+                    f.uri, c.uri, coalesce(l.uri, ''), coalesce(u.agent_name, '')
+             FROM level_decisions d
+             JOIN competencies c ON c.id = d.competency_id
+             JOIN frameworks f ON f.id = c.framework_id
+             LEFT JOIN competency_levels l ON l.competency_id = d.competency_id
+                                          AND l.code = d.level_code
+             LEFT JOIN users u ON u.id = d.decided_by
+             WHERE d.pupil_id = ?1 ORDER BY d.id",
+        )?
+        .query_map([pupil], |r| {
+            Ok(ExportedDecision {
+                decision: level_from_row(r)?,
+                framework_uri: r.get(9)?,
+                skill_uri: r.get(10)?,
+                level_uri: r.get(11)?,
+                decided_by_agent: r.get(12)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn level_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LevelRow> {
+    Ok(LevelRow {
+        id: r.get(0)?,
+        pupil_id: r.get(1)?,
+        competency_id: r.get(2)?,
+        level_code: r.get(3)?,
+        decided_by: r.get(4)?,
+        justification: r.get(5)?,
+        evidence_ids: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
+        suggestion_id: r.get(7)?,
+        at: r.get(8)?,
+    })
+}
+
 /// The latest decision per competency for a pupil.
 pub fn current_levels(conn: &Connection, pupil: i64) -> Result<Vec<LevelRow>, StoreError> {
     let rows = conn
@@ -1041,19 +1097,7 @@ pub fn current_levels(conn: &Connection, pupil: i64) -> Result<Vec<LevelRow>, St
                   WHERE x.pupil_id = d.pupil_id AND x.competency_id = d.competency_id)
              ORDER BY competency_id",
         )?
-        .query_map([pupil], |r| {
-            Ok(LevelRow {
-                id: r.get(0)?,
-                pupil_id: r.get(1)?,
-                competency_id: r.get(2)?,
-                level_code: r.get(3)?,
-                decided_by: r.get(4)?,
-                justification: r.get(5)?,
-                evidence_ids: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
-                suggestion_id: r.get(7)?,
-                at: r.get(8)?,
-            })
-        })?
+        .query_map([pupil], level_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }

@@ -1194,4 +1194,43 @@ async fn a_model_suggests_and_only_the_teacher_turns_it_into_a_decision() {
     assert_eq!(record["levels"][0]["level_code"], "B1");
     assert_eq!(record["levels"][0]["suggestion_id"], suggestion);
     assert_eq!(record["levels"][0]["decided_by"], s.ids["prof"]);
+    // Both decisions go out as CaSS Assertions, naming nobody.
+    let assertions: Value = s
+        .prof
+        .get(&format!("/t/{SLUG}/api/pupils/{lea}/assertions"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let levels: Vec<&str> = assertions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            "urn:ceredis:cefr:reception:level:A2",
+            "urn:ceredis:cefr:reception:level:B1"
+        ]
+    );
+    assert!(
+        assertions
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["@type"] == "Assertion"
+                && a["competency"] == SKILL
+                && a["framework"] == "urn:ceredis:framework:cefr-languages")
+    );
+    let text = assertions.to_string();
+    for name in ["lea", "Prénom", "prof"] {
+        assert!(!text.contains(&format!("\"{name}\"")), "{name} in {text}");
+    }
+    let r = s
+        .autre
+        .get(&format!("/t/{SLUG}/api/pupils/{lea}/assertions"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
