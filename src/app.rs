@@ -28,6 +28,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub cookies: CookieNames,
     pub roster_jobs: RosterJobs,
+    pub export_jobs: crate::http::research::ExportJobs,
     pub ca_pem: Arc<String>,
     ready: Arc<AtomicBool>,
 }
@@ -94,6 +95,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new(&store_metrics)),
             cookies: auth::cookie_names(config.insecure_http),
             roster_jobs: RosterJobs::default(),
+            export_jobs: Default::default(),
             ca_pem: Arc::new(ca_pem),
             ready: Arc::new(AtomicBool::new(false)),
             config: Arc::new(config),

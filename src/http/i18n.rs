@@ -462,6 +462,32 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "Coverage: pupils with evidence",
     ),
     ("dash.covered", "Élèves couverts", "Pupils covered"),
+    (
+        "researcher.for_r",
+        "Depuis R, avec votre session :",
+        "From R, with your session:",
+    ),
+    ("researcher.export_title", "Export", "Export"),
+    (
+        "researcher.reading",
+        "Lecture des élèves…",
+        "Reading the pupils…",
+    ),
+    (
+        "researcher.ready",
+        "L'export a passé le contrôle de confidentialité.",
+        "The export passed the privacy gate.",
+    ),
+    (
+        "researcher.download",
+        "Télécharger le CSV",
+        "Download the CSV",
+    ),
+    (
+        "researcher.back",
+        "Retour aux projets",
+        "Back to the projects",
+    ),
     ("history.title", "Mon activité", "My activity"),
     ("history.link", "Mon activité", "My activity"),
     ("history.me", "Moi", "Me"),

@@ -353,6 +353,18 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         members::<ResearcherOnly>(),
         get(users::research_page),
     )
+    .add(
+        Method::POST,
+        "/t/{tenant}/research/projects/{project}/exports",
+        members::<ResearcherOnly>(),
+        post(research::start_form),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/research/exports/{job}",
+        members::<ResearcherOnly>(),
+        get(research::export_page),
+    )
     // A tenant's JSON API
     .add(
         Method::GET,
@@ -542,6 +554,24 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/api/research/projects/{project}/export",
         members::<ResearcherOnly>(),
         get(research::export),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/research/projects/{project}/exports",
+        members::<ResearcherOnly>(),
+        post(research::start_export),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/research/exports/{job}",
+        members::<ResearcherOnly>(),
+        get(research::export_status),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/research/exports/{job}/csv",
+        members::<ResearcherOnly>(),
+        get(research::export_file),
     )
     .add(
         Method::GET,

@@ -297,10 +297,16 @@ pub async fn research_page(lang: Lang, m: Member<ResearcherOnly>) -> Result<Resp
             section.card {
                 h2 { (p.title) }
                 p.small { (p.name) " · k = " (p.k) }
-                ul {
-                    li { a href={ "/t/" (slug) "/api/research/projects/" (p.id) "/export" } { (lang.t("researcher.pupils")) } }
-                    li { a href={ "/t/" (slug) "/api/research/projects/" (p.id) "/export?dataset=distribution" } { (lang.t("researcher.distribution")) } }
+                @for (dataset, label) in [("pupils", "researcher.pupils"), ("distribution", "researcher.distribution")] {
+                    form.inline method="post" action={ "/t/" (slug) "/research/projects/" (p.id) "/exports" } {
+                        input type="hidden" name="_csrf" value=(m.csrf);
+                        input type="hidden" name="dataset" value=(dataset);
+                        button type="submit" { (lang.t(label)) }
+                    }
+                    " "
                 }
+                p.small { (lang.t("researcher.for_r")) " "
+                    code { "/t/" (slug) "/api/research/projects/" (p.id) "/export" } }
             }
         }
     };

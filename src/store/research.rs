@@ -125,7 +125,11 @@ pub fn projects(conn: &Connection, member: Option<i64>) -> Result<Vec<Project>, 
 
 /// Everything an export may describe: every active pupil, their first class and its
 /// school, and per levelled skill their decided level, descriptors reached and evidence.
-pub fn population(conn: &Connection) -> Result<Population, StoreError> {
+/// `progress(done, total)` is called as pupils are read.
+pub fn population(
+    conn: &Connection,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Population, StoreError> {
     let mut skills = Vec::new();
     let mut descriptors: HashMap<i64, Vec<(i64, Option<String>)>> = HashMap::new();
     for f in super::competency::frameworks(conn)? {
@@ -145,7 +149,12 @@ pub fn population(conn: &Connection) -> Result<Population, StoreError> {
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut pupils = Vec::with_capacity(ids.len());
-    for id in ids {
+    let total = ids.len() as u64;
+    progress(0, total);
+    for (n, id) in ids.into_iter().enumerate() {
+        if n % 64 == 0 {
+            progress(n as u64, total);
+        }
         let (class, school): (String, String) = conn
             .prepare_cached(
                 "SELECT c.title, coalesce(o.name, '') FROM enrolments e
@@ -203,6 +212,7 @@ pub fn population(conn: &Connection) -> Result<Population, StoreError> {
             skills: facts,
         });
     }
+    progress(total, total);
     Ok(Population { pupils })
 }
 
@@ -216,16 +226,22 @@ pub enum Dataset {
     Distribution,
 }
 
-/// Runs an export for a researcher of the project: gathers the population, applies the
-/// privacy gate, writes the CSV, and journals the attempt whatever the gate decided.
-/// `Ok(Err(refusal))` is journaled too.
-pub fn export(
+/// An export's result: the CSV and what the gate said, or the gate's refusal, with the
+/// journal body to append either way.
+pub struct Prepared {
+    pub outcome: Result<(String, serde_json::Value), Refusal>,
+    journal: serde_json::Value,
+}
+
+/// Reads and gates an export for a researcher of the project (on a read connection: a long
+/// export does not hold the writer). `Ok(None)`: not a project of theirs.
+pub fn prepare_export(
     conn: &Connection,
     project: i64,
     dataset: Dataset,
     researcher: i64,
-    at: i64,
-) -> Result<Result<(String, serde_json::Value), Refusal>, StoreError> {
+    progress: &dyn Fn(u64, u64),
+) -> Result<Option<Prepared>, StoreError> {
     let row: Option<(Project, Vec<u8>)> = conn
         .prepare_cached(
             "SELECT id, name, title, quasi_identifiers, k, max_suppressed, pseudonym_key
@@ -237,9 +253,9 @@ pub fn export(
         })
         .optional()?;
     let Some((p, key)) = row else {
-        return Ok(Err(Refusal::new("not_found", "no such project of yours")));
+        return Ok(None);
     };
-    let population = population(conn)?;
+    let population = population(conn, progress)?;
     let outcome = research::gate(
         &population,
         &p.quasi_identifiers,
@@ -268,16 +284,17 @@ pub fn export(
                 (csv, released)
             }
         };
-        Ok((csv, release.suppressed, release.smallest_group, rows))
+        let gate = json!({
+            "passed": true, "rows": rows, "suppressed_pupils": release.suppressed,
+            "smallest_group": release.smallest_group,
+        });
+        Ok((csv, gate))
     });
     let gate = match &outcome {
-        Ok((_, suppressed, smallest, rows)) => json!({
-            "passed": true, "rows": rows, "suppressed_pupils": suppressed,
-            "smallest_group": smallest,
-        }),
+        Ok((_, gate)) => gate.clone(),
         Err(r) => json!({"passed": false, "reason": r.message}),
     };
-    let body = json!({
+    let journal = json!({
         "project": p.name,
         "dataset": dataset,
         "actor": Actor::User(researcher).journal_name(),
@@ -286,6 +303,10 @@ pub fn export(
         "population": population.pupils.len(),
         "gate": gate,
     });
-    super::competency::append_journal(conn, "export", None, None, &body, at)?;
-    Ok(outcome.map(|(csv, ..)| (csv, gate)))
+    Ok(Some(Prepared { outcome, journal }))
+}
+
+/// Journals an export attempt, whatever the gate decided.
+pub fn journal_export(conn: &Connection, prepared: &Prepared, at: i64) -> Result<i64, StoreError> {
+    super::competency::append_journal(conn, "export", None, None, &prepared.journal, at)
 }

@@ -152,13 +152,12 @@ async fn a_researcher_gets_only_what_the_privacy_gate_passes_and_every_export_is
             .await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{who}");
     }
-    let (other, otp) = add_user(&s.admin, SLUG, "autre-chercheur", "researcher").await;
+    let (_, otp) = add_user(&s.admin, SLUG, "autre-chercheur", "researcher").await;
     let other_session = activate(&app, SLUG, "autre-chercheur", &otp).await;
     let r = other_session
         .get(&format!("/t/{SLUG}/api/research/projects/{ok}/export"))
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let _ = other;
 
     // The journal holds every export of the project, the refused one included.
     let conn =
@@ -186,4 +185,79 @@ async fn a_researcher_gets_only_what_the_privacy_gate_passes_and_every_export_is
             .unwrap()
             .contains("k = 20")
     );
+
+    // A long export runs in the background: its progress, then its file.
+    let started: Value = s
+        .researcher
+        .post(
+            &format!("/t/{SLUG}/api/research/projects/{ok}/exports"),
+            json!({"dataset": "pupils"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let status_url = started["status"].as_str().unwrap().to_string();
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = s.researcher.get(&status_url).await.json().await.unwrap();
+        if status["finished"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["finished"], true, "{status}");
+    assert_eq!(
+        (status["done"].as_i64(), status["total"].as_i64()),
+        (Some(18), Some(18)),
+        "{status}"
+    );
+    assert_eq!(status["gate"]["passed"], true);
+    let r = other_session.get(&status_url).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "another researcher's job"
+    );
+    let file = s
+        .researcher
+        .get(started["file"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(file.lines().count(), 18 * 4 + 1);
+    assert!(file.starts_with("pupil,class,skill,level,descriptors_reached,evidence"));
+    let exports: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM assessment_journal WHERE kind = 'export'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(exports, 4, "the background export is journaled too");
+
+    // The research page's button starts the same job and shows its progress page.
+    let r = s
+        .researcher
+        .client
+        .post(app.url(&format!("/t/{SLUG}/research/projects/{ok}/exports")))
+        .form(&[
+            ("_csrf", s.researcher.csrf.as_str()),
+            ("dataset", "distribution"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page_url = r.headers()["location"].to_str().unwrap().to_string();
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = s.researcher.get(&page_url).await.text().await.unwrap();
+        if page.contains("Télécharger le CSV") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(page.contains("/csv\""), "{page}");
 }
