@@ -102,6 +102,44 @@ async fn pupil_record(teacher: &Session, pupil: i64) -> Value {
     .await
 }
 
+/// The ids of the statements a credential reads, about `agent` if given.
+async fn statement_ids(
+    app: &Appliance,
+    key: &(String, String),
+    agent: Option<&Value>,
+) -> Vec<String> {
+    let mut req = app
+        .client()
+        .get(app.url(&format!("/t/{SLUG}/xapi/statements")))
+        .basic_auth(&key.0, Some(&key.1))
+        .header("X-Experience-API-Version", "1.0.3");
+    if let Some(a) = agent {
+        req = req.query(&[("agent", a.to_string())]);
+    }
+    let v: Value = req.send().await.unwrap().json().await.unwrap();
+    v["statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `ceredis doctor` replays the tenant's journal to the stored estimates.
+fn assert_journal_replays(app: &Appliance) {
+    let out = app.cli(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let journal: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("assessment journal"))
+        .collect();
+    assert!(
+        journal.len() == 1 && journal[0].contains(" ok ") && journal[0].contains("replayed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn statement(id: &str, actor: &Value, activity: &str, result: Value) -> Value {
     json!({
         "id": id,
@@ -768,33 +806,10 @@ async fn erasing_a_pupil_removes_everything_of_theirs_and_leaves_a_tombstone() {
         .get(&format!("/t/{SLUG}/api/pupils/{lea}/assessment"))
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let found: Value = app
-        .client()
-        .get(app.url(&format!("/t/{SLUG}/xapi/statements")))
-        .basic_auth(&key.0, Some(&key.1))
-        .header("X-Experience-API-Version", "1.0.3")
-        .query(&[("agent", agent.to_string())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(found["statements"], json!([]));
-    let all: Value = app
-        .client()
-        .get(app.url(&format!("/t/{SLUG}/xapi/statements")))
-        .basic_auth(&key.0, Some(&key.1))
-        .header("X-Experience-API-Version", "1.0.3")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert!(statement_ids(&app, &key, Some(&agent)).await.is_empty());
     assert_eq!(
-        all["statements"].as_array().unwrap().len(),
-        1,
+        statement_ids(&app, &key, None).await,
+        ["8b3c0d21-0000-4000-8000-000000000002"],
         "tom's stays"
     );
     // Lea's session ended with her account.
@@ -803,17 +818,7 @@ async fn erasing_a_pupil_removes_everything_of_theirs_and_leaves_a_tombstone() {
     // Tom's record is intact and the journal still verifies.
     let record = pupil_record(&s.prof, tom).await;
     assert_eq!(record["evidence"].as_array().unwrap().len(), 2);
-    let out = app.cli(&["doctor"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let journal: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("assessment journal"))
-        .collect();
-    assert!(
-        journal.len() == 1 && journal[0].contains(" ok ") && journal[0].contains("replayed"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_journal_replays(&app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1089,31 +1094,11 @@ async fn retention_dry_runs_then_deletes_old_records_and_the_journal_still_repla
         after["scores"][0]["mastery_bp"], 7_500,
         "recomputed from the recent result alone"
     );
-    let all: Value = app
-        .client()
-        .get(app.url(&format!("/t/{SLUG}/xapi/statements")))
-        .basic_auth(&key.0, Some(&key.1))
-        .header("X-Experience-API-Version", "1.0.3")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = all["statements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["9c4d1e32-0000-4000-8000-000000000002"]);
-    let out = app.cli(&["doctor"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let journal: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("assessment journal"))
-        .collect();
-    assert!(journal.len() == 1 && journal[0].contains(" ok "), "{text}");
+    assert_eq!(
+        statement_ids(&app, &key, None).await,
+        ["9c4d1e32-0000-4000-8000-000000000002"]
+    );
+    assert_journal_replays(&app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
