@@ -348,6 +348,60 @@ pub fn assertion(a: &AssertionFields<'_>) -> Value {
     })
 }
 
+/// A CaSS `Assertion` as read for import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedAssertion {
+    pub id: String,
+    pub competency: String,
+    /// The level's URI or code.
+    pub level: String,
+    pub subject: String,
+    pub agent: String,
+    pub at_ms: i64,
+    pub evidence: Vec<String>,
+    pub justification: String,
+}
+
+/// The Assertions of a CaSS JSON-LD document (an array or `@graph`). Assertions whose
+/// subject or agent is encrypted (an object, as CaSS writes them for its own keys) cannot
+/// be attributed here and are reported as such.
+pub fn assertions(doc: &Value) -> Vec<Result<ImportedAssertion, (String, String)>> {
+    let objects: Vec<&Value> = match doc {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(o) if o.contains_key("@graph") => doc["@graph"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        one => vec![one],
+    };
+    objects
+        .into_iter()
+        .filter(|o| cass_type(o) == "Assertion")
+        .map(|o| {
+            let id = id_of(o).unwrap_or_default();
+            let field = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+            let (Some(subject), Some(agent)) = (field("subject"), field("agent")) else {
+                return Err((id, "its subject or agent is encrypted or missing".into()));
+            };
+            let (Some(competency), Some(level)) = (field("competency"), field("level")) else {
+                return Err((id, "it names no competency or no level".into()));
+            };
+            Ok(ImportedAssertion {
+                competency: short_id(&competency),
+                level: short_id(&level),
+                subject,
+                agent,
+                at_ms: o.get("assertionDate").and_then(Value::as_i64).unwrap_or(0),
+                evidence: strings(o.get("evidence")),
+                justification: field("ceredis:justification")
+                    .or_else(|| field("description"))
+                    .unwrap_or_default(),
+                id,
+            })
+        })
+        .collect()
+}
+
 fn case_text(o: &Value, key: &str) -> String {
     o.get(key).and_then(Value::as_str).unwrap_or("").to_string()
 }

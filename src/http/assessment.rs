@@ -84,6 +84,44 @@ pub async fn import_framework(
     ))
 }
 
+/// A tenant admin imports CaSS Assertions as level decisions: each becomes a decision only
+/// if its agent is a teacher of its subject here and it cites that pupil's evidence; the
+/// answer lists what was imported, skipped (already recorded) and refused, with why.
+pub async fn import_assertions(
+    m: Member<AdminOnly>,
+    Json(doc): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let parsed = competency::interchange::assertions(&doc);
+    if parsed.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_assertions",
+            "expected CaSS JSON-LD holding Assertions",
+        ));
+    }
+    let home = m.tenant.home_page.to_string();
+    let by = Actor::User(m.user.id);
+    let report = m
+        .tenant
+        .db
+        .write(move |c| {
+            let (mut imported, mut skipped, mut refused) = (Vec::new(), 0, Vec::new());
+            for a in parsed {
+                match a {
+                    Err((id, why)) => refused.push(json!({"assertion": id, "reason": why})),
+                    Ok(a) => match sql::import_assertion(c, &a, &home, &by)? {
+                        Ok(Some(id)) => imported.push(id),
+                        Ok(None) => skipped += 1,
+                        Err(r) => refused.push(json!({"assertion": a.id, "reason": r.message})),
+                    },
+                }
+            }
+            Ok(json!({"imported": imported, "skipped": skipped, "refused": refused}))
+        })
+        .await?;
+    Ok(Json(report))
+}
+
 /// A framework as CaSS JSON-LD.
 pub async fn framework_cass(
     m: Member<AnyRole>,

@@ -489,6 +489,12 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
     )
     .add(
         Method::POST,
+        "/t/{tenant}/api/assertions",
+        members::<AdminOnly>(),
+        post(assessment::import_assertions),
+    )
+    .add(
+        Method::POST,
         "/t/{tenant}/api/evidence/{evidence}/correction",
         members::<AnyRole>(),
         post(assessment::correct),

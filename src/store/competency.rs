@@ -912,6 +912,17 @@ pub fn decide_level(
     d: &Decision,
     at: i64,
 ) -> Result<Result<i64, Refusal>, StoreError> {
+    decide_level_imported(conn, d, at, None)
+}
+
+/// [`decide_level`], for a decision imported from another system: the journal also names
+/// who imported it and the assertion it came from.
+fn decide_level_imported(
+    conn: &Connection,
+    d: &Decision,
+    at: i64,
+    imported: Option<(&Actor, &str)>,
+) -> Result<Result<i64, Refusal>, StoreError> {
     let levels: Vec<String> = conn
         .prepare_cached(
             "SELECT code FROM competency_levels WHERE competency_id = ?1 ORDER BY rank",
@@ -992,7 +1003,7 @@ pub fn decide_level(
             "only a teacher of this pupil decides a level",
         )));
     }
-    let body = json!({
+    let mut body = json!({
         "pupil": d.pupil_id,
         "competency": d.competency_id,
         "level": d.level_code,
@@ -1003,6 +1014,10 @@ pub fn decide_level(
         "evidence": d.evidence_ids,
         "suggestion": d.suggestion_id,
     });
+    if let Some((by, assertion)) = imported {
+        body["imported_by"] = json!(by.journal_name());
+        body["assertion"] = json!(assertion);
+    }
     let seq = append_journal(
         conn,
         "level",
@@ -1084,6 +1099,95 @@ fn level_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LevelRow> {
         suggestion_id: r.get(7)?,
         at: r.get(8)?,
     })
+}
+
+/// Records an assertion exported by another appliance (or this one) as a level decision,
+/// only if its agent is, here, a teacher of its subject, and the evidence it cites is that
+/// pupil's here. The journal keeps the teacher as the decider and who imported it. An
+/// assertion already recorded (same pupil, skill, level, teacher and date) is skipped:
+/// `Ok(Ok(None))`.
+pub fn import_assertion(
+    conn: &Connection,
+    a: &crate::competency::interchange::ImportedAssertion,
+    home_page: &str,
+    imported_by: &Actor,
+) -> Result<Result<Option<i64>, Refusal>, StoreError> {
+    let user = |agent: &str, role: &str| -> Result<Option<i64>, StoreError> {
+        Ok(conn
+            .prepare_cached(
+                "SELECT id FROM users WHERE agent_name = ?1 AND role = ?2 AND active = 1",
+            )?
+            .query_row(params![agent, role], |r| r.get(0))
+            .optional()?)
+    };
+    let Some(pupil) = user(&a.subject, "student")? else {
+        return Ok(Err(Refusal::new(
+            "unknown_subject",
+            "its subject is not a pupil of this school",
+        )));
+    };
+    let Some(teacher) = user(&a.agent, "teacher")? else {
+        return Ok(Err(Refusal::new(
+            "unknown_agent",
+            "its agent is not a teacher of this school",
+        )));
+    };
+    let Some(competency) = competency_id(conn, &a.competency)? else {
+        return Ok(Err(Refusal::new(
+            "unknown_competency",
+            format!("no competency {}", a.competency),
+        )));
+    };
+    let level: Option<String> = conn
+        .prepare_cached(
+            "SELECT code FROM competency_levels WHERE competency_id = ?1 AND (uri = ?2 OR code = ?2)",
+        )?
+        .query_row(params![competency, a.level], |r| r.get(0))
+        .optional()?;
+    let Some(level) = level else {
+        return Ok(Err(Refusal::new(
+            "unknown_level",
+            format!("no level {} on this skill", a.level),
+        )));
+    };
+    let mut evidence = Vec::new();
+    for e in &a.evidence {
+        let id: Option<i64> = if let Some(statement) = e.strip_prefix("urn:uuid:") {
+            conn.prepare_cached(
+                "SELECT id FROM evidence WHERE statement_id = ?1 AND pupil_id = ?2 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![statement, pupil], |r| r.get(0))
+            .optional()?
+        } else {
+            e.strip_prefix(&format!("{home_page}evidence/"))
+                .and_then(|n| n.parse().ok())
+        };
+        evidence.extend(id);
+    }
+    let at = a.at_ms / 1000;
+    let known = conn
+        .prepare_cached(
+            "SELECT 1 FROM level_decisions WHERE pupil_id = ?1 AND competency_id = ?2
+             AND level_code = ?3 AND decided_by = ?4 AND at = ?5",
+        )?
+        .exists(params![pupil, competency, level, teacher, at])?;
+    if known {
+        return Ok(Ok(None));
+    }
+    let decision = Decision {
+        pupil_id: pupil,
+        competency_id: competency,
+        level_code: level,
+        decided_by: teacher,
+        justification: if a.justification.trim().is_empty() {
+            format!("imported assertion {}", a.id)
+        } else {
+            a.justification.clone()
+        },
+        evidence_ids: evidence,
+        suggestion_id: None,
+    };
+    Ok(decide_level_imported(conn, &decision, at, Some((imported_by, &a.id)))?.map(Some))
 }
 
 /// The latest decision per competency for a pupil.

@@ -1218,4 +1218,56 @@ async fn a_model_suggests_and_only_the_teacher_turns_it_into_a_decision() {
         .get(&format!("/t/{SLUG}/api/pupils/{lea}/assertions"))
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Assertions come back in as decisions only when their agent teaches their subject here.
+    let url = format!("/t/{SLUG}/api/assertions");
+    let import = |doc: Value| s.admin.post(&url, doc);
+    let again = json_of(import(assertions.clone()).await, StatusCode::OK).await;
+    assert_eq!(
+        (
+            again["imported"].as_array().unwrap().len(),
+            again["skipped"].as_i64()
+        ),
+        (0, Some(2)),
+        "{again}"
+    );
+    let mut later = assertions[1].clone();
+    later["level"] = json!("urn:ceredis:cefr:reception:level:B2");
+    later["assertionDate"] = json!(later["assertionDate"].as_i64().unwrap() + 60_000);
+    let mut by_other = later.clone();
+    by_other["agent"] = agent_of(&s.autre).await["account"]["name"].clone();
+    let mut stranger = later.clone();
+    stranger["subject"] = json!("0123456789abcdef0123456789abcdef");
+    let mut sealed = later.clone();
+    sealed["subject"] = json!({"@type": "EncryptedValue", "payload": "…"});
+    let report = json_of(
+        import(json!([later, by_other, stranger, sealed])).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(report["imported"].as_array().unwrap().len(), 1, "{report}");
+    let reasons: Vec<&str> = report["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{report}");
+    assert!(
+        reasons[0].contains("only a teacher of this pupil"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("not a pupil"), "{reasons:?}");
+    assert!(reasons[2].contains("encrypted"), "{reasons:?}");
+    let record = pupil_record(&s.prof, lea).await;
+    assert_eq!(record["levels"][0]["level_code"], "B2");
+    assert_eq!(
+        record["levels"][0]["decided_by"], s.ids["prof"],
+        "the teacher decided, the admin imported"
+    );
+    let r = s
+        .prof
+        .post(&format!("/t/{SLUG}/api/assertions"), assertions)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
