@@ -1271,3 +1271,78 @@ async fn a_model_suggests_and_only_the_teacher_turns_it_into_a_decision() {
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_shows_a_teacher_the_pupils_or_classes_of_another_teacher() {
+    let mut app = Appliance::init();
+    app.start();
+    let s = school(&app).await;
+    let (evidence, _) = assess_lea(&s).await;
+    let lea = s.ids["lea"];
+    // Every route a teacher may call that names a class, a pupil or a piece of evidence,
+    // generated from the route table, called by the teacher of the other class.
+    let mut checked = 0;
+    for spec in route_specs() {
+        let Access::Members(roles) = spec.access else {
+            continue;
+        };
+        let names = ["{class}", "{pupil}", "{evidence}"];
+        if !roles.contains(&Role::Teacher) || !names.iter().any(|n| spec.path.contains(n)) {
+            continue;
+        }
+        let path = spec
+            .path
+            .replace("{tenant}", SLUG)
+            .replace("{class}", &s.class_a.to_string())
+            .replace("{pupil}", &lea.to_string())
+            .replace("{evidence}", &evidence[0].to_string());
+        // A body each route accepts, so that only the access check can refuse it.
+        let body = if path.ends_with("/observations") {
+            json!({"competency": DESCRIPTOR, "observations": [{"pupil": lea, "level": 1}]})
+        } else if path.ends_with("/correction") {
+            json!({"level": 1})
+        } else if path.ends_with("/levels") {
+            json!({"competency": SKILL, "level": "C2", "evidence": [evidence[0]],
+                   "justification": "x"})
+        } else {
+            json!({})
+        };
+        let mut req = s
+            .autre
+            .client
+            .request(spec.method.clone(), app.url(&path))
+            .header("x-csrf-token", &s.autre.csrf);
+        if spec.method != Method::GET && path.contains("/api/") {
+            req = req.json(&body);
+        } else if spec.method != Method::GET {
+            let level = format!("level-{lea}");
+            req = req.form(&[
+                ("competency", SKILL),
+                ("level", "C2"),
+                ("justification", "x"),
+                ("evidence", &evidence[0].to_string()),
+                (level.as_str(), "1"),
+            ]);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(
+            status == StatusCode::NOT_FOUND,
+            "{} {path} → {status}: {text}",
+            spec.method
+        );
+        for leak in ["lea", "Comprend l'annonce", "4e A"] {
+            assert!(
+                !text.contains(leak),
+                "{} {path} shows `{leak}`",
+                spec.method
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} routes checked");
+    // Nothing the attempts sent was recorded.
+    let record = pupil_record(&s.prof, lea).await;
+    assert_eq!(record["evidence"].as_array().unwrap().len(), 2);
+}
