@@ -26,7 +26,16 @@ pub fn import(doc: &Value) -> Result<Framework, ImportError> {
     if doc.get("CFDocument").is_some() {
         return from_case(doc);
     }
-    let objects: Vec<&Value> = match doc {
+    let objects = objects(doc);
+    if objects.is_empty() {
+        return Err("expected CaSS JSON-LD (an array of objects) or a CASE CFPackage".into());
+    }
+    from_cass(&objects)
+}
+
+/// The objects of a JSON-LD document: an array, a `@graph`, or one object.
+fn objects(doc: &Value) -> Vec<&Value> {
+    match doc {
         Value::Array(a) => a.iter().collect(),
         Value::Object(o) if o.contains_key("@graph") => doc["@graph"]
             .as_array()
@@ -34,11 +43,7 @@ pub fn import(doc: &Value) -> Result<Framework, ImportError> {
             .unwrap_or_default(),
         Value::Object(_) => vec![doc],
         _ => Vec::new(),
-    };
-    if objects.is_empty() {
-        return Err("expected CaSS JSON-LD (an array of objects) or a CASE CFPackage".into());
     }
-    from_cass(&objects)
 }
 
 /// A CaSS object's type without its vocabulary (`Framework` for
@@ -366,15 +371,7 @@ pub struct ImportedAssertion {
 /// subject or agent is encrypted (an object, as CaSS writes them for its own keys) cannot
 /// be attributed here and are reported as such.
 pub fn assertions(doc: &Value) -> Vec<Result<ImportedAssertion, (String, String)>> {
-    let objects: Vec<&Value> = match doc {
-        Value::Array(a) => a.iter().collect(),
-        Value::Object(o) if o.contains_key("@graph") => doc["@graph"]
-            .as_array()
-            .map(|a| a.iter().collect())
-            .unwrap_or_default(),
-        one => vec![one],
-    };
-    objects
+    objects(doc)
         .into_iter()
         .filter(|o| cass_type(o) == "Assertion")
         .map(|o| {

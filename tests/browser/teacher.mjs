@@ -17,6 +17,13 @@ const bin = process.env.BIN_CEREDIS;
 const browserPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const shots = process.env.SCREENSHOT_DIR;
 
+function launchBrowser() {
+  return chromium.launch({
+    executablePath: browserPath,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+}
+
 function startDemo(dataDir) {
   const child = spawn(bin, ["demo", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--redirect-listen", ""], {
     stdio: ["ignore", "pipe", "inherit"],
@@ -48,10 +55,7 @@ test("a teacher signs in with a one-time password and sees the class and its pup
   assert.ok(bin, "BIN_CEREDIS must name the ceredis binary");
   const dataDir = mkdtempSync(join(tmpdir(), "ceredis-browser-"));
   const demo = await startDemo(dataDir);
-  const browser = await chromium.launch({
-    executablePath: browserPath,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launchBrowser();
   try {
     // The appliance's own CA is not in Chromium's store: accept it for this test only.
     const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
@@ -158,10 +162,7 @@ async function firstSignIn(page, base, who, password) {
 test("a teacher assesses the class and decides a level; the pupil sees it with no number", async () => {
   const dataDir = mkdtempSync(join(tmpdir(), "ceredis-browser-"));
   const demo = await startDemo(dataDir);
-  const browser = await chromium.launch({
-    executablePath: browserPath,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launchBrowser();
   try {
     const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
     const page = await context.newPage();
