@@ -24,6 +24,15 @@ function launchBrowser() {
   });
 }
 
+// A fresh French-speaking page that accepts the appliance's own CA (not in Chromium's
+// store) and records every console error into `errors`.
+async function newPage(browser, errors) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
+  const page = await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  return page;
+}
+
 function startDemo(dataDir) {
   const child = spawn(bin, ["demo", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--redirect-listen", ""], {
     stdio: ["ignore", "pipe", "inherit"],
@@ -57,11 +66,8 @@ test("a teacher signs in with a one-time password and sees the class and its pup
   const demo = await startDemo(dataDir);
   const browser = await launchBrowser();
   try {
-    // The appliance's own CA is not in Chromium's store: accept it for this test only.
-    const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
-    const page = await context.newPage();
     const consoleErrors = [];
-    page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    const page = await newPage(browser, consoleErrors);
 
     await page.goto(`${demo.base}/t/demo/login`);
     assert.equal(await page.locator("h1").textContent(), "Connexion · École de démonstration");
@@ -164,10 +170,8 @@ test("a teacher assesses the class and decides a level; the pupil sees it with n
   const demo = await startDemo(dataDir);
   const browser = await launchBrowser();
   try {
-    const context = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
-    const page = await context.newPage();
     const consoleErrors = [];
-    page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    const page = await newPage(browser, consoleErrors);
     await firstSignIn(page, demo.base, demo.teacher, "le chat de la classe dort");
 
     // The class, observed on one descriptor, from the keyboard for Léa.
@@ -207,9 +211,7 @@ test("a teacher assesses the class and decides a level; the pupil sees it with n
     if (shots) await page.screenshot({ path: join(shots, "pupil-assessment.png"), fullPage: true });
 
     // Léa sees her level and descriptors in words, and no number.
-    const pupilContext = await browser.newContext({ ignoreHTTPSErrors: true, locale: "fr-FR" });
-    const pupil = await pupilContext.newPage();
-    pupil.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    const pupil = await newPage(browser, consoleErrors);
     await firstSignIn(pupil, demo.base, demo.pupils.find((p) => p.username === "lea.robert"), "mon poney s'appelle Caramel");
     await pupil.getByRole("link", { name: "Mes compétences" }).click();
     await pupil.waitForURL("**/t/demo/progress");
