@@ -29,6 +29,9 @@ pub struct AppState {
     pub cookies: CookieNames,
     pub roster_jobs: RosterJobs,
     pub export_jobs: crate::http::research::ExportJobs,
+    /// The WebAssembly host of the tenants' apps.
+    pub apps: Arc<crate::apps::runtime::AppHost>,
+    pub app_uploads: crate::http::apps::PendingUploads,
     pub ca_pem: Arc<String>,
     ready: Arc<AtomicBool>,
 }
@@ -49,6 +52,8 @@ pub enum OpenError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Password(#[from] PasswordError),
+    #[error("the app host could not start: {0}")]
+    Apps(String),
 }
 
 pub const SYSTEM_DB: &str = "system.db";
@@ -96,6 +101,11 @@ impl AppState {
             cookies: auth::cookie_names(config.insecure_http),
             roster_jobs: RosterJobs::default(),
             export_jobs: Default::default(),
+            app_uploads: Default::default(),
+            apps: Arc::new(
+                crate::apps::runtime::AppHost::new(crate::apps::runtime::HostLimits::default())
+                    .map_err(|e| OpenError::Apps(format!("{e:#}")))?,
+            ),
             ca_pem: Arc::new(ca_pem),
             ready: Arc::new(AtomicBool::new(false)),
             config: Arc::new(config),

@@ -75,6 +75,9 @@ enum Command {
     /// Competency frameworks of a tenant: import CaSS JSON-LD or CASE, export CaSS JSON-LD.
     #[command(subcommand)]
     Framework(FrameworkCommand),
+    /// Tenant apps (WebAssembly components): install or upgrade, list, remove.
+    #[command(subcommand)]
+    App(AppCommand),
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Check the appliance and say how to fix what is wrong.
@@ -192,6 +195,39 @@ enum FrameworkCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AppCommand {
+    /// Install an app in a tenant, or upgrade it (its storage is kept). Prints what the
+    /// app requests, in words, and what was granted.
+    Install {
+        #[arg(long)]
+        tenant: String,
+        /// The app's `ceredis-app.toml`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The app's WebAssembly component (`.wasm`, built for wasm32-wasip2).
+        #[arg(long)]
+        component: PathBuf,
+        /// A capability to grant (repeat); only capabilities the manifest requests.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Grant every capability the manifest requests.
+        #[arg(long, conflicts_with = "grants")]
+        grant_requested: bool,
+    },
+    /// List a tenant's apps with their versions, hashes and grants.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove an app from a tenant, with its storage.
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print the commented example configuration (all defaults).
     Example,
@@ -278,6 +314,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(u) => rt.block_on(user_command(config, u)),
         Command::Credential(c) => rt.block_on(credential_command(config, c)),
         Command::Framework(f) => rt.block_on(framework_command(config, f)),
+        Command::App(a) => rt.block_on(app_command(config, a)),
         Command::Doctor => {
             let checks = doctor::full(&config);
             let mut failed = 0;
@@ -851,6 +888,94 @@ async fn framework_command(config: Config, command: FrameworkCommand) -> Result<
             for f in handle.db.read(crate::store::competency::frameworks).await? {
                 println!("{:<8} {:<60} {}", f.source, f.uri, f.name.get("fr"));
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn app_command(config: Config, command: AppCommand) -> Result<ExitCode> {
+    use crate::apps::{Capability, Manifest};
+    let state = AppState::open(config)?;
+    let slug = match &command {
+        AppCommand::Install { tenant, .. }
+        | AppCommand::List { tenant }
+        | AppCommand::Remove { tenant, .. } => tenant.clone(),
+    };
+    let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
+    let lang = crate::http::i18n::Lang::En;
+    match command {
+        AppCommand::Install {
+            manifest,
+            component,
+            grants,
+            grant_requested,
+            ..
+        } => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            let parsed = Manifest::parse(&text)?;
+            let grants: Vec<String> = if grant_requested {
+                parsed.capabilities.clone()
+            } else {
+                grants
+            };
+            let installed =
+                crate::apps::install(&state.apps, &handle, &text, bytes, &grants, "console")
+                    .await?;
+            println!(
+                "{} {} {} in `{slug}`",
+                if installed.upgrade {
+                    "Upgraded"
+                } else {
+                    "Installed"
+                },
+                installed.name,
+                installed.version
+            );
+            println!("sha256 {}", installed.sha256);
+            for c in parsed.requested() {
+                let mark = if installed.grants.iter().any(|g| g == c.code()) {
+                    "granted "
+                } else {
+                    "withheld"
+                };
+                println!("  {mark} {:<31} {}", c.code(), c.describe(lang));
+            }
+            println!(
+                "Open it at <appliance URL>/t/{slug}/apps/{}/",
+                installed.name
+            );
+        }
+        AppCommand::List { .. } => {
+            for a in handle.db.read(crate::store::apps::apps).await? {
+                let grants: Vec<&str> = a
+                    .grants
+                    .iter()
+                    .filter(|g| Capability::parse(g).is_some())
+                    .map(String::as_str)
+                    .collect();
+                println!(
+                    "{:<20} {:<10} {} {}",
+                    a.name,
+                    a.version,
+                    a.sha256,
+                    grants.join(",")
+                );
+            }
+        }
+        AppCommand::Remove { name, .. } => {
+            let at = crate::store::now();
+            let n = name.clone();
+            let removed = handle
+                .db
+                .write(move |c| crate::store::apps::remove(c, &n, "console", at))
+                .await?;
+            if !removed {
+                anyhow::bail!("no app `{name}` in `{slug}`");
+            }
+            println!("Removed {name} and its storage from `{slug}`");
         }
     }
     Ok(ExitCode::SUCCESS)

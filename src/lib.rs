@@ -22,6 +22,7 @@
 
 pub mod acme;
 pub mod app;
+pub mod apps;
 pub mod auth;
 pub mod cli;
 pub mod competency;

@@ -38,6 +38,13 @@ pub struct Metrics {
     pub requests: Family<RouteLabel, Counter>,
     pub latency: Family<RouteOnly, Histogram, fn() -> Histogram>,
     pub logins: Family<LoginLabel, Counter>,
+    pub apps: Family<AppLabel, Counter>,
+    pub app_latency: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,13 +80,33 @@ impl Metrics {
             "Login attempts by outcome",
             logins.clone(),
         );
+        let apps = Family::<AppLabel, Counter>::default();
+        registry.register(
+            "ceredis_app_requests",
+            "Tenant app requests by outcome (ok, app_failed, app_timeout, app_busy, …)",
+            apps.clone(),
+        );
+        let app_latency = self::latency();
+        registry.register(
+            "ceredis_app_request_duration_seconds",
+            "Tenant app requests, from instantiation to the response's last byte",
+            app_latency.clone(),
+        );
         store.register(&mut registry);
         Metrics {
+            apps,
+            app_latency,
             registry,
             requests,
             latency,
             logins,
         }
+    }
+
+    /// Counts one app request by outcome, and times it.
+    pub fn app_request(&self, outcome: &'static str, took: std::time::Duration) {
+        self.apps.get_or_create(&AppLabel { outcome }).inc();
+        self.app_latency.observe(took.as_secs_f64());
     }
 
     pub fn render(&self) -> String {

@@ -43,6 +43,7 @@ async fn teacher_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
         })
         .await?;
     let slug = &m.tenant.slug;
+    let apps = super::apps::home_section(lang, &m.tenant, m.user.role).await?;
     let body = html! {
         nav.sections {
             a href={ "/t/" (slug) "/statements" } { (lang.t("browse.link")) }
@@ -61,6 +62,7 @@ async fn teacher_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
                 (pupil_list(lang, members))
             }
         }
+        (apps)
     };
     let name = m.user.display_name();
     let v = viewer(lang, &m.user, slug, &m.csrf, &name);
@@ -101,6 +103,7 @@ async fn student_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
         })
         .await?;
     let slug = &m.tenant.slug;
+    let apps = super::apps::home_section(lang, &m.tenant, m.user.role).await?;
     let body = html! {
         nav.sections {
             a href={ "/t/" (slug) "/progress" } { (lang.t("progress.link")) }
@@ -117,6 +120,7 @@ async fn student_home(lang: Lang, m: Member<AnyRole>) -> Result<Response, ApiErr
                 }
             }
         }
+        (apps)
     };
     let name = m.user.display_name();
     let v = viewer(lang, &m.user, slug, &m.csrf, &name);

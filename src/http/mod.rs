@@ -6,6 +6,7 @@
 //! compile time) elsewhere. Errors are JSON [`crate::error::ApiError`]s; [`html_errors`]
 //! turns them into pages (or a redirect to the login page) for browsers.
 
+pub mod apps;
 pub mod assessment;
 pub mod assessment_pages;
 pub mod classes;
@@ -89,6 +90,9 @@ impl Table {
         self
     }
 }
+
+/// The largest app upload: a component and its manifest.
+const APP_UPLOAD_LIMIT: usize = crate::apps::MAX_COMPONENT_BYTES + (1 << 20);
 
 /// Every route with the access it requires. `upload_limit` caps the roster upload body.
 pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
@@ -346,6 +350,72 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/admin/roster/{job}",
         members::<AdminOnly>(),
         get(roster::job_page),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/admin/apps",
+        members::<AdminOnly>(),
+        get(apps::admin_page),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/apps",
+        members::<AdminOnly>(),
+        post(apps::upload_form).layer(DefaultBodyLimit::max(APP_UPLOAD_LIMIT)),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/admin/apps/review/{token}",
+        members::<AdminOnly>(),
+        get(apps::review_page),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/apps/review/{token}",
+        members::<AdminOnly>(),
+        post(apps::review_submit),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/apps/{app}/remove",
+        members::<AdminOnly>(),
+        post(apps::remove_form),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/apps",
+        members::<AnyRole>(),
+        get(apps::list),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/api/apps",
+        members::<AdminOnly>(),
+        post(apps::install_api).layer(DefaultBodyLimit::max(APP_UPLOAD_LIMIT)),
+    )
+    .add(
+        Method::DELETE,
+        "/t/{tenant}/api/apps/{app}",
+        members::<AdminOnly>(),
+        delete(apps::remove_api),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/apps/{app}",
+        members::<AnyRole>(),
+        any(apps::serve),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/apps/{app}/",
+        members::<AnyRole>(),
+        any(apps::serve),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/apps/{app}/{*path}",
+        members::<AnyRole>(),
+        any(apps::serve),
     )
     .add(
         Method::GET,
@@ -690,14 +760,13 @@ pub async fn security_headers(
 ) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // Tenant apps' pages carry their own, stricter policy (`apps::runtime::to_response`).
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
              frame-ancestors 'none'",
-        ),
-    );
+        ));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

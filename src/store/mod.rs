@@ -17,6 +17,7 @@
 
 pub mod ai;
 pub mod analytics;
+pub mod apps;
 pub mod backup;
 pub mod competency;
 pub mod erasure;

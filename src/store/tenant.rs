@@ -16,6 +16,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::lrs::V3,
     super::competency::V1,
     super::research::V1,
+    super::apps::V1,
 ]);
 
 const V1: &str = "

@@ -80,19 +80,19 @@ pub async fn school(app: &Appliance) -> School {
     }
 }
 
-async fn json_of(r: reqwest::Response, expected: StatusCode) -> Value {
+pub async fn json_of(r: reqwest::Response, expected: StatusCode) -> Value {
     let status = r.status();
     let text = r.text().await.unwrap();
     assert_eq!(status, expected, "{text}");
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
-async fn agent_of(s: &Session) -> Value {
+pub async fn agent_of(s: &Session) -> Value {
     let me = json_of(s.get(&format!("/t/{SLUG}/api/me")).await, StatusCode::OK).await;
     me["xapi_agent"].clone()
 }
 
-async fn pupil_record(teacher: &Session, pupil: i64) -> Value {
+pub async fn pupil_record(teacher: &Session, pupil: i64) -> Value {
     json_of(
         teacher
             .get(&format!("/t/{SLUG}/api/pupils/{pupil}/assessment"))

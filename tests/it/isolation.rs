@@ -90,6 +90,8 @@ fn concrete(path: &str, slug: &str, t: &Tenant) -> String {
         .replace("{evidence}", "1")
         .replace("{project}", "1")
         .replace("{token}", "no-such-token")
+        .replace("{app}", "no-such-app")
+        .replace("{*path}", "page")
 }
 
 async fn call(s: &Session, method: &Method, path: &str) -> StatusCode {

@@ -4,6 +4,7 @@
 
 mod acme;
 mod api;
+mod apps;
 mod assessment;
 mod durability;
 mod isolation;
