@@ -4,6 +4,7 @@
 
 mod acme;
 mod api;
+mod app_attacks;
 mod apps;
 mod assessment;
 mod durability;

@@ -181,7 +181,8 @@ pub fn serve<A: App>(request: IncomingRequest, out: ResponseOutparam) {
     write_response(response, out);
 }
 
-fn read_request(request: &IncomingRequest) -> Result<Request, String> {
+/// Reads a raw request whole, for apps that implement the handler themselves.
+pub fn read_request(request: &IncomingRequest) -> Result<Request, String> {
     let method = match request.method() {
         Method::Get => "GET".to_string(),
         Method::Head => "HEAD".into(),
@@ -236,7 +237,8 @@ fn read_request(request: &IncomingRequest) -> Result<Request, String> {
     })
 }
 
-fn write_response(response: Response, out: ResponseOutparam) {
+/// Sends a whole response, for apps that implement the handler themselves.
+pub fn write_response(response: Response, out: ResponseOutparam) {
     let fields: Vec<(String, Vec<u8>)> = response
         .headers
         .into_iter()
