@@ -220,7 +220,12 @@ impl AppHost {
             .table_elements(20_000)
             .max_core_instances_per_component(16)
             .max_memories_per_component(2)
-            .max_tables_per_component(4);
+            .max_tables_per_component(4)
+            // Reset a slot by zeroing what an instance touched instead of handing the pages
+            // back to the kernel: the next instance does not fault them in again.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(256 << 10);
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -393,7 +398,9 @@ impl AppHost {
                 .call_handle(&mut store, req, out)
                 .await
         });
-        let abort = task.abort_handle();
+        // The instance never outlives its request, even when the client goes away and
+        // this future is dropped.
+        let _abort = AbortOnDrop(task.abort_handle());
         let outcome = tokio::time::timeout_at(deadline.into(), async {
             let response = match receiver.await {
                 Ok(Ok(response)) => response,
@@ -412,12 +419,18 @@ impl AppHost {
             collect(response, self.limits.max_response_bytes, quotas.timeout_ms).await
         })
         .await;
-        // The instance never outlives its request.
-        abort.abort();
         match outcome {
             Ok(result) => result,
             Err(_) => Err(AppFailure::Timeout(quotas.timeout_ms)),
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -474,13 +487,12 @@ pub const RESPONSE_HEADERS: &[&str] = &[
 
 /// The response the browser gets: the app's status, body and allowed headers, with the
 /// host's policy on top. Apps run no script and submit forms only to themselves
-/// (`origin` is `https://host:port` as the browser sees the appliance).
+/// (`form_action`: the app's root URL as the browser sees it).
 pub fn to_response(
     status: StatusCode,
     app_headers: &HeaderMap,
     body: Bytes,
-    origin: &str,
-    app_root: &str,
+    form_action: &str,
 ) -> Response<Body> {
     let mut out = Response::new(Body::from(body));
     *out.status_mut() = status;
@@ -502,7 +514,7 @@ pub fn to_response(
     let policy = format!(
         "default-src 'self'; script-src 'none'; style-src 'self' 'unsafe-inline'; \
          img-src 'self' data:; media-src 'self' data:; connect-src 'none'; object-src 'none'; \
-         base-uri 'none'; form-action {origin}{app_root}/; frame-ancestors 'none'"
+         base-uri 'none'; form-action {form_action}; frame-ancestors 'none'"
     );
     if let Ok(v) = HeaderValue::from_str(&policy) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);

@@ -183,8 +183,11 @@ pub async fn serve(
     state.metrics.app_request(outcome, started.elapsed());
     let (status, app_headers, body) =
         result.map_err(|e| report(&m.tenant.slug, &served.row.name, e))?;
-    let origin = origin(&state, &parts.headers);
-    Ok(to_response(status, &app_headers, body, &origin, &root))
+    let form_action = match origin(&state, &parts.uri, &parts.headers) {
+        Some(origin) => format!("{origin}{root}/"),
+        None => "'self'".into(),
+    };
+    Ok(to_response(status, &app_headers, body, &form_action))
 }
 
 /// Logs a contained app failure and turns it into the error the user sees.
@@ -197,21 +200,23 @@ fn failure_error(e: &AppFailure) -> ApiError {
     ApiError::new(e.status(), e.code(), e.to_string())
 }
 
-/// `https://host[:port]` as the browser addressed the appliance.
-fn origin(state: &AppState, headers: &HeaderMap) -> String {
+/// `https://host[:port]` as the browser addressed the appliance (HTTP/2 carries it in the
+/// URI's authority, HTTP/1.1 in `Host`).
+fn origin(state: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> Option<String> {
     let scheme = if state.config.insecure_http {
         "http"
     } else {
         "https"
     };
-    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        Some(host)
-            if host.bytes().all(|b| b.is_ascii_graphic()) && !host.contains(['/', ';', ',']) =>
-        {
-            format!("{scheme}://{host}")
-        }
-        _ => "'self'".into(),
-    }
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get(header::HOST)?.to_str().ok().map(str::to_string))?;
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    plain.then(|| format!("{scheme}://{host}"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 // `ceredis demo` printed, chooses a password, sees the class and its pupils and browses
 // their learning records; a pupil reads her own activity history. Then, on a fresh demo, a
 // teacher observes the class on a descriptor and decides a pupil's level, and the pupil sees
-// her level and descriptors with no number on the page.
+// her level and descriptors with no number on the page. Last, a pupil opens the quiz app
+// from her home page and answers, and her teacher sees the new evidence.
 // Runs the real binary (BIN_CEREDIS; not CEREDIS_*, which the binary reads as configuration) and Debian's Chromium (CHROMIUM, default /usr/bin/chromium).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -228,6 +229,58 @@ test("a teacher assesses the class and decides a level; the pupil sees it with n
     assert.doesNotMatch(withoutLevels, /\d/, "no number on the pupil's page");
     assert.doesNotMatch(await pupil.content(), /%|mastery|score/i, "nor in its markup");
     if (shots) await pupil.screenshot({ path: join(shots, "pupil-progress.png"), fullPage: true });
+    assert.deepEqual(consoleErrors, [], "no script or CSP errors in the pages");
+  } finally {
+    await browser.close();
+    demo.child.kill("SIGTERM");
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+test("a pupil opens the quiz app from her home page, answers, and her teacher sees the evidence", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "ceredis-browser-"));
+  const demo = await startDemo(dataDir);
+  const components = join(process.env.PLUGINS_TARGET_DIR || join(homedir(), ".cache/ceredis/plugins-target"), "wasm32-wasip2/release");
+  execFileSync(bin, ["app", "install", "--tenant", "demo", "--data-dir", dataDir,
+    "--manifest", "plugins/quiz/ceredis-app.toml", "--component", join(components, "quiz.wasm"), "--grant", "xapi/record"]);
+  const browser = await launchBrowser();
+  try {
+    const consoleErrors = [];
+    const teacher = await newPage(browser, consoleErrors);
+    await firstSignIn(teacher, demo.base, demo.teacher, "le chat de la classe dort");
+    await teacher.getByRole("link", { name: "Évaluer la classe" }).click();
+    await teacher.waitForURL(/\/t\/demo\/classes\/\d+\/assessment$/);
+    await teacher.getByRole("link", { name: "Robert Léa" }).click();
+    await teacher.waitForURL(/\/t\/demo\/pupils\/\d+$/);
+    const leaPage = teacher.url();
+    const xapiRows = async () => teacher.locator("table.evidence tr", { hasText: "Activité (xAPI)" }).count();
+    const before = await xapiRows();
+
+    const pupil = await newPage(browser, consoleErrors);
+    await firstSignIn(pupil, demo.base, demo.pupils.find((p) => p.username === "lea.robert"), "mon poney s'appelle Caramel");
+    await pupil.getByRole("link", { name: "Quiz : mes premiers mots d'anglais" }).click();
+    await pupil.waitForURL("**/t/demo/apps/quiz/");
+    const answers = [
+      ["« red » veut dire…", "rouge"],
+      ["« seven » veut dire…", "sept"],
+      ["Quelle image va avec le mot « apple » ?", "🍎 une pomme"],
+      ["Quelle image va avec le mot « dog » ?", "🐱 un chat"],
+      ["Le panneau « EXIT » indique…", "la sortie"],
+      ["Sur une porte, « CLOSED » veut dire…", "fermé"],
+    ];
+    for (const [question, choice] of answers) {
+      await pupil.getByRole("group", { name: question }).getByLabel(choice).check();
+    }
+    await pupil.getByRole("button", { name: "Envoyer mes réponses" }).click();
+    await pupil.waitForURL("**/t/demo/apps/quiz/answers");
+    assert.equal(await pupil.locator("h1").textContent(), "Merci !");
+    const thanks = await pupil.locator("main").textContent();
+    assert.doesNotMatch(thanks, /\d\s*\/\s*\d|%|score|points/i, "no score for the pupil");
+    if (shots) await pupil.screenshot({ path: join(shots, "quiz-thanks.png"), fullPage: true });
+
+    await teacher.goto(leaPage);
+    assert.equal(await xapiRows(), before + 6, "six answers, six pieces of evidence");
+    if (shots) await teacher.screenshot({ path: join(shots, "quiz-evidence.png"), fullPage: true });
     assert.deepEqual(consoleErrors, [], "no script or CSP errors in the pages");
   } finally {
     await browser.close();

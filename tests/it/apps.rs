@@ -426,3 +426,68 @@ async fn bad_installs_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     app.kill();
 }
+
+/// Noisy neighbour, checked loosely (the benchmark `benches/apps.rs` measures it): while
+/// school A's app burns CPU at its cap in every request it may run, school B's requests all
+/// complete before any of A's burning requests ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burning_app_in_one_school_does_not_hold_up_another_school() {
+    let mut app = Appliance::init();
+    app.start();
+    let s = school(&app).await;
+    let (manifest, wasm) = example("attacks");
+    let slow = manifest
+        .replace("name = \"attacks\"", "name = \"burner\"")
+        .replace("timeout-ms = 1000", "timeout-ms = 30000");
+    json_of(
+        install(&s.admin, &slow, wasm, &[]).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let op = login(&app, "/operator/login", "operator", PASSWORD)
+        .await
+        .unwrap();
+    let beta = tenant_with_admin(&app, &op, "beta").await;
+    let (hello_manifest, hello) = example("hello");
+    let r = beta
+        .client
+        .post(format!("{}/t/beta/api/apps", beta.base))
+        .header("x-csrf-token", &beta.csrf)
+        .multipart(
+            Form::new()
+                .part("manifest", Part::text(hello_manifest))
+                .part("component", Part::bytes(hello)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // A: more burning requests than A may run at once.
+    let mut burners = Vec::new();
+    for _ in 0..4 {
+        let lea = s.lea.clone();
+        burners.push(tokio::spawn(async move {
+            lea.get(&format!("/t/{SLUG}/apps/burner/loop"))
+                .await
+                .status()
+        }));
+    }
+    // B: its app answers, again and again, while A burns.
+    let mut answered = 0;
+    for _ in 0..40 {
+        let r = beta.get("/t/beta/apps/hello/").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.unwrap(), "ok");
+        answered += 1;
+    }
+    assert_eq!(answered, 40);
+    assert!(
+        burners.iter().all(|b| !b.is_finished()),
+        "school A's burning requests ended before school B was served"
+    );
+    for b in burners {
+        b.abort();
+    }
+    app.kill();
+}

@@ -293,7 +293,8 @@ pub fn page(title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"fr\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t}</title><link rel=\"stylesheet\" href=\"/assets/app.css\"></head>\
+         <title>{t}</title><link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\">\
+         <link rel=\"stylesheet\" href=\"/assets/app.css\"></head>\
          <body><main>{body}</main></body></html>",
         t = escape(title)
     )
