@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::apps::{SLUG, example, install, post_form};
+use crate::apps::{SLUG, example, install, install_in, post_form};
 use crate::assessment::{agent_of, json_of, school};
 use crate::support::*;
 
@@ -135,20 +135,7 @@ async fn every_attack_of_the_catalogue_fails_and_the_host_stays_healthy() {
         .await
         .unwrap();
     let beta_admin = tenant_with_admin(&app, &op, "beta").await;
-    let beta_install = {
-        let mut form = reqwest::multipart::Form::new()
-            .part("manifest", reqwest::multipart::Part::text(manifest.clone()))
-            .part("component", reqwest::multipart::Part::bytes(wasm.clone()));
-        form = form.text("grant", "storage");
-        beta_admin
-            .client
-            .post(format!("{}/t/beta/api/apps", beta_admin.base))
-            .header("x-csrf-token", &beta_admin.csrf)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-    };
+    let beta_install = install_in(&beta_admin, "beta", &manifest, wasm.clone(), &["storage"]).await;
     assert_eq!(beta_install.status(), StatusCode::CREATED);
     let (_, beta_otp) = add_user(&beta_admin, "beta", "bea", "student").await;
     let bea = activate(&app, "beta", "bea", &beta_otp).await;

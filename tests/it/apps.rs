@@ -51,9 +51,20 @@ pub fn example(name: &str) -> (String, Vec<u8>) {
     (manifest, std::fs::read(&wasm).unwrap())
 }
 
-/// Installs through the JSON API (multipart) with these grants; returns the response.
+/// Installs in the school [`SLUG`] through the JSON API (multipart) with these grants.
 pub async fn install(
     admin: &Session,
+    manifest: &str,
+    component: Vec<u8>,
+    grants: &[&str],
+) -> reqwest::Response {
+    install_in(admin, SLUG, manifest, component, grants).await
+}
+
+/// Installs in school `slug` through the JSON API (multipart); returns the response.
+pub async fn install_in(
+    admin: &Session,
+    slug: &str,
     manifest: &str,
     component: Vec<u8>,
     grants: &[&str],
@@ -69,7 +80,7 @@ pub async fn install(
     }
     admin
         .client
-        .post(format!("{}/t/{SLUG}/api/apps", admin.base))
+        .post(format!("{}/t/{slug}/api/apps", admin.base))
         .header("x-csrf-token", &admin.csrf)
         .multipart(form)
         .send()
@@ -449,18 +460,7 @@ async fn a_burning_app_in_one_school_does_not_hold_up_another_school() {
         .unwrap();
     let beta = tenant_with_admin(&app, &op, "beta").await;
     let (hello_manifest, hello) = example("hello");
-    let r = beta
-        .client
-        .post(format!("{}/t/beta/api/apps", beta.base))
-        .header("x-csrf-token", &beta.csrf)
-        .multipart(
-            Form::new()
-                .part("manifest", Part::text(hello_manifest))
-                .part("component", Part::bytes(hello)),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = install_in(&beta, "beta", &hello_manifest, hello, &[]).await;
     assert_eq!(r.status(), StatusCode::CREATED);
 
     // A: more burning requests than A may run at once.
