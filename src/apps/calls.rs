@@ -488,6 +488,10 @@ impl log::Host for AppCtx {
     async fn write(&mut self, level: log::Level, message: String) {
         let call = &mut self.call;
         if call.log_lines >= MAX_LOG_LINES {
+            if call.log_dropped == 0 {
+                tracing::warn!(target: "app", tenant = %call.tenant.slug, app = %call.app,
+                    "more than {MAX_LOG_LINES} log lines in one request: the rest are dropped");
+            }
             call.log_dropped += 1;
             return;
         }

@@ -26,7 +26,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -404,7 +404,7 @@ impl AppHost {
         let outcome = tokio::time::timeout_at(deadline.into(), async {
             let response = match receiver.await {
                 Ok(Ok(response)) => response,
-                Ok(Err(code)) => return Err(AppFailure::BadResponse(describe(&code))),
+                Ok(Err(code)) => return Err(AppFailure::BadResponse(format!("{code:?}"))),
                 Err(_) => {
                     // The app returned (or trapped) without answering.
                     return Err(match task.await {
@@ -467,10 +467,6 @@ fn trap(e: wasmtime::Error, timeout_ms: u32) -> AppFailure {
         };
     }
     AppFailure::Trap(format!("{e:#}").lines().next().unwrap_or_default().into())
-}
-
-fn describe(code: &ErrorCode) -> String {
-    format!("{code:?}")
 }
 
 /// Response headers an app may set; everything else (cookies, security policies, CORS,

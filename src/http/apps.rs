@@ -10,7 +10,6 @@ use axum::extract::{Multipart, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::Path;
@@ -603,12 +602,6 @@ pub async fn review_page(
     Ok(layout::page(lang, lang.t("apps.review_title"), Some(v), body).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct Grants {
-    #[serde(default)]
-    grant: Vec<String>,
-}
-
 /// `POST /t/{tenant}/admin/apps/review/{token}`: installs with the capabilities ticked.
 pub async fn review_submit(
     State(state): State<AppState>,
@@ -619,13 +612,11 @@ pub async fn review_submit(
 ) -> Result<Response, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| ApiError::bad_request("invalid_form", e.to_string()))?;
-    let grants = Grants {
-        grant: pairs
-            .into_iter()
-            .filter(|(k, _)| k == "grant")
-            .map(|(_, v)| v)
-            .collect(),
-    };
+    let grants: Vec<String> = pairs
+        .into_iter()
+        .filter(|(k, _)| k == "grant")
+        .map(|(_, v)| v)
+        .collect();
     let p = state
         .app_uploads
         .take(&m.tenant.slug, &token)
@@ -635,7 +626,7 @@ pub async fn review_submit(
         &m.tenant,
         &p.manifest_text,
         p.component,
-        &grants.grant,
+        &grants,
         &format!("user:{}", m.user.id),
     )
     .await?;
