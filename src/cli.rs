@@ -568,6 +568,7 @@ async fn demo(config: Config) -> Result<()> {
     } else {
         banner.push_str("The demo school already exists: its one-time passwords were printed when it was created.\n");
     }
+    banner.push_str(&demo_apps(&state).await?);
     drop(state);
     banner.push_str(&format!(
         "Sign in at {}/t/{DEMO_TENANT}/login",
@@ -580,6 +581,77 @@ async fn demo(config: Config) -> Result<()> {
         ));
     }
     serve(config, Some(banner)).await
+}
+
+/// The example apps the demo school gets, each with the capabilities it requests.
+const DEMO_APPS: [&str; 3] = ["quiz", "portfolio", "class-summary"];
+
+/// Where built example apps may be: the folder `scripts/test` builds them into, then the
+/// plugins workspace's own target folder.
+fn built_apps_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("PLUGINS_TARGET_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cache/ceredis/plugins-target"));
+    }
+    dirs.push(PathBuf::from("plugins/target"));
+    dirs.into_iter()
+        .map(|d| d.join("wasm32-wasip2/release"))
+        .collect()
+}
+
+/// Installs (or upgrades) the example apps in the demo school when they are built in
+/// `plugins/`; returns the banner's lines about them.
+async fn demo_apps(state: &AppState) -> Result<String> {
+    let handle = state
+        .tenants
+        .handle(DEMO_TENANT, &Authorized::console())
+        .await?;
+    let installed = handle.db.read(crate::store::apps::apps).await?;
+    let dirs = built_apps_dirs();
+    let mut lines = String::new();
+    let mut missing = Vec::new();
+    for name in DEMO_APPS {
+        let manifest = PathBuf::from("plugins").join(name).join("ceredis-app.toml");
+        let file = format!("{}.wasm", name.replace('-', "_"));
+        let (Ok(text), Some(bytes)) = (
+            std::fs::read_to_string(&manifest),
+            dirs.iter().find_map(|d| std::fs::read(d.join(&file)).ok()),
+        ) else {
+            if !installed.iter().any(|a| a.name == name) {
+                missing.push(name);
+            }
+            continue;
+        };
+        let sha = crate::apps::component_hash(&bytes);
+        if installed.iter().any(|a| a.name == name && a.sha256 == sha) {
+            continue;
+        }
+        let grants = crate::apps::Manifest::parse(&text)?.capabilities;
+        let done = crate::apps::install(&state.apps, &handle, &text, bytes, &grants, "demo")
+            .await
+            .with_context(|| format!("installing the example app `{name}`"))?;
+        lines.push_str(&format!(
+            "Example app `{name}` {} {}: {BASE_PLACEHOLDER}/t/{DEMO_TENANT}/apps/{name}/\n",
+            done.version,
+            if done.upgrade {
+                "upgraded"
+            } else {
+                "installed"
+            },
+        ));
+    }
+    if !missing.is_empty() {
+        lines.push_str(&format!(
+            "Example apps not built ({}): run `rustup target add wasm32-wasip2 && (cd plugins \
+             && cargo build --release --target wasm32-wasip2)`, then the demo again from the \
+             project's folder to install them.\n",
+            missing.join(", ")
+        ));
+    }
+    Ok(lines)
 }
 
 /// The authority of the demo school's sample statements.

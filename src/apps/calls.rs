@@ -42,15 +42,7 @@ pub struct CallCtx {
     pub log_dropped: u32,
 }
 
-/// A user's id as one app sees it: keyed by the tenant's secret and the app's name, so two
-/// apps cannot link their users and the id says nothing about the person.
-pub fn app_pseudonym(key: &[u8], app: &str, user_id: i64) -> String {
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
-        format!("app:{app}:user:{user_id}").as_bytes(),
-    );
-    format!("u_{}", crate::competency::mastery::hex(&tag.as_ref()[..12]))
-}
+pub use crate::store::apps::user_pseudonym as app_pseudonym;
 
 pub const MAX_KEY: usize = 256;
 pub const MAX_VALUE: usize = 64 * 1024;

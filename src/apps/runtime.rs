@@ -10,7 +10,7 @@
 //! no environment, no arguments, no stdio, no network (sockets and name lookups refused),
 //! no outgoing HTTP, and clocks rounded to the second unless `clock/precise` is granted.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -197,7 +197,18 @@ pub struct AppHost {
     linker: Linker<AppCtx>,
     compiled: Mutex<HashMap<String, ProxyPre<AppCtx>>>,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    usage: Mutex<HashMap<String, AppUsage>>,
     pub limits: HostLimits,
+}
+
+/// One tenant's [`Usage`] by app name and outcome.
+pub type AppUsage = BTreeMap<(String, &'static str), Usage>;
+
+/// Requests one app of one tenant served with one outcome since the appliance started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub requests: u64,
+    pub seconds: f64,
 }
 
 impl std::fmt::Debug for AppHost {
@@ -255,6 +266,7 @@ impl AppHost {
             linker,
             compiled: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
             limits,
         })
     }
@@ -300,6 +312,34 @@ impl AppHost {
     pub fn retain(&self, live: &BTreeSet<String>) {
         if let Ok(mut map) = self.compiled.lock() {
             map.retain(|k, _| live.contains(k));
+        }
+    }
+
+    /// Counts one request of `tenant`'s `app` that ended with `outcome` (`ok` or a
+    /// failure's code), for the tenant's metrics.
+    pub fn record(&self, tenant: &str, app: &str, outcome: &'static str, took: Duration) {
+        let mut map = match self.usage.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let u = map
+            .entry(tenant.to_string())
+            .or_default()
+            .entry((app.to_string(), outcome))
+            .or_default();
+        u.requests += 1;
+        u.seconds += took.as_secs_f64();
+    }
+
+    /// What [`AppHost::record`] counted for `tenant`, by app and outcome.
+    pub fn usage(&self, tenant: &str) -> AppUsage {
+        match self.usage.lock() {
+            Ok(m) => m.get(tenant).cloned().unwrap_or_default(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .get(tenant)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 

@@ -179,7 +179,11 @@ pub async fn serve(
         Ok(_) => "ok",
         Err(e) => e.code(),
     };
-    state.metrics.app_request(outcome, started.elapsed());
+    let took = started.elapsed();
+    state.metrics.app_request(outcome, took);
+    state
+        .apps
+        .record(&m.tenant.slug, &served.row.name, outcome, took);
     let (status, app_headers, body) =
         result.map_err(|e| report(&m.tenant.slug, &served.row.name, e))?;
     let form_action = match origin(&state, &parts.uri, &parts.headers) {

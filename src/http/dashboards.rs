@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, PreEscaped, html};
@@ -14,6 +15,7 @@ use super::assessment::taught_class;
 use super::extract::{Json, Path};
 use super::i18n::Lang;
 use super::users::member_page;
+use crate::app::AppState;
 use crate::auth::{ApiClient, Member, Staff, TeacherOnly};
 use crate::error::ApiError;
 use crate::store::StoreError;
@@ -211,14 +213,26 @@ pub async fn school_dashboard_json(m: Member<Staff>) -> Result<Json<Figures>, Ap
 }
 
 /// The school's figures in the Prometheus text format, for its own Grafana.
-pub async fn tenant_metrics(client: ApiClient) -> Result<Response, ApiError> {
+pub async fn tenant_metrics(
+    State(state): State<AppState>,
+    client: ApiClient,
+) -> Result<Response, ApiError> {
     if !client.allows("analytics/read") {
         return Err(ApiError::forbidden(
             "scope_required",
             "this credential does not hold the `analytics/read` scope",
         ));
     }
-    let f = client.tenant.db.read(|c| sql::figures(c, None)).await?;
+    let (f, storage) = client
+        .tenant
+        .db
+        .read(|c| {
+            Ok((
+                sql::figures(c, None)?,
+                crate::store::apps::kv_usage_by_app(c)?,
+            ))
+        })
+        .await?;
     let mut out = String::new();
     let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let _ = writeln!(
@@ -261,6 +275,42 @@ pub async fn tenant_metrics(client: ApiClient) -> Result<Response, ApiError> {
             "ceredis_school_skill_covered_pupils{{skill=\"{}\"}} {}",
             label(&s.code),
             s.covered
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ceredis_school_app_requests_total Requests to each app since the appliance started, by outcome.\n# TYPE ceredis_school_app_requests_total counter"
+    );
+    let usage = state.apps.usage(&client.tenant.slug);
+    for ((app, outcome), u) in &usage {
+        let _ = writeln!(
+            out,
+            "ceredis_school_app_requests_total{{app=\"{}\",outcome=\"{outcome}\"}} {}",
+            label(app),
+            u.requests
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ceredis_school_app_request_seconds_total Time spent serving each app's requests, by outcome.\n# TYPE ceredis_school_app_request_seconds_total counter"
+    );
+    for ((app, outcome), u) in &usage {
+        let _ = writeln!(
+            out,
+            "ceredis_school_app_request_seconds_total{{app=\"{}\",outcome=\"{outcome}\"}} {:.6}",
+            label(app),
+            u.seconds
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ceredis_school_app_storage_bytes Bytes each app keeps in its storage.\n# TYPE ceredis_school_app_storage_bytes gauge"
+    );
+    for (app, bytes) in &storage {
+        let _ = writeln!(
+            out,
+            "ceredis_school_app_storage_bytes{{app=\"{}\"}} {bytes}",
+            label(app)
         );
     }
     Ok((

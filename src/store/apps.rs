@@ -240,6 +240,17 @@ pub fn kv_usage(conn: &Connection, app: &str) -> Result<i64, StoreError> {
         .query_row([app], |r| r.get(0))?)
 }
 
+/// Bytes of keys and values each installed app keeps, by app name.
+pub fn kv_usage_by_app(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT a.name, coalesce(sum(length(CAST(k.key AS BLOB)) + length(k.value)), 0)
+             FROM apps a LEFT JOIN app_kv k ON k.app = a.name GROUP BY a.name ORDER BY a.name",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
 /// Sets a key if the app's storage stays within `quota` bytes; returns whether it did.
 pub fn kv_set(
     conn: &Connection,
@@ -291,4 +302,35 @@ pub fn kv_keys(
         out.push(key);
     }
     Ok(out)
+}
+
+/// A user's id as one app sees it: keyed by the tenant's secret and the app's name, so two
+/// apps cannot link their users and the id says nothing about the person.
+pub fn user_pseudonym(key: &[u8], app: &str, user_id: i64) -> String {
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        format!("app:{app}:user:{user_id}").as_bytes(),
+    );
+    format!("u_{}", crate::competency::mastery::hex(&tag.as_ref()[..12]))
+}
+
+/// Erases what every app keeps about one user: the keys under `u/<pseudonym>/`, the
+/// namespace the WIT reserves for per-user data. Returns how many keys went.
+pub fn erase_user_keys(conn: &Connection, user_id: i64) -> Result<i64, StoreError> {
+    let key = super::ai::pseudonym_key(conn)?;
+    let names: Vec<String> = conn
+        .prepare_cached("SELECT name FROM apps")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut erased = 0;
+    for app in names {
+        let prefix = format!("u/{}/", user_pseudonym(&key, &app, user_id));
+        // The pseudonym is hex and `/` sorts before `0`: every key with the prefix lies in
+        // [prefix, prefix with its last `/` raised to `0`).
+        let end = format!("{}0", &prefix[..prefix.len() - 1]);
+        erased += conn
+            .prepare_cached("DELETE FROM app_kv WHERE app = ?1 AND key >= ?2 AND key < ?3")?
+            .execute(params![app, prefix, end])? as i64;
+    }
+    Ok(erased)
 }

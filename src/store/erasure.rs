@@ -1,8 +1,9 @@
 //! Erasure of a tenant's user, in one transaction: their xAPI statements and documents,
 //! their assessment data (evidence, estimates, levels, suggestions, the content of their
-//! journal entries), their sessions, enrolments and account. What is left is a tombstone:
-//! a journal entry and a change-log row naming the user's opaque xAPI account name, so that
-//! other copies of the tenant's records (federation sync) erase them too.
+//! journal entries), what apps keep about them (keys under `u/<pseudonym>/`), their
+//! sessions, enrolments and account. What is left is a tombstone: a journal entry and a
+//! change-log row naming the user's opaque xAPI account name, so that other copies of the
+//! tenant's records (federation sync) erase them too.
 //!
 //! Must not: erase a teacher whose level decisions are part of pupils' records (their
 //! account is deactivated instead), or leave anything of the user behind.
@@ -40,6 +41,7 @@ pub fn erase_user(
         .unwrap_or_default();
     let records = super::lrs::erase_agent(conn, &index_key, &ifi)?;
     let assessment = super::competency::erase_assessment(conn, user.id)?;
+    let app_keys = super::apps::erase_user_keys(conn, user.id)?;
     super::shared::delete_sessions_of(conn, user.id)?;
     conn.prepare_cached("DELETE FROM users WHERE id = ?1")?
         .execute([user.id])?;
@@ -51,6 +53,7 @@ pub fn erase_user(
         "levels": assessment.levels,
         "suggestions": assessment.suggestions,
         "journal_entries_redacted": assessment.journal_entries_redacted,
+        "app_keys": app_keys,
     });
     let seq = super::competency::erasure_tombstone(conn, &user.agent_name, by, &removed, at)?;
     super::lrs::log_change(conn, at * 1000, "erasure", &user.agent_name)?;

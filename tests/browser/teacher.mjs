@@ -2,13 +2,16 @@
 // `ceredis demo` printed, chooses a password, sees the class and its pupils and browses
 // their learning records; a pupil reads her own activity history. Then, on a fresh demo, a
 // teacher observes the class on a descriptor and decides a pupil's level, and the pupil sees
-// her level and descriptors with no number on the page. Last, a pupil opens the quiz app
-// from her home page and answers, and her teacher sees the new evidence.
+// her level and descriptors with no number on the page. Last, the demo's admin finds the
+// example apps the demo installed, removes the quiz and installs it again from its files
+// (upload, review of what it asks for, grant); a pupil opens it from her home page and
+// answers, and her teacher sees the new evidence.
 // Runs the real binary (BIN_CEREDIS; not CEREDIS_*, which the binary reads as configuration) and Debian's Chromium (CHROMIUM, default /usr/bin/chromium).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -49,6 +52,10 @@ function startDemo(dataDir) {
       if (teacher) found.teacher = { username: teacher[1], otp: teacher[2] };
       const pupil = line.match(/^\s+student\s+(\S+)\s+(\S+)$/);
       if (pupil) (found.pupils ||= []).push({ username: pupil[1], otp: pupil[2] });
+      const setup = line.match(/^Demo school admin setup link \(once\): \S+?(\/t\/demo\/setup\/\S+)$/);
+      if (setup) found.adminSetup = setup[1];
+      const app = line.match(/^Example app `([a-z-]+)` (\S+) installed/);
+      if (app) (found.apps ||= []).push(app[1]);
       if (line.startsWith("Sign in at")) {
         clearTimeout(timer);
         resolve(found);
@@ -237,15 +244,59 @@ test("a teacher assesses the class and decides a level; the pupil sees it with n
   }
 });
 
-test("a pupil opens the quiz app from her home page, answers, and her teacher sees the evidence", async () => {
+test("the admin reinstalls the quiz from its files; a pupil answers it and her teacher sees the evidence", async () => {
   const dataDir = mkdtempSync(join(tmpdir(), "ceredis-browser-"));
   const demo = await startDemo(dataDir);
+  assert.deepEqual(demo.apps, ["quiz", "portfolio", "class-summary"], "the demo installs the built example apps");
   const components = join(process.env.PLUGINS_TARGET_DIR || join(homedir(), ".cache/ceredis/plugins-target"), "wasm32-wasip2/release");
-  execFileSync(bin, ["app", "install", "--tenant", "demo", "--data-dir", dataDir,
-    "--manifest", "plugins/quiz/ceredis-app.toml", "--component", join(components, "quiz.wasm"), "--grant", "xapi/record"]);
+  const quizWasm = join(components, "quiz.wasm");
+  const quizSha = createHash("sha256").update(readFileSync(quizWasm)).digest("hex");
   const browser = await launchBrowser();
   try {
     const consoleErrors = [];
+    // The school's admin creates her account from the demo's setup link.
+    const admin = await newPage(browser, consoleErrors);
+    await admin.goto(`${demo.base}${demo.adminSetup}`);
+    await admin.getByLabel("Identifiant").fill("direction");
+    await admin.getByLabel("Prénom").fill("Nadia");
+    await admin.getByLabel("Nom", { exact: true }).fill("Roux");
+    await admin.getByLabel("Nouveau mot de passe").fill("la cour est pleine de marronniers");
+    await admin.getByLabel("Confirmez le mot de passe").fill("la cour est pleine de marronniers");
+    await admin.getByRole("button", { name: "Créer le compte" }).click();
+    await admin.waitForURL("**/t/demo/admin");
+    await admin.getByRole("link", { name: "Applications de l'établissement" }).click();
+    await admin.waitForURL("**/t/demo/admin/apps");
+    const quizCard = () => admin.locator("article.app", { hasText: "quiz 0.1.0" });
+    assert.equal(await admin.locator("article.app").count(), 3);
+    assert.match(await quizCard().textContent(), new RegExp(quizSha));
+
+    // She removes the quiz; it is gone from the list.
+    await quizCard().getByRole("button", { name: "Désinstaller (et effacer ses données)" }).click();
+    await admin.waitForURL("**/t/demo/admin/apps/quiz/remove");
+    assert.match(await admin.locator("main").textContent(), /Application désinstallée : quiz/);
+    assert.equal(await quizCard().count(), 0);
+
+    // A file that is not a component is refused on the spot, and nothing is installed.
+    await admin.getByLabel("Manifeste").setInputFiles("plugins/quiz/ceredis-app.toml");
+    await admin.getByLabel("Composant").setInputFiles("plugins/quiz/ceredis-app.toml");
+    await admin.getByRole("button", { name: "Examiner" }).click();
+    assert.match(await admin.locator("main").textContent(), /not a WebAssembly component/);
+    assert.equal(await admin.locator("article.app").count(), 2);
+
+    // She uploads the quiz, reads what it asks for in plain words, and grants it.
+    await admin.getByLabel("Manifeste").setInputFiles("plugins/quiz/ceredis-app.toml");
+    await admin.getByLabel("Composant").setInputFiles(quizWasm);
+    await admin.getByRole("button", { name: "Examiner" }).click();
+    await admin.waitForURL(/\/t\/demo\/admin\/apps\/review\/[^/]+$/);
+    assert.match(await admin.locator("main").textContent(), new RegExp(quizSha));
+    const grant = admin.getByRole("checkbox", { name: /xapi\/record/ });
+    assert.equal(await grant.count(), 1, "the quiz asks for one capability");
+    assert.ok(await grant.isChecked());
+    if (shots) await admin.screenshot({ path: join(shots, "app-review.png"), fullPage: true });
+    await admin.getByRole("button", { name: "Installer avec ces capacités" }).click();
+    assert.match(await admin.locator("main").textContent(), new RegExp(`Application installée : quiz 0.1.0 \\(${quizSha.slice(0, 12)}\\)`));
+    assert.match(await quizCard().textContent(), /xapi\/record/);
+
     const teacher = await newPage(browser, consoleErrors);
     await firstSignIn(teacher, demo.base, demo.teacher, "le chat de la classe dort");
     await teacher.getByRole("link", { name: "Évaluer la classe" }).click();

@@ -639,6 +639,36 @@ async fn every_attack_of_the_catalogue_fails_and_the_host_stays_healthy() {
             "{outcome} not in metrics"
         );
     }
+    // The school sees its own apps' outcomes, and none of another school's.
+    let school_metrics = |slug: &'static str| {
+        let key = app.credential(slug, &["analytics/read"]);
+        let request = app
+            .client()
+            .get(app.url(&format!("/t/{slug}/metrics")))
+            .basic_auth(key.0, Some(key.1))
+            .send();
+        async move { request.await.unwrap().text().await.unwrap() }
+    };
+    let ours = school_metrics(SLUG).await;
+    for outcome in ["ok", "app_timeout", "app_failed"] {
+        let line = ours
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "ceredis_school_app_requests_total{{app=\"attacks\",outcome=\"{outcome}\"}}"
+                ))
+            })
+            .unwrap_or_else(|| panic!("{outcome} of attacks not in {ours}"));
+        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(n >= 1, "{line}");
+    }
+    assert!(ours.contains("ceredis_school_app_storage_bytes{app=\"attacks\"}"));
+    let theirs = school_metrics("beta").await;
+    assert!(
+        !theirs.contains("app=\"attacks-b\"") && theirs.contains("app=\"attacks\""),
+        "{theirs}"
+    );
+    assert!(!theirs.contains("app_timeout"), "{theirs}");
     app.kill();
 }
 

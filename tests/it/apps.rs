@@ -299,6 +299,54 @@ async fn a_pupil_ticks_her_portfolio_and_each_tick_is_self_assessment_evidence()
     let record = pupil_record(&s.prof, s.ids["lea"]).await;
     let count = record["evidence"].as_array().unwrap().len();
     assert_eq!(count, 2);
+
+    // Erasing Léa erases what the app kept about her, and only that.
+    let r = post_form(
+        &s.tom,
+        &format!("/t/{SLUG}/apps/portfolio/answers"),
+        &[("level", "A1"), ("d0", a1[0]), ("a0", "with-help")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let kv_keys = || {
+        let db = rusqlite::Connection::open_with_flags(
+            app.data_path().join(format!("tenants/{SLUG}/tenant.db")),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let keys: Vec<String> = db
+            .prepare("SELECT key FROM app_kv WHERE app = 'portfolio' ORDER BY key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        keys
+    };
+    let before = kv_keys();
+    assert_eq!(before.len(), 3, "{before:?}");
+    let done = json_of(
+        s.admin
+            .post(
+                &format!("/t/{SLUG}/api/users/{}/erasure", s.ids["lea"]),
+                serde_json::json!({"confirm": "lea"}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(done["removed"]["app_keys"], 2, "{done}");
+    let after = kv_keys();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(before.contains(&after[0]));
+    let toms = s
+        .tom
+        .get(&format!("/t/{SLUG}/apps/portfolio/?level=A1"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(toms.matches(" checked>").count(), 1, "{toms}");
     app.kill();
 }
 
