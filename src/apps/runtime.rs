@@ -21,8 +21,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -236,7 +236,10 @@ impl AppHost {
             // back to the kernel: the next instance does not fault them in again.
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10)
-            .async_stack_keep_resident(256 << 10);
+            .async_stack_keep_resident(256 << 10)
+            // Where the kernel can say which pages an instance dirtied (Linux ≥ 6.7), only
+            // those are reset.
+            .pagemap_scan(Enabled::Auto);
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -431,46 +434,54 @@ impl AppHost {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| AppFailure::Unavailable(e.to_string()))?;
-        let task = tokio::spawn(async move {
+        // The instance runs in this request's own task: no spawn and no wake-up from
+        // another thread. It never outlives its request: once the response is read, or
+        // when the client goes away and this future is dropped, the call is dropped too.
+        let call = std::pin::pin!(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await
         });
-        // The instance never outlives its request, even when the client goes away and
-        // this future is dropped.
-        let _abort = AbortOnDrop(task.abort_handle());
+        let max = self.limits.max_response_bytes;
+        let answer = std::pin::pin!(async move {
+            match receiver.await {
+                Ok(Ok(response)) => Some(collect(response, max, quotas.timeout_ms).await),
+                Ok(Err(code)) => Some(Err(AppFailure::BadResponse(format!("{code:?}")))),
+                // The app returned (or trapped) without answering.
+                Err(_) => None,
+            }
+        });
         let outcome = tokio::time::timeout_at(deadline.into(), async {
-            let response = match receiver.await {
-                Ok(Ok(response)) => response,
-                Ok(Err(code)) => return Err(AppFailure::BadResponse(format!("{code:?}"))),
-                Err(_) => {
-                    // The app returned (or trapped) without answering.
-                    return Err(match task.await {
-                        Ok(Ok(())) => AppFailure::BadResponse(
-                            "the app returned without sending a response".into(),
-                        ),
-                        Ok(Err(e)) => trap(e, quotas.timeout_ms),
-                        Err(e) => AppFailure::Trap(e.to_string()),
-                    });
+            let (mut call, mut answer) = (call, answer);
+            let mut returned = None;
+            let answered = loop {
+                tokio::select! {
+                    biased;
+                    a = &mut answer => break a,
+                    r = &mut call, if returned.is_none() => returned = Some(r),
                 }
             };
-            collect(response, self.limits.max_response_bytes, quotas.timeout_ms).await
+            if let Some(result) = answered {
+                return result;
+            }
+            let returned = match returned {
+                Some(r) => r,
+                None => call.await,
+            };
+            Err(match returned {
+                Ok(()) => {
+                    AppFailure::BadResponse("the app returned without sending a response".into())
+                }
+                Err(e) => trap(e, quotas.timeout_ms),
+            })
         })
         .await;
         match outcome {
             Ok(result) => result,
             Err(_) => Err(AppFailure::Timeout(quotas.timeout_ms)),
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -214,6 +214,15 @@ fn route(req: &Request, authority: Option<String>) -> Response {
                 x = black_box(x.wrapping_add(1));
             }
         }
+        // Memory near the cap (`mib`, touched page by page), then CPU until the deadline.
+        "hog" => {
+            let mib: usize = param(req, "mib").parse().unwrap_or(12);
+            let hoard = vec![1u8; mib << 20];
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(u64::from(hoard[(x as usize) % hoard.len()])));
+            }
+        }
         "recursion" => Response::text(200, format!("{}", recurse(1))),
         "memory-bomb" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
