@@ -1,5 +1,5 @@
-//! The command line: `init`, `serve`, `demo`, `tenant`, `user`, `config`, `doctor`,
-//! `backup`, `restore`. Errors here are `anyhow` and end the process with a message.
+//! The command line: `init`, `serve`, `demo`, `tenant`, `user`, `credential`, `framework`,
+//! `app`, `hub`, `federation`, `config`, `doctor`, `backup`, `restore`. Errors here are `anyhow` and end the process with a message.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,13 @@ enum Command {
     /// Tenant apps (WebAssembly components): install or upgrade, list, remove.
     #[command(subcommand)]
     App(AppCommand),
+    /// The federation hub (the federation's side of sync): serve it, issue enrolment
+    /// tokens, list and revoke sites. Its data directory is its own.
+    #[command(subcommand)]
+    Hub(HubCommand),
+    /// This site's link to its federation hub: join it, check it.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Check the appliance and say how to fix what is wrong.
@@ -195,6 +202,41 @@ enum FrameworkCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Serve the hub over HTTPS (its data directory, CA and identity are made on first use).
+    Serve(ServeArgs),
+    /// Issue a one-time enrolment token for one site; give it to that site's operator.
+    Token {
+        /// Who it is for, e.g. the school's name (shown in `ceredis hub sites`).
+        #[arg(long)]
+        label: String,
+        /// Hours until the token expires.
+        #[arg(long, default_value_t = 72)]
+        valid_hours: u32,
+    },
+    /// The enrolled sites: id, name, label, enrolment, last contact, revocation.
+    Sites,
+    /// Revoke a site: every request it signs is refused from now on.
+    Revoke { site_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum FederationCommand {
+    /// Join a federation hub with a one-time token from the hub's operator.
+    Join {
+        /// The hub's address, e.g. https://hub.academie.example:8443
+        url: String,
+        /// The token `ceredis hub token` printed (`ceh1.…`).
+        token: String,
+        /// This site's name at the hub (default: the machine's host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Check the link: a signed request to the hub, and what the hub knows of this site.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
 enum AppCommand {
     /// Install an app in a tenant, or upgrade it (its storage is kept). Prints what the
     /// app requests, in words, and what was granted.
@@ -286,7 +328,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let serve_args = match &cli.command {
-        Command::Serve(a) | Command::Demo(a) | Command::Init { serve: a, .. } => Some(a),
+        Command::Serve(a)
+        | Command::Demo(a)
+        | Command::Init { serve: a, .. }
+        | Command::Hub(HubCommand::Serve(a)) => Some(a),
         _ => None,
     };
     let config = load_config(&cli, serve_args)?;
@@ -315,6 +360,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Credential(c) => rt.block_on(credential_command(config, c)),
         Command::Framework(f) => rt.block_on(framework_command(config, f)),
         Command::App(a) => rt.block_on(app_command(config, a)),
+        Command::Hub(h) => rt.block_on(hub_command(config, h)),
+        Command::Federation(f) => rt.block_on(federation_command(config, f)),
         Command::Doctor => {
             let checks = doctor::full(&config);
             let mut failed = 0;
@@ -960,6 +1007,97 @@ async fn framework_command(config: Config, command: FrameworkCommand) -> Result<
             for f in handle.db.read(crate::store::competency::frameworks).await? {
                 println!("{:<8} {:<60} {}", f.source, f.uri, f.name.get("fr"));
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn hub_command(config: Config, command: HubCommand) -> Result<ExitCode> {
+    use crate::federation::hub::{HubState, router};
+    let names = tls::server_names(&config.tls.server_names);
+    let state = HubState::open(&config.data_dir, &names).await?;
+    match command {
+        HubCommand::Serve(_) => {
+            let listener = server::bind(config.listen)?;
+            let url = config.base_url(listener.local_addr()?);
+            // A stable line that scripts and tests wait for.
+            println!("ceredis hub: listening on {url}");
+            println!("hub id {}", state.hub_id);
+            let tls = tls::server_config(&config.data_dir)?;
+            server::serve_router(router(state), listener, tls, shutdown_signal()).await?;
+        }
+        HubCommand::Token { label, valid_hours } => {
+            let label = label.trim().to_string();
+            if label.is_empty() {
+                anyhow::bail!("--label names who the token is for");
+            }
+            let token = state
+                .issue_token(label.clone(), i64::from(valid_hours) * 3600)
+                .await?;
+            println!("{token}");
+            eprintln!(
+                "One-time enrolment token for `{label}`, valid {valid_hours} h. On the site: \
+                 ceredis federation join <this hub's https:// address> <token>"
+            );
+        }
+        HubCommand::Sites => {
+            for s in state.store.sites().await? {
+                let when = |t: Option<i64>| {
+                    t.map_or_else(
+                        || "-".to_string(),
+                        |t| crate::lrs::statement::format_millis(t * 1000),
+                    )
+                };
+                println!(
+                    "{}  {}  [{}]  enrolled {}  last seen {}{}",
+                    s.site_id,
+                    s.name,
+                    s.label,
+                    when(Some(s.enrolled_at)),
+                    when(s.last_seen),
+                    s.revoked_at
+                        .map(|t| format!("  REVOKED {}", when(Some(t))))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        HubCommand::Revoke { site_id } => {
+            if !state.store.revoke(site_id.clone()).await? {
+                anyhow::bail!("no enrolled, unrevoked site {site_id}: see `ceredis hub sites`");
+            }
+            println!("Revoked {site_id}: its requests are refused from now on.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn federation_command(config: Config, command: FederationCommand) -> Result<ExitCode> {
+    use crate::federation::client;
+    let state = AppState::open(config.clone())?;
+    match command {
+        FederationCommand::Join { url, token, name } => {
+            let name = name.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "ceredis".into())
+            });
+            let joined = client::join(&state.system, &config.data_dir, &url, &token, &name).await?;
+            println!(
+                "Joined hub {} as {} ({name}, token `{}`). The hub's certificate is pinned.",
+                joined.hub_id, joined.site_id, joined.label
+            );
+        }
+        FederationCommand::Status => {
+            let (m, v) = client::status(&state.system, &config.data_dir).await?;
+            println!(
+                "hub {} at {}: reachable, this site ({}) is enrolled as `{}`",
+                m.hub_id,
+                m.hub_url,
+                v["site"]["site_id"].as_str().unwrap_or_default(),
+                v["site"]["name"].as_str().unwrap_or_default()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

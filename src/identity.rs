@@ -58,3 +58,14 @@ pub fn load(data_dir: &Path) -> Result<SiteIdentity, IdentityError> {
         public_key,
     })
 }
+
+/// The site's key pair, to sign with.
+pub fn key_pair(data_dir: &Path) -> Result<Ed25519KeyPair, IdentityError> {
+    let bytes = std::fs::read(data_dir.join(SITE_KEY))?;
+    Ed25519KeyPair::from_pkcs8(&bytes).map_err(|_| IdentityError::Damaged)
+}
+
+/// The site id of a public key (what the hub checks a site's claimed id against).
+pub fn site_id(public_key: &[u8]) -> String {
+    site_id_of(public_key)
+}

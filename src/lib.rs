@@ -9,6 +9,7 @@
 //! - [`tls`] — the site's local CA and server certificate; [`acme`] — certificates from an
 //!   ACME directory for a public domain.
 //! - [`identity`] — the site's Ed25519 identity.
+//! - [`federation`] — the hub (`ceredis hub`), enrolment and signed site ↔ hub requests.
 //! - [`http`] — one file per resource; every route and the access it needs in one table.
 //! - [`auth`] — sessions, CSRF, throttling, passwords, machine credentials, and the
 //!   extractors that make access control a type.
@@ -29,6 +30,7 @@ pub mod competency;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod lrs;

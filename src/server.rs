@@ -156,6 +156,32 @@ pub async fn run(
     Ok(result?)
 }
 
+/// Serves `router` over TLS on `listener` until `shutdown` completes (the hub's server).
+pub async fn serve_router(
+    router: Router,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing open requests");
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    let acceptor = RustlsAcceptor::new(config)
+        .handshake_timeout(Duration::from_secs(10))
+        .acceptor(NoDelayAcceptor::new());
+    axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await?;
+    Ok(())
+}
+
 fn to_https(req: Request, https_port: u16) -> Response {
     let host = req
         .headers()

@@ -21,6 +21,7 @@ pub mod apps;
 pub mod backup;
 pub mod competency;
 pub mod erasure;
+pub mod federation;
 pub mod lrs;
 pub mod research;
 pub mod retention;

@@ -6,7 +6,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::shared::SESSIONS_AND_TOKENS;
 use super::{Migrations, StoreError, now};
 
-pub const MIGRATIONS: Migrations = Migrations(&[V1, SESSIONS_AND_TOKENS]);
+pub const MIGRATIONS: Migrations =
+    Migrations(&[V1, SESSIONS_AND_TOKENS, super::federation::SITE_V1]);
 
 const V1: &str = "
 CREATE TABLE site (

@@ -8,6 +8,7 @@ mod app_attacks;
 mod apps;
 mod assessment;
 mod durability;
+mod federation;
 mod isolation;
 mod lrs;
 mod operations;

@@ -1,0 +1,418 @@
+//! The federation hub, `ceredis hub serve`: the same binary, with its own data directory
+//! (`hub.db`, its own CA and server certificate, its own Ed25519 identity) and its own
+//! router. What it stores goes through [`HubStore`], one interface over SQLite (the
+//! default).
+//!
+//! Routes (all under `/federation/v1/`):
+//! - `GET ca.pem`: the hub's CA certificate, public; a joining site checks its fingerprint
+//!   against its token before it trusts anything else from the hub.
+//! - `POST enrol`: a site registers its key with a one-time token; the request is signed
+//!   with the key being registered, so nobody enrols a key they do not hold.
+//! - `GET site`: what the hub knows of the signed-in site (a signed request).
+//!
+//! Every response carries the hub's clock ([`HUB_TIME_HEADER`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    EnrolmentToken, HUB_TIME_HEADER, MAX_SKEW_SECS, SIGNATURE_HEADER, SITE_HEADER, TIME_HEADER,
+    secret_hash, verify,
+};
+use crate::error::ApiError;
+use crate::store::federation::{self as sql, SiteRow, TokenRefusal};
+use crate::store::{Database, DbOptions, StoreError, StoreMetrics, now};
+
+pub const HUB_DB: &str = "hub.db";
+/// The largest request body the hub reads.
+pub const MAX_BODY: usize = 64 << 20;
+
+/// Where the hub keeps what it knows: one interface, one implementation per engine.
+#[derive(Clone)]
+pub enum HubStore {
+    Sqlite(Database),
+}
+
+impl std::fmt::Debug for HubStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HubStore::Sqlite(db) => write!(f, "HubStore::Sqlite({})", db.path().display()),
+        }
+    }
+}
+
+impl HubStore {
+    pub fn open_sqlite(data_dir: &Path) -> Result<HubStore, StoreError> {
+        Ok(HubStore::Sqlite(Database::open(
+            "hub",
+            &data_dir.join(HUB_DB),
+            sql::HUB_MIGRATIONS,
+            DbOptions::default(),
+            StoreMetrics::default(),
+        )?))
+    }
+
+    pub async fn init_hub_id(&self, hub_id: String) -> Result<String, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| {
+                    sql::set_hub_id(c, &hub_id, now())?;
+                    sql::hub_id(c)?.ok_or(StoreError::NotFound)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Records a new one-time token valid for `valid_secs`; returns its secret.
+    pub async fn issue_token(&self, label: String, valid_secs: i64) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| StoreError::Conflict("no randomness available".into()))?;
+        let secret = B64.encode(bytes);
+        let hash = secret_hash(&secret);
+        let at = now();
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::add_token(c, &hash, &label, at, at + valid_secs))
+                    .await?
+            }
+        }
+        Ok(secret)
+    }
+
+    pub async fn enrol(
+        &self,
+        secret: &str,
+        site_id: String,
+        public_key: Vec<u8>,
+        name: String,
+    ) -> Result<Result<String, TokenRefusal>, StoreError> {
+        let hash = secret_hash(secret);
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::enrol(c, &hash, &site_id, &public_key, &name, now()))
+                    .await
+            }
+        }
+    }
+
+    pub async fn site(&self, site_id: String) -> Result<Option<SiteRow>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(move |c| sql::site(c, &site_id)).await,
+        }
+    }
+
+    pub async fn sites(&self) -> Result<Vec<SiteRow>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(sql::sites).await,
+        }
+    }
+
+    pub async fn revoke(&self, site_id: String) -> Result<bool, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.write(move |c| sql::revoke(c, &site_id, now())).await,
+        }
+    }
+
+    pub async fn touch(&self, site_id: String) -> Result<(), StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.write(move |c| sql::touch(c, &site_id, now())).await,
+        }
+    }
+}
+
+/// What every hub request handler shares.
+#[derive(Clone, Debug)]
+pub struct HubState {
+    pub store: HubStore,
+    pub hub_id: Arc<str>,
+    pub ca_pem: Arc<String>,
+}
+
+impl HubState {
+    /// Opens (creating on first use) the hub's data directory: identity, CA, database.
+    pub async fn open(data_dir: &Path, names: &[String]) -> anyhow::Result<HubState> {
+        std::fs::create_dir_all(data_dir)?;
+        let identity = match crate::identity::load(data_dir) {
+            Ok(i) => i,
+            Err(_) if !data_dir.join(crate::identity::SITE_KEY).exists() => {
+                crate::identity::generate(data_dir)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let hub_id = identity.site_id.replacen("site-", "hub-", 1);
+        crate::tls::ensure_ca(data_dir, &hub_id, names)?;
+        crate::tls::ensure_server_cert(data_dir, names)?;
+        let store = HubStore::open_sqlite(data_dir)?;
+        let hub_id = store.init_hub_id(hub_id).await?;
+        let ca_pem = std::fs::read_to_string(data_dir.join(crate::tls::CA_CERT))?;
+        Ok(HubState {
+            store,
+            hub_id: Arc::from(hub_id.as_str()),
+            ca_pem: Arc::new(ca_pem),
+        })
+    }
+
+    /// The token a site's operator types: the secret and this hub's CA fingerprint.
+    pub async fn issue_token(
+        &self,
+        label: String,
+        valid_secs: i64,
+    ) -> anyhow::Result<EnrolmentToken> {
+        let secret = self.store.issue_token(label, valid_secs).await?;
+        let ca_fingerprint = super::ca_fingerprint(&self.ca_pem)
+            .ok_or_else(|| anyhow::anyhow!("the hub's CA certificate cannot be read"))?;
+        Ok(EnrolmentToken {
+            secret,
+            ca_fingerprint,
+        })
+    }
+}
+
+pub fn router(state: HubState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/federation/v1/ca.pem", get(ca_pem))
+        .route("/federation/v1/enrol", post(enrol))
+        .route("/federation/v1/site", get(whoami))
+        .layer(axum::middleware::map_response(stamp_time))
+        .with_state(state)
+}
+
+async fn stamp_time(mut response: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&now().to_string()) {
+        response.headers_mut().insert(HUB_TIME_HEADER, v);
+    }
+    response
+}
+
+async fn ca_pem(State(state): State<HubState>) -> Response {
+    (
+        [("content-type", "application/x-pem-file")],
+        state.ca_pem.as_str().to_string(),
+    )
+        .into_response()
+}
+
+/// A request as signed by a site, its signature not yet checked (that needs the key).
+#[derive(Debug)]
+pub struct Signed {
+    pub site_id: String,
+    pub time: i64,
+    pub signature: String,
+    pub method: String,
+    pub path: String,
+    pub body: Bytes,
+}
+
+impl Signed {
+    fn verified_by(&self, public_key: &[u8]) -> bool {
+        verify(
+            public_key,
+            &self.signature,
+            &self.method,
+            &self.path,
+            self.time,
+            &self.body,
+        )
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok()
+}
+
+impl<S: Send + Sync> FromRequest<S> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Signed, ApiError> {
+        let (parts, body) = req.into_parts();
+        let missing = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "signature_required",
+                format!(
+                    "a federation request is signed by its site: headers {SITE_HEADER}, \
+                     {TIME_HEADER} and {SIGNATURE_HEADER}"
+                ),
+            )
+        };
+        let site_id = header(&parts.headers, SITE_HEADER).ok_or_else(missing)?;
+        let signature = header(&parts.headers, SIGNATURE_HEADER).ok_or_else(missing)?;
+        let time: i64 = header(&parts.headers, TIME_HEADER)
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(missing)?;
+        let skew = time - now();
+        if skew.abs() > MAX_SKEW_SECS {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "clock_skew",
+                format!(
+                    "the site's clock is {skew} s away from the hub's (at most \
+                     {MAX_SKEW_SECS} s); the hub's time is in {HUB_TIME_HEADER}"
+                ),
+            ));
+        }
+        let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("a federation request is at most {MAX_BODY} bytes"),
+            )
+        })?;
+        Ok(Signed {
+            site_id: site_id.to_string(),
+            time,
+            signature: signature.to_string(),
+            method: parts.method.as_str().to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+            body,
+        })
+    }
+}
+
+/// The enrolled, unrevoked site that signed `signed`.
+pub async fn authenticate(state: &HubState, signed: &Signed) -> Result<SiteRow, ApiError> {
+    let site = state
+        .store
+        .site(signed.site_id.clone())
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "site_unknown",
+                format!(
+                    "{} is not enrolled with this hub: join it with a token from the hub's operator",
+                    signed.site_id
+                ),
+            )
+        })?;
+    if !signed.verified_by(&site.public_key) {
+        return Err(bad_signature());
+    }
+    if site.revoked_at.is_some() {
+        return Err(revoked(&site.site_id));
+    }
+    state.store.touch(site.site_id.clone()).await?;
+    Ok(site)
+}
+
+fn bad_signature() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "bad_signature",
+        "the request's signature does not match the site's key",
+    )
+}
+
+fn revoked(site_id: &str) -> ApiError {
+    ApiError::forbidden(
+        "site_revoked",
+        format!("the hub's operator revoked {site_id}: it can no longer sync with this hub"),
+    )
+}
+
+#[derive(Deserialize)]
+struct EnrolBody {
+    token: String,
+    name: String,
+    /// The site's Ed25519 public key, base64url.
+    public_key: String,
+}
+
+async fn enrol(State(state): State<HubState>, signed: Signed) -> Result<Response, ApiError> {
+    let body: EnrolBody = serde_json::from_slice(&signed.body)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let public_key = B64
+        .decode(&body.public_key)
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_key", "public_key is an Ed25519 key in base64url")
+        })?;
+    if crate::identity::site_id(&public_key) != signed.site_id {
+        return Err(ApiError::bad_request(
+            "site_id_mismatch",
+            "a site's id is derived from its key; this id is not that of this key",
+        ));
+    }
+    if !signed.verified_by(&public_key) {
+        return Err(bad_signature());
+    }
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "a site's name is 1 to 200 characters",
+        ));
+    }
+    if !super::secret_is_valid(&body.token) {
+        return Err(ApiError::bad_request(
+            "invalid_token",
+            "the token's secret is 32 bytes in base64url",
+        ));
+    }
+    let outcome = state
+        .store
+        .enrol(
+            &body.token,
+            signed.site_id.clone(),
+            public_key,
+            name.to_string(),
+        )
+        .await?;
+    match outcome {
+        Ok(label) => {
+            tracing::info!(site = %signed.site_id, %label, "site enrolled");
+            Ok((
+                StatusCode::CREATED,
+                axum::Json(json!({
+                    "hub_id": &*state.hub_id,
+                    "site_id": signed.site_id,
+                    "label": label,
+                })),
+            )
+                .into_response())
+        }
+        Err(TokenRefusal::Unknown) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_unknown",
+            "this hub did not issue this enrolment token",
+        )),
+        Err(TokenRefusal::Used) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "token_used",
+            "this enrolment token was already used: ask the hub's operator for a new one",
+        )),
+        Err(TokenRefusal::Expired) => Err(ApiError::new(
+            StatusCode::GONE,
+            "token_expired",
+            "this enrolment token has expired: ask the hub's operator for a new one",
+        )),
+        Err(TokenRefusal::Revoked) => Err(revoked(&signed.site_id)),
+    }
+}
+
+async fn whoami(State(state): State<HubState>, signed: Signed) -> Result<Response, ApiError> {
+    let site = authenticate(&state, &signed).await?;
+    Ok(axum::Json(json!({
+        "hub_id": &*state.hub_id,
+        "site": site,
+    }))
+    .into_response())
+}

@@ -1,0 +1,375 @@
+//! Federation: a real hub process (`ceredis hub serve`) and real sites. Enrolment with a
+//! one-time token that pins the hub's CA; every later request signed by the site key; and
+//! the ways in: reused, expired, foreign and malformed tokens, unsigned, forged, replayed
+//! and stale requests, revoked sites.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use reqwest::StatusCode;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A hub in its own temporary data directory.
+pub struct Hub {
+    _dir: tempfile::TempDir,
+    pub data: PathBuf,
+    child: Option<Child>,
+    pub base: String,
+}
+
+impl Hub {
+    pub fn start() -> Hub {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("hub");
+        let log = std::fs::File::create(dir.path().join("hub.log")).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["hub", "serve", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("the hub printed its address").unwrap();
+            if let Some(url) = line.strip_prefix("ceredis hub: listening on ") {
+                let port = url.rsplit(':').next().unwrap().trim();
+                break format!("https://127.0.0.1:{port}");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Hub {
+            _dir: dir,
+            data,
+            child: Some(child),
+            base,
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .output()
+            .unwrap()
+    }
+
+    /// A fresh one-time token.
+    pub fn token(&self, label: &str) -> String {
+        let out = self.cli(&["hub", "token", "--label", label]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(token.starts_with("ceh1."), "{token}");
+        token
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        client_trusting(&std::fs::read(self.data.join("tls/ca.crt")).unwrap())
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs `ceredis federation …` on a site; `(success, stdout + stderr)`.
+fn federation(site: &Appliance, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["federation"];
+    all.extend_from_slice(args);
+    let out = site.cli(&all);
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+fn site_key(site: &Appliance) -> Ed25519KeyPair {
+    Ed25519KeyPair::from_pkcs8(&std::fs::read(site.data.join("keys/site.key")).unwrap()).unwrap()
+}
+
+fn site_id(key: &Ed25519KeyPair) -> String {
+    ceredis::identity::site_id(key.public_key().as_ref())
+}
+
+fn joined_row(data: &Path) -> Option<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("system.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row("SELECT hub_id FROM federation", [], |r| r.get(0))
+        .ok()
+}
+
+/// A request to the hub signed by `key` as site `claimed`, at `time`, for `signed_path`
+/// (sent to `sent_path`).
+struct Probe<'a> {
+    key: &'a Ed25519KeyPair,
+    claimed: &'a str,
+    time: i64,
+    method: reqwest::Method,
+    signed_path: &'a str,
+    sent_path: &'a str,
+    body: &'a [u8],
+}
+
+impl Probe<'_> {
+    async fn send(&self, hub: &Hub) -> (StatusCode, Value, Option<String>) {
+        let sig = ceredis::federation::sign(
+            self.key,
+            self.method.as_str(),
+            self.signed_path,
+            self.time,
+            self.body,
+        );
+        let r = hub
+            .client()
+            .request(
+                self.method.clone(),
+                format!("{}{}", hub.base, self.sent_path),
+            )
+            .header("x-ceredis-site", self.claimed)
+            .header("x-ceredis-time", self.time.to_string())
+            .header("x-ceredis-signature", sig)
+            .body(self.body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let hub_time = r
+            .headers()
+            .get("x-ceredis-hub-time")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status(), r.json().await.unwrap_or_default(), hub_time)
+    }
+}
+
+fn probe<'a>(
+    key: &'a Ed25519KeyPair,
+    claimed: &'a str,
+    method: reqwest::Method,
+    path: &'a str,
+    body: &'a [u8],
+) -> Probe<'a> {
+    Probe {
+        key,
+        claimed,
+        time: now(),
+        method,
+        signed_path: path,
+        sent_path: path,
+        body,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_site_joins_its_hub_with_a_one_time_token_and_every_request_is_signed() {
+    let hub = Hub::start();
+    let a = Appliance::init();
+    let b = Appliance::init();
+    let token = hub.token("École A");
+
+    let (ok, text) = federation(&a, &["join", &hub.base, &token, "--name", "École A"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Joined hub hub-"), "{text}");
+    let (ok, text) = federation(&a, &["status"]);
+    assert!(ok && text.contains("reachable"), "{text}");
+    assert!(text.contains(&site_id(&site_key(&a))), "{text}");
+
+    // The token was used up: B cannot join with it, and B records no hub.
+    let (ok, text) = federation(&b, &["join", &hub.base, &token]);
+    assert!(!ok && text.contains("token_used"), "{text}");
+    assert_eq!(joined_row(&b.data), None);
+    let (ok, text) = federation(&b, &["status"]);
+    assert!(!ok && text.contains("has not joined"), "{text}");
+
+    let (ka, kb) = (site_key(&a), site_key(&b));
+    let id_a = site_id(&ka);
+    let get = reqwest::Method::GET;
+    let path = "/federation/v1/site";
+    // Unsigned.
+    let r = hub
+        .client()
+        .get(format!("{}{path}", hub.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "signature_required");
+    // Control: A's own signature passes.
+    let (status, v, _) = probe(&ka, &id_a, get.clone(), path, b"").send(&hub).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["site"]["site_id"], id_a.as_str());
+    assert_eq!(v["site"]["name"], "École A");
+    // B's key claiming to be A.
+    let (status, v, _) = probe(&kb, &id_a, get.clone(), path, b"").send(&hub).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("bad_signature"))
+    );
+    // A's signature of another request, replayed here.
+    let other = "/federation/v1/site?x=1";
+    let (status, v, _) = Probe {
+        signed_path: other,
+        ..probe(&ka, &id_a, get.clone(), path, b"")
+    }
+    .send(&hub)
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("bad_signature"))
+    );
+    // A's signature, an hour old: refused, with the hub's time to correct the clock.
+    let (status, v, hub_time) = Probe {
+        time: now() - 3600,
+        ..probe(&ka, &id_a, get.clone(), path, b"")
+    }
+    .send(&hub)
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("clock_skew"))
+    );
+    let hub_time: i64 = hub_time.unwrap().parse().unwrap();
+    assert!((hub_time - now()).abs() < 60);
+    // A site the hub does not know.
+    let id_b = site_id(&kb);
+    let (status, v, _) = probe(&kb, &id_b, get.clone(), path, b"").send(&hub).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("site_unknown"))
+    );
+
+    // Enrolling a key under another site's id is refused, and the token stays usable.
+    let fresh = hub.token("École B");
+    let secret = fresh.split('.').nth(1).unwrap();
+    let body = serde_json::to_vec(&json!({
+        "token": secret, "name": "Imposteur",
+        "public_key": B64.encode(kb.public_key().as_ref()),
+    }))
+    .unwrap();
+    let enrol = "/federation/v1/enrol";
+    let post = reqwest::Method::POST;
+    let (status, v, _) = probe(&kb, &id_a, post.clone(), enrol, &body)
+        .send(&hub)
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("site_id_mismatch"))
+    );
+    // Signed by A's key for B's public key: B's id, but not B's signature.
+    let (status, v, _) = probe(&ka, &id_b, post.clone(), enrol, &body)
+        .send(&hub)
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("bad_signature"))
+    );
+    let (ok, text) = federation(&b, &["join", &hub.base, &fresh, "--name", "École B"]);
+    assert!(ok, "{text}");
+
+    // Revoked: A's requests are refused, a fresh token does not bring it back, B goes on.
+    let out = hub.cli(&["hub", "revoke", &id_a]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, text) = federation(&a, &["status"]);
+    assert!(!ok && text.contains("site_revoked"), "{text}");
+    let again = hub.token("École A, again");
+    let (ok, text) = federation(&a, &["join", &hub.base, &again]);
+    assert!(!ok && text.contains("site_revoked"), "{text}");
+    let (ok, text) = federation(&b, &["status"]);
+    assert!(ok, "{text}");
+    let sites = stdout(&hub.cli(&["hub", "sites"]));
+    let line_a = sites.lines().find(|l| l.starts_with(&id_a)).unwrap();
+    let line_b = sites.lines().find(|l| l.starts_with(&id_b)).unwrap();
+    assert!(
+        line_a.contains("REVOKED") && !line_b.contains("REVOKED"),
+        "{sites}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_another_hub_an_expired_or_malformed_token_changes_nothing() {
+    let hub = Hub::start();
+    let other = Hub::start();
+    let site = Appliance::init();
+
+    // The token pins `other`'s CA: `hub` is not the hub it was issued by.
+    let foreign = other.token("École");
+    let (ok, text) = federation(&site, &["join", &hub.base, &foreign]);
+    assert!(
+        !ok && text.contains("is not the hub that issued this token"),
+        "{text}"
+    );
+    assert_eq!(joined_row(&site.data), None);
+
+    let plain = hub.base.replace("https://", "http://");
+    let (ok, text) = federation(&site, &["join", &plain, &hub.token("École")]);
+    assert!(!ok && text.contains("must start with https://"), "{text}");
+
+    let out = hub.cli(&["hub", "token", "--label", "École", "--valid-hours", "0"]);
+    let expired = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (ok, text) = federation(&site, &["join", &hub.base, &expired]);
+    assert!(!ok && text.contains("token_expired"), "{text}");
+
+    let token = hub.token("École");
+    for bad in [
+        token.replacen("ceh1", "ceh9", 1),
+        token[..token.len() - 2].to_string(),
+        format!("{token}.extra"),
+    ] {
+        let (ok, text) = federation(&site, &["join", &hub.base, &bad]);
+        assert!(
+            !ok && text.contains("not an enrolment token"),
+            "{bad}: {text}"
+        );
+    }
+    // A secret the hub never issued, under the right fingerprint.
+    let fp = token.rsplit('.').next().unwrap();
+    let unknown = format!("ceh1.{}.{fp}", B64.encode([9u8; 32]));
+    let (ok, text) = federation(&site, &["join", &hub.base, &unknown]);
+    assert!(!ok && text.contains("token_unknown"), "{text}");
+    assert_eq!(joined_row(&site.data), None);
+
+    // The hub is not reachable: a clear error, nothing recorded.
+    let gone = hub.base.clone();
+    drop(hub);
+    std::thread::sleep(Duration::from_millis(100));
+    let (ok, text) = federation(&site, &["join", &gone, &token]);
+    assert!(!ok && text.contains("cannot be reached"), "{text}");
+    assert_eq!(joined_row(&site.data), None);
+
+    // And the right token for the right hub joins.
+    let (ok, text) = federation(&site, &["join", &other.base, &other.token("École")]);
+    assert!(ok, "{text}");
+    assert!(joined_row(&site.data).is_some());
+}
