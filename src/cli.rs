@@ -232,8 +232,30 @@ enum FederationCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Check the link: a signed request to the hub, and what the hub knows of this site.
+    /// Check the link: a signed request to the hub, and what the hub knows of this site;
+    /// then each tenant's continuity copy.
     Status,
+    /// Enable a tenant's encrypted continuity copy at the hub; prints its recovery key,
+    /// once.
+    Enable {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Push a new generation of the continuity copy (of one tenant, or of every tenant that
+    /// has it enabled), or finish an interrupted one.
+    Push {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Restore a tenant from the hub's continuity copy with its recovery key.
+    Restore {
+        /// The name the restored tenant gets on this appliance.
+        #[arg(long)]
+        tenant: String,
+        /// The recovery key shown when the copy was enabled (`cer1.…`).
+        #[arg(long, env = "RECOVERY_KEY", hide_env_values = true)]
+        recovery_key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1072,7 +1094,7 @@ async fn hub_command(config: Config, command: HubCommand) -> Result<ExitCode> {
 }
 
 async fn federation_command(config: Config, command: FederationCommand) -> Result<ExitCode> {
-    use crate::federation::client;
+    use crate::federation::{client, continuity};
     let state = AppState::open(config.clone())?;
     match command {
         FederationCommand::Join { url, token, name } => {
@@ -1097,6 +1119,103 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 m.hub_url,
                 v["site"]["site_id"].as_str().unwrap_or_default(),
                 v["site"]["name"].as_str().unwrap_or_default()
+            );
+            for t in state.tenants.list().await? {
+                let handle = state
+                    .tenants
+                    .handle(&t.slug, &Authorized::console())
+                    .await?;
+                let Some(c) = handle.db.read(continuity::state).await? else {
+                    continue;
+                };
+                let when = |t: Option<i64>| {
+                    t.map_or_else(
+                        || "never".to_string(),
+                        |t| crate::lrs::statement::format_millis(t * 1000),
+                    )
+                };
+                println!(
+                    "  {}: continuity copy generation {} committed {}{}",
+                    t.slug,
+                    c.committed,
+                    when(c.committed_at),
+                    c.last_error
+                        .map(|e| format!("; last push failed {}: {e}", when(c.last_error_at)))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        FederationCommand::Enable { tenant } => {
+            let handle = state
+                .tenants
+                .handle(&tenant, &Authorized::console())
+                .await?;
+            let recovery = continuity::enable(&handle).await?;
+            println!("{recovery}");
+            eprintln!(
+                "Continuity copy of `{tenant}` enabled. The line above is its RECOVERY KEY, \
+                 shown this once: keep it offline (printed, in a safe). Without it nobody, not \
+                 even the hub, can restore this school. Push with `ceredis federation push`."
+            );
+        }
+        FederationCommand::Push { tenant } => {
+            let (hub, _) = client::client(&state.system, &config.data_dir).await?;
+            let slugs = match tenant {
+                Some(t) => vec![t],
+                None => state
+                    .tenants
+                    .list()
+                    .await?
+                    .into_iter()
+                    .map(|t| t.slug)
+                    .collect(),
+            };
+            let mut failed = false;
+            for slug in slugs {
+                let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
+                if handle.db.read(continuity::state).await?.is_none() {
+                    continue;
+                }
+                let progress = |line: String| eprintln!("{line}");
+                match continuity::push(&hub, &handle, &config.data_dir, &progress).await {
+                    Ok(p) => println!(
+                        "{slug}: generation {} committed ({} chunks, {} sent now, {} bytes{})",
+                        p.generation,
+                        p.chunks,
+                        p.sent,
+                        p.bytes_sent,
+                        if p.resumed { ", resumed" } else { "" }
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("{slug}: push failed: {e}");
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        FederationCommand::Restore {
+            tenant,
+            recovery_key,
+        } => {
+            let recovery = continuity::RecoveryKey::parse(&recovery_key)?;
+            let (hub, _) = client::client(&state.system, &config.data_dir).await?;
+            let progress = |line: String| eprintln!("{line}");
+            let r = continuity::restore(
+                &hub,
+                &state.tenants,
+                &config.data_dir,
+                &recovery,
+                &tenant,
+                &progress,
+            )
+            .await?;
+            println!(
+                "Restored `{}` ({}) from generation {} ({} bytes). This appliance now keeps its \
+                 continuity copy.",
+                r.slug, r.name, r.generation, r.bytes
             );
         }
     }

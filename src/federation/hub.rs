@@ -9,6 +9,12 @@
 //! - `POST enrol`: a site registers its key with a one-time token; the request is signed
 //!   with the key being registered, so nobody enrols a key they do not hold.
 //! - `GET site`: what the hub knows of the signed-in site (a signed request).
+//! - `continuity/{uid}`: a tenant's encrypted continuity copy (see
+//!   [`super::continuity`]). `PUT` registers it to the signing site, and `POST …/claim`
+//!   hands it to a site that proves it holds the recovery key. Under
+//!   `…/generations/{g}`, the owner site can `GET` the chunks the hub holds, `PUT` and
+//!   `GET …/chunks/{i}` to store or fetch one (idempotent), and `POST …/commit` to commit
+//!   the generation and drop older ones. The hub stores only what it cannot read.
 //!
 //! Every response carries the hub's clock ([`HUB_TIME_HEADER`]).
 
@@ -126,6 +132,27 @@ impl HubStore {
         }
     }
 
+    /// Runs `job` in a durable write (each engine its own transaction).
+    pub async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        match self {
+            HubStore::Sqlite(db) => db.write(job).await,
+        }
+    }
+
+    pub async fn read<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        match self {
+            HubStore::Sqlite(db) => db.read(job).await,
+        }
+    }
+
     pub async fn touch(&self, site_id: String) -> Result<(), StoreError> {
         match self {
             HubStore::Sqlite(db) => db.write(move |c| sql::touch(c, &site_id, now())).await,
@@ -187,6 +214,23 @@ pub fn router(state: HubState) -> Router {
         .route("/federation/v1/ca.pem", get(ca_pem))
         .route("/federation/v1/enrol", post(enrol))
         .route("/federation/v1/site", get(whoami))
+        .route(
+            "/federation/v1/continuity/{uid}",
+            axum::routing::put(register),
+        )
+        .route("/federation/v1/continuity/{uid}/claim", post(claim))
+        .route(
+            "/federation/v1/continuity/{uid}/generations/{generation}",
+            get(generation_status),
+        )
+        .route(
+            "/federation/v1/continuity/{uid}/generations/{generation}/commit",
+            post(commit),
+        )
+        .route(
+            "/federation/v1/continuity/{uid}/generations/{generation}/chunks/{idx}",
+            get(get_chunk).put(put_chunk),
+        )
         .layer(axum::middleware::map_response(stamp_time))
         .with_state(state)
 }
@@ -415,4 +459,245 @@ async fn whoami(State(state): State<HubState>, signed: Signed) -> Result<Respons
         "site": site,
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+struct VerifierBody {
+    /// The restore verifier derived from the tenant's recovery key, base64url.
+    verifier: String,
+}
+
+fn verifier_hash(body: &[u8]) -> Result<String, ApiError> {
+    let b: VerifierBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let v = B64
+        .decode(&b.verifier)
+        .ok()
+        .filter(|v| v.len() == 32)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_verifier", "the verifier is 32 bytes in base64url")
+        })?;
+    Ok(super::secret_hash(&B64.encode(v)))
+}
+
+fn no_copy() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_continuity_copy",
+        "the hub holds no continuity copy for this tenant (or this recovery key)",
+    )
+}
+
+fn latest_json(latest: Option<(i64, i64)>) -> serde_json::Value {
+    latest.map_or(
+        serde_json::Value::Null,
+        |(g, n)| json!({"generation": g, "chunks": n}),
+    )
+}
+
+/// `PUT continuity/{uid}`: the site that enabled a tenant's continuity copy registers it
+/// (or finds it registered to itself).
+async fn register(
+    State(state): State<HubState>,
+    axum::extract::Path(uid): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let site = authenticate(&state, &signed).await?;
+    check_uid(&uid)?;
+    let hash = verifier_hash(&signed.body)?;
+    let site_id = site.site_id.clone();
+    let (owner, latest) = state
+        .store
+        .write(move |c| {
+            sql::register_continuity(c, &uid, &site_id, &hash, now())?;
+            Ok((
+                sql::continuity_owner(c, &uid)?,
+                sql::latest_generation(c, &uid)?,
+            ))
+        })
+        .await?;
+    match owner {
+        Some(o) if o.site_id == site.site_id => {
+            Ok(axum::Json(json!({"latest": latest_json(latest)})).into_response())
+        }
+        Some(o) => Err(not_owner(&o.site_id)),
+        None => Err(no_copy()),
+    }
+}
+
+fn not_owner(owner: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_owner",
+        format!(
+            "this tenant's continuity copy belongs to {owner} (it was restored there): this \
+             appliance's copy of the tenant is no longer the one the federation keeps"
+        ),
+    )
+}
+
+fn check_uid(uid: &str) -> Result<(), ApiError> {
+    if uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_tenant_uid",
+            "a tenant's continuity id is 32 hex digits",
+        ))
+    }
+}
+
+/// `POST continuity/{uid}/claim`: a site restoring the tenant with its recovery key takes
+/// the copy over.
+async fn claim(
+    State(state): State<HubState>,
+    axum::extract::Path(uid): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let site = authenticate(&state, &signed).await?;
+    check_uid(&uid)?;
+    let hash = verifier_hash(&signed.body)?;
+    let site_id = site.site_id.clone();
+    let outcome = state
+        .store
+        .write(move |c| {
+            let Some(owner) = sql::continuity_owner(c, &uid)? else {
+                return Ok(Err(no_copy()));
+            };
+            let same: bool =
+                subtle::ConstantTimeEq::ct_eq(owner.verifier_hash.as_bytes(), hash.as_bytes())
+                    .into();
+            if !same {
+                return Ok(Err(ApiError::forbidden(
+                    "wrong_recovery_key",
+                    "this is not the tenant's recovery key",
+                )));
+            }
+            sql::claim_continuity(c, &uid, &site_id, now())?;
+            Ok(Ok(sql::latest_generation(c, &uid)?))
+        })
+        .await??;
+    tracing::info!(site = %site.site_id, "continuity copy claimed for a restore");
+    Ok(axum::Json(json!({"latest": latest_json(outcome)})).into_response())
+}
+
+/// The signed site, if it owns `uid`'s copy.
+async fn owner_of(state: &HubState, signed: &Signed, uid: &str) -> Result<SiteRow, ApiError> {
+    let site = authenticate(state, signed).await?;
+    check_uid(uid)?;
+    let owned = uid.to_string();
+    match state
+        .store
+        .read(move |c| sql::continuity_owner(c, &owned))
+        .await?
+    {
+        Some(o) if o.site_id == site.site_id => Ok(site),
+        Some(o) => Err(not_owner(&o.site_id)),
+        None => Err(no_copy()),
+    }
+}
+
+async fn generation_status(
+    State(state): State<HubState>,
+    axum::extract::Path((uid, generation)): axum::extract::Path<(String, i64)>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    owner_of(&state, &signed, &uid).await?;
+    let (present, latest) = state
+        .store
+        .read(move |c| {
+            Ok((
+                sql::chunks_present(c, &uid, generation)?,
+                sql::latest_generation(c, &uid)?,
+            ))
+        })
+        .await?;
+    Ok(axum::Json(json!({"present": present, "latest": latest_json(latest)})).into_response())
+}
+
+fn refused(r: sql::GenerationRefusal) -> ApiError {
+    match r {
+        sql::GenerationRefusal::Stale(latest) => ApiError::new(
+            StatusCode::CONFLICT,
+            "generation_stale",
+            format!("the hub already committed generation {latest}, newer than this one"),
+        ),
+        sql::GenerationRefusal::Committed => ApiError::new(
+            StatusCode::CONFLICT,
+            "generation_committed",
+            "this generation is committed: its chunks no longer change",
+        ),
+        sql::GenerationRefusal::Different => ApiError::new(
+            StatusCode::CONFLICT,
+            "chunk_differs",
+            "the hub holds other bytes under this chunk's index",
+        ),
+        sql::GenerationRefusal::Missing(missing) => ApiError::new(
+            StatusCode::CONFLICT,
+            "chunks_missing",
+            format!("the hub does not hold chunks {missing:?} of this generation"),
+        ),
+    }
+}
+
+async fn put_chunk(
+    State(state): State<HubState>,
+    axum::extract::Path((uid, generation, idx)): axum::extract::Path<(String, i64, i64)>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    owner_of(&state, &signed, &uid).await?;
+    if generation < 1 || idx < 0 || signed.body.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_chunk",
+            "generations count from 1, chunks from 0, and a chunk is not empty",
+        ));
+    }
+    let data = signed.body.to_vec();
+    state
+        .store
+        .write(move |c| sql::put_chunk(c, &uid, generation, idx, &data))
+        .await?
+        .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct CommitBody {
+    chunks: i64,
+}
+
+async fn commit(
+    State(state): State<HubState>,
+    axum::extract::Path((uid, generation)): axum::extract::Path<(String, i64)>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    owner_of(&state, &signed, &uid).await?;
+    let body: CommitBody = serde_json::from_slice(&signed.body)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    if body.chunks < 1 {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "a generation has at least one chunk",
+        ));
+    }
+    state
+        .store
+        .write(move |c| sql::commit_generation(c, &uid, generation, body.chunks, now()))
+        .await?
+        .map_err(refused)?;
+    Ok(axum::Json(json!({"committed": generation})).into_response())
+}
+
+async fn get_chunk(
+    State(state): State<HubState>,
+    axum::extract::Path((uid, generation, idx)): axum::extract::Path<(String, i64, i64)>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    owner_of(&state, &signed, &uid).await?;
+    let data = state
+        .store
+        .read(move |c| sql::chunk(c, &uid, generation, idx))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(([("content-type", "application/octet-stream")], data).into_response())
 }

@@ -17,6 +17,7 @@
 //! idempotent.
 
 pub mod client;
+pub mod continuity;
 pub mod hub;
 
 use base64::Engine;

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Migrations, StoreError};
 
-pub const HUB_MIGRATIONS: Migrations = Migrations(&[HUB_V1]);
+pub const HUB_MIGRATIONS: Migrations = Migrations(&[HUB_V1, HUB_CONTINUITY]);
 
 const HUB_V1: &str = "
 CREATE TABLE hub (
@@ -29,6 +29,49 @@ CREATE TABLE sites (
     enrolled_at INTEGER NOT NULL,
     revoked_at  INTEGER,
     last_seen   INTEGER
+);
+";
+
+/// Continuity copies: per tenant (its opaque id), the site that owns it and a hash of the
+/// restore verifier; generations of encrypted chunks, committed whole.
+const HUB_CONTINUITY: &str = "
+CREATE TABLE continuity_tenants (
+    tenant_uid    TEXT PRIMARY KEY,
+    site_id       TEXT NOT NULL,
+    verifier_hash TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    claimed_at    INTEGER
+);
+CREATE TABLE continuity_generations (
+    tenant_uid   TEXT NOT NULL,
+    generation   INTEGER NOT NULL,
+    chunks       INTEGER,
+    committed_at INTEGER,
+    PRIMARY KEY (tenant_uid, generation)
+) WITHOUT ROWID;
+CREATE TABLE continuity_chunks (
+    tenant_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    idx        INTEGER NOT NULL,
+    data       BLOB NOT NULL,
+    PRIMARY KEY (tenant_uid, generation, idx)
+);
+";
+
+/// Appended to the tenant migrations: this tenant's continuity copy, when enabled. The
+/// key is derived from the recovery key, which is never stored.
+pub const TENANT_CONTINUITY: &str = "
+CREATE TABLE continuity (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    tenant_uid    TEXT NOT NULL,
+    key           BLOB NOT NULL,
+    verifier      BLOB NOT NULL,
+    enabled_at    INTEGER NOT NULL,
+    generation    INTEGER NOT NULL DEFAULT 0,
+    committed     INTEGER NOT NULL DEFAULT 0,
+    committed_at  INTEGER,
+    last_error    TEXT,
+    last_error_at INTEGER
 );
 ";
 
@@ -217,4 +260,201 @@ pub fn set_membership(conn: &Connection, m: &Membership) -> Result<(), StoreErro
     )?
     .execute(params![m.hub_url, m.hub_id, m.hub_ca, m.joined_at])?;
     Ok(())
+}
+
+/// Who owns a tenant's continuity copy at the hub.
+#[derive(Debug, Clone)]
+pub struct ContinuityOwner {
+    pub site_id: String,
+    pub verifier_hash: String,
+}
+
+pub fn continuity_owner(
+    conn: &Connection,
+    uid: &str,
+) -> Result<Option<ContinuityOwner>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT site_id, verifier_hash FROM continuity_tenants WHERE tenant_uid = ?1",
+        )?
+        .query_row([uid], |r| {
+            Ok(ContinuityOwner {
+                site_id: r.get(0)?,
+                verifier_hash: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Records `site_id` as the owner of a new tenant copy (nothing if it exists).
+pub fn register_continuity(
+    conn: &Connection,
+    uid: &str,
+    site_id: &str,
+    verifier_hash: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO continuity_tenants (tenant_uid, site_id, verifier_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![uid, site_id, verifier_hash, at])?;
+    Ok(())
+}
+
+pub fn claim_continuity(
+    conn: &Connection,
+    uid: &str,
+    site_id: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE continuity_tenants SET site_id = ?2, claimed_at = ?3 WHERE tenant_uid = ?1",
+    )?
+    .execute(params![uid, site_id, at])?;
+    Ok(())
+}
+
+/// The newest committed generation: `(generation, chunks)`.
+pub fn latest_generation(conn: &Connection, uid: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT generation, chunks FROM continuity_generations
+             WHERE tenant_uid = ?1 AND committed_at IS NOT NULL
+             ORDER BY generation DESC LIMIT 1",
+        )?
+        .query_row([uid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// The chunk indexes the hub holds for a generation.
+pub fn chunks_present(
+    conn: &Connection,
+    uid: &str,
+    generation: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT idx FROM continuity_chunks WHERE tenant_uid = ?1 AND generation = ?2 ORDER BY idx",
+        )?
+        .query_map(params![uid, generation], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Why a chunk or a commit was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenerationRefusal {
+    /// Not newer than the last committed generation.
+    Stale(i64),
+    /// The generation is committed: its chunks no longer change.
+    Committed,
+    /// A chunk already stored under this index has other bytes.
+    Different,
+    /// The commit names chunks the hub does not hold.
+    Missing(Vec<i64>),
+}
+
+fn check_open(
+    conn: &Connection,
+    uid: &str,
+    generation: i64,
+) -> Result<Result<(), GenerationRefusal>, StoreError> {
+    if let Some((latest, _)) = latest_generation(conn, uid)?
+        && generation <= latest
+    {
+        return Ok(Err(if generation == latest {
+            GenerationRefusal::Committed
+        } else {
+            GenerationRefusal::Stale(latest)
+        }));
+    }
+    Ok(Ok(()))
+}
+
+/// Stores one chunk; storing the same bytes again changes nothing.
+pub fn put_chunk(
+    conn: &Connection,
+    uid: &str,
+    generation: i64,
+    idx: i64,
+    data: &[u8],
+) -> Result<Result<(), GenerationRefusal>, StoreError> {
+    let existing: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT data FROM continuity_chunks WHERE tenant_uid = ?1 AND generation = ?2 AND idx = ?3",
+        )?
+        .query_row(params![uid, generation, idx], |r| r.get(0))
+        .optional()?;
+    if let Some(existing) = existing {
+        return Ok(if existing == data {
+            Ok(())
+        } else {
+            Err(GenerationRefusal::Different)
+        });
+    }
+    if let Err(refusal) = check_open(conn, uid, generation)? {
+        return Ok(Err(refusal));
+    }
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO continuity_generations (tenant_uid, generation) VALUES (?1, ?2)",
+    )?
+    .execute(params![uid, generation])?;
+    conn.prepare_cached(
+        "INSERT INTO continuity_chunks (tenant_uid, generation, idx, data) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![uid, generation, idx, data])?;
+    Ok(Ok(()))
+}
+
+/// Commits a generation of `chunks` chunks (indexes 0..chunks) and drops every older one:
+/// what the tenant erased since is gone from the hub with them. Committing the committed
+/// generation again changes nothing.
+pub fn commit_generation(
+    conn: &Connection,
+    uid: &str,
+    generation: i64,
+    chunks: i64,
+    at: i64,
+) -> Result<Result<(), GenerationRefusal>, StoreError> {
+    if latest_generation(conn, uid)? == Some((generation, chunks)) {
+        return Ok(Ok(()));
+    }
+    if let Err(refusal) = check_open(conn, uid, generation)? {
+        return Ok(Err(refusal));
+    }
+    let present = chunks_present(conn, uid, generation)?;
+    let missing: Vec<i64> = (0..chunks)
+        .filter(|i| present.binary_search(i).is_err())
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Err(GenerationRefusal::Missing(missing)));
+    }
+    conn.prepare_cached(
+        "DELETE FROM continuity_chunks WHERE tenant_uid = ?1 AND (generation < ?2 OR idx >= ?3 AND generation = ?2)",
+    )?
+    .execute(params![uid, generation, chunks])?;
+    conn.prepare_cached(
+        "DELETE FROM continuity_generations WHERE tenant_uid = ?1 AND generation < ?2",
+    )?
+    .execute(params![uid, generation])?;
+    conn.prepare_cached(
+        "UPDATE continuity_generations SET chunks = ?3, committed_at = ?4
+         WHERE tenant_uid = ?1 AND generation = ?2",
+    )?
+    .execute(params![uid, generation, chunks, at])?;
+    Ok(Ok(()))
+}
+
+pub fn chunk(
+    conn: &Connection,
+    uid: &str,
+    generation: i64,
+    idx: i64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT data FROM continuity_chunks WHERE tenant_uid = ?1 AND generation = ?2 AND idx = ?3",
+        )?
+        .query_row(params![uid, generation, idx], |r| r.get(0))
+        .optional()?)
 }

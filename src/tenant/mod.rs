@@ -170,6 +170,43 @@ impl Tenants {
             .ok_or_else(|| TenantError::Unknown(slug.into()))
     }
 
+    /// Makes `file`, a checked tenant database (a restored copy), the tenant `slug`: the
+    /// file moves into place, then the system row is written.
+    pub async fn adopt(
+        &self,
+        slug: &str,
+        name: &str,
+        file: &Path,
+    ) -> Result<TenantRow, TenantError> {
+        validate_slug(slug)?;
+        let dest = tenant_db_path(&self.inner.data_dir, slug);
+        if dest.exists() {
+            return Err(TenantError::Store(StoreError::Conflict(format!(
+                "{} already exists",
+                dest.display()
+            ))));
+        }
+        let io = |source| TenantError::Io {
+            path: dest.clone(),
+            source,
+        };
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::rename(file, &dest).map_err(io)?;
+        {
+            let (slug, name) = (slug.to_string(), name.to_string());
+            self.inner
+                .system
+                .write(move |c| system::insert_tenant(c, &slug, &name))
+                .await?;
+        }
+        self.database_unchecked(slug)?;
+        self.get(slug)
+            .await?
+            .ok_or_else(|| TenantError::Unknown(slug.into()))
+    }
+
     pub async fn list(&self) -> Result<Vec<TenantRow>, TenantError> {
         Ok(self.inner.system.read(system::tenants).await?)
     }

@@ -275,7 +275,7 @@ async fn xapi_results_on_aligned_activities_become_journaled_evidence() {
 }
 
 /// Lea's evidence, level and estimates, recorded as her teacher would.
-async fn assess_lea(s: &School) -> (Vec<i64>, Value) {
+pub async fn assess_lea(s: &School) -> (Vec<i64>, Value) {
     let (lea, tom) = (s.ids["lea"], s.ids["tom"]);
     let recorded = json_of(
         s.prof

@@ -373,3 +373,286 @@ async fn a_token_for_another_hub_an_expired_or_malformed_token_changes_nothing()
     assert!(ok, "{text}");
     assert!(joined_row(&site.data).is_some());
 }
+
+/// Every row of every table of a tenant database, as text, but the continuity state
+/// (whose generation counters move with each push and restore).
+fn dump(db: &Path) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+             AND name <> 'continuity' ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = Vec::new();
+    for t in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let cells: Vec<String> = (0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect();
+                Ok(format!("{t}: {}", cells.join(" | ")))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        out.extend(rows);
+    }
+    out
+}
+
+fn hub_chunks(hub: &Hub) -> Vec<Vec<u8>> {
+    let db = rusqlite::Connection::open_with_flags(
+        hub.data.join("hub.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.prepare("SELECT data FROM continuity_chunks ORDER BY generation, idx")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn join(hub: &Hub, site: &Appliance, label: &str) {
+    let (ok, text) = federation(site, &["join", &hub.base, &hub.token(label)]);
+    assert!(ok, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only_ciphertext() {
+    let hub = Hub::start();
+    let mut a = Appliance::init();
+    a.start();
+    let s = crate::assessment::school(&a).await;
+    crate::assessment::assess_lea(&s).await;
+    a.kill();
+    join(&hub, &a, "École A");
+    let (ok, recovery) = federation(&a, &["enable", "--tenant", crate::apps::SLUG]);
+    assert!(ok, "{recovery}");
+    let recovery = recovery.lines().next().unwrap().trim().to_string();
+    assert!(recovery.starts_with("cer1."), "{recovery}");
+    let (ok, text) = federation(&a, &["push"]);
+    assert!(ok && text.contains("generation 1 committed"), "{text}");
+    // Pushing again makes a new generation; the hub keeps only the newest.
+    let (ok, text) = federation(&a, &["push"]);
+    assert!(ok && text.contains("generation 2 committed"), "{text}");
+    let chunks = hub_chunks(&hub);
+    assert!(!chunks.is_empty());
+
+    // Only ciphertext at the hub: none of the school's words, in the chunks or anywhere in
+    // the hub's database.
+    let hub_db = std::fs::read(hub.data.join("hub.db")).unwrap();
+    let tenant_db = std::fs::read(a.data.join("tenants/ecole/tenant.db")).unwrap();
+    for marker in ["chercheuse", "Prénom", "4e A"] {
+        let m = marker.as_bytes();
+        assert!(
+            tenant_db.windows(m.len()).any(|w| w == m),
+            "{marker} is in the source"
+        );
+        assert!(
+            !hub_db.windows(m.len()).any(|w| w == m),
+            "{marker} at the hub"
+        );
+        for c in &chunks {
+            assert!(!c.windows(m.len()).any(|w| w == m), "{marker} in a chunk");
+        }
+    }
+
+    let mut b = Appliance::init();
+    join(&hub, &b, "École B");
+    // Another recovery key finds nothing, and restores nothing.
+    let (ok, text) = federation(
+        &b,
+        &[
+            "restore",
+            "--tenant",
+            "ecole",
+            "--recovery-key",
+            &format!("cer1.{}", B64.encode([5u8; 32])),
+        ],
+    );
+    assert!(!ok && text.contains("no_continuity_copy"), "{text}");
+    assert!(!b.data.join("tenants/ecole").exists());
+
+    // A chunk altered at the hub: the restore refuses, and creates nothing.
+    let flip = |hub: &Hub| {
+        let db = rusqlite::Connection::open(hub.data.join("hub.db")).unwrap();
+        let (g, idx, mut data): (i64, i64, Vec<u8>) = db
+            .query_row(
+                "SELECT generation, idx, data FROM continuity_chunks ORDER BY idx DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        data[20] ^= 0x40;
+        db.execute(
+            "UPDATE continuity_chunks SET data = ?3 WHERE generation = ?1 AND idx = ?2",
+            rusqlite::params![g, idx, data],
+        )
+        .unwrap();
+    };
+    flip(&hub);
+    let restore = ["restore", "--tenant", "ecole", "--recovery-key", &recovery];
+    let (ok, text) = federation(&b, &restore);
+    assert!(!ok && text.contains("does not decrypt"), "{text}");
+    assert!(!b.data.join("tenants/ecole").exists());
+    let out = b.cli(&["tenant", "list"]);
+    assert!(!stdout(&out).contains("ecole"));
+    flip(&hub);
+
+    // The right key restores the school, row for row.
+    let (ok, text) = federation(&b, &restore);
+    assert!(ok && text.contains("Restored `ecole`"), "{text}");
+    let source = dump(&a.data.join("tenants/ecole/tenant.db"));
+    let restored = dump(&b.data.join("tenants/ecole/tenant.db"));
+    assert!(source.len() > 50, "{}", source.len());
+    assert_eq!(source, restored);
+    // And it works: its teacher signs in and finds Léa's record.
+    b.start();
+    let prof = login(&b, "/t/ecole/login", "prof", PASSWORD).await.unwrap();
+    let record = crate::assessment::pupil_record(&prof, s.ids["lea"]).await;
+    assert!(
+        !record["evidence"].as_array().unwrap().is_empty(),
+        "{record}"
+    );
+
+    // The old appliance no longer owns the copy: its pushes are refused, in plain words.
+    let (ok, text) = federation(&a, &["push"]);
+    assert!(!ok && text.contains("not_owner"), "{text}");
+    let (_, status) = federation(&a, &["status"]);
+    assert!(status.contains("last push failed"), "{status}");
+    // The new one pushes the next generation.
+    let (ok, text) = federation(&b, &["push"]);
+    assert!(ok && text.contains("generation 3 committed"), "{text}");
+}
+
+/// A TCP relay to `target` that lets `budget` bytes go from client to server, then cuts
+/// every connection and refuses new ones until the budget is raised again.
+async fn cutting_relay(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicI64>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let budget = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = budget.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (budget, target) = (shared.clone(), target.clone());
+            tokio::spawn(async move {
+                if budget.load(Ordering::SeqCst) <= 0 {
+                    return;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.split();
+                let (mut ro, mut wo) = outbound.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        let n = ri.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 || budget.fetch_sub(n as i64, Ordering::SeqCst) < n as i64 {
+                            return;
+                        }
+                        if wo.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                }
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{}", addr.port()), budget)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks() {
+    use std::sync::atomic::Ordering;
+    let hub = Hub::start();
+    let mut a = Appliance::init();
+    a.start();
+    crate::assessment::school(&a).await;
+    a.kill();
+    // 3 MiB that do not compress: the copy takes 4 chunks and more.
+    rusqlite::Connection::open(a.data.join("tenants/ecole/tenant.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO tenant_settings (key, value) VALUES ('ballast', randomblob(3145728))",
+            [],
+        )
+        .unwrap();
+    let (relay, budget) = cutting_relay(hub.base.replace("https://", "")).await;
+    let (ok, text) = federation(&a, &["join", &relay, &hub.token("École A")]);
+    assert!(ok, "{text}");
+    let (ok, recovery) = federation(&a, &["enable", "--tenant", "ecole"]);
+    assert!(ok, "{recovery}");
+    let recovery = recovery.lines().next().unwrap().trim().to_string();
+
+    // The link is cut after 1.5 MiB: the second data chunk never arrives whole.
+    budget.store(3 << 19, Ordering::SeqCst);
+    let (ok, text) = federation(&a, &["push"]);
+    assert!(!ok && text.contains("cannot be reached"), "{text}");
+    let stored = hub_chunks(&hub).len();
+    assert!(stored >= 1, "the hub kept what arrived before the cut");
+    let (_, status) = federation(&a, &["status"]);
+    assert!(status.contains("cannot be reached"), "{status}");
+
+    // Healed: the push resumes the same generation and sends only the missing chunks.
+    budget.store(i64::MAX, Ordering::SeqCst);
+    let (ok, text) = federation(&a, &["push"]);
+    assert!(ok, "{text}");
+    let line = text.lines().find(|l| l.contains("committed")).unwrap();
+    assert!(
+        line.contains("generation 1 committed") && line.contains("resumed"),
+        "{line}"
+    );
+    let total: usize = line
+        .split('(')
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sent: usize = line
+        .split(", ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total >= 4, "{line}");
+    assert_eq!(sent, total - stored, "{line}");
+    assert!(!a.data.join("spool/continuity/ecole").exists());
+
+    // What the hub committed restores the school exactly.
+    let b = Appliance::init();
+    join(&hub, &b, "École B");
+    let (ok, text) = federation(
+        &b,
+        &["restore", "--tenant", "ecole", "--recovery-key", &recovery],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        dump(&a.data.join("tenants/ecole/tenant.db")),
+        dump(&b.data.join("tenants/ecole/tenant.db"))
+    );
+}

@@ -1,0 +1,678 @@
+//! A tenant's continuity copy at the hub: encrypted so that the hub never reads it, and
+//! restorable on a new appliance with the tenant's recovery key.
+//!
+//! Keys. Enabling the copy makes a recovery key (32 random bytes, shown once to the
+//! operator, never stored). Three values are derived from it with HKDF-SHA256: the
+//! tenant's opaque id at the hub, the encryption key (kept in the tenant's database to
+//! push), and a restore verifier (the hub keeps only its hash).
+//!
+//! Generations. A push takes a consistent snapshot of the tenant's database, compresses it
+//! with zstd and cuts it into chunks of [`CHUNK`] bytes, each sealed with
+//! ChaCha20-Poly1305. The nonce is the generation and the chunk's index; the associated
+//! data is the tenant id, generation and index. Chunk 0 is a sealed manifest: name, size
+//! and SHA-256 of the database. A generation number is reserved durably before its first
+//! chunk is sealed, and it is never reused: a nonce never seals two plaintexts. The sealed
+//! chunks wait in `spool/continuity/<slug>/` until the hub commits them. An interrupted
+//! push resumes there and re-sends only what the hub lacks. The hub acknowledges a commit
+//! after its durable write, then drops every older generation, and with them whatever the
+//! tenant erased since.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use reqwest::Method;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::client::{FederationError, HubClient};
+use crate::store::{StoreError, now};
+use crate::tenant::{TenantHandle, Tenants};
+
+/// Bytes of compressed database per chunk.
+pub const CHUNK: usize = 1 << 20;
+const CONTEXT: &[u8] = b"ceredis-continuity-v1";
+const RECOVERY_PREFIX: &str = "cer1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContinuityError {
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "this is not a recovery key: it looks like `cer1.<43 characters>`, as it was shown \
+         when the continuity copy was enabled"
+    )]
+    BadRecoveryKey,
+    #[error(
+        "the continuity copy of `{0}` is not enabled: `ceredis federation enable --tenant {0}`"
+    )]
+    NotEnabled(String),
+    #[error("the continuity copy of `{0}` is already enabled (its recovery key was shown then)")]
+    AlreadyEnabled(String),
+    #[error("a tenant `{0}` already exists on this appliance: restore under another name")]
+    Exists(String),
+    #[error(
+        "the hub's copy does not decrypt with this recovery key, or it was altered \
+         (chunk {0}); nothing was restored"
+    )]
+    Damaged(i64),
+    #[error("the restored database is not sound ({0}); nothing was restored")]
+    Unsound(String),
+    #[error(transparent)]
+    Tenant(#[from] crate::tenant::TenantError),
+}
+
+/// The tenant's recovery key.
+pub struct RecoveryKey([u8; 32]);
+
+impl std::fmt::Debug for RecoveryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryKey(…)")
+    }
+}
+
+impl RecoveryKey {
+    pub fn generate() -> Result<RecoveryKey, ContinuityError> {
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| std::io::Error::other("no randomness available"))?;
+        Ok(RecoveryKey(bytes))
+    }
+
+    pub fn parse(text: &str) -> Result<RecoveryKey, ContinuityError> {
+        let rest = text
+            .trim()
+            .strip_prefix(RECOVERY_PREFIX)
+            .and_then(|r| r.strip_prefix('.'))
+            .ok_or(ContinuityError::BadRecoveryKey)?;
+        let bytes: [u8; 32] = B64
+            .decode(rest)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(ContinuityError::BadRecoveryKey)?;
+        Ok(RecoveryKey(bytes))
+    }
+
+    fn derive(&self, info: &str) -> [u8; 32] {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, CONTEXT).extract(&self.0);
+        let mut out = [0u8; 32];
+        // Both calls fail only for outputs longer than 255 hash lengths.
+        if let Ok(okm) = prk.expand(&[info.as_bytes()], hkdf::HKDF_SHA256) {
+            let _ = okm.fill(&mut out);
+        }
+        out
+    }
+
+    /// The tenant's id at the hub: says nothing of the tenant.
+    pub fn tenant_uid(&self) -> String {
+        crate::store::backup::hex(&self.derive("tenant-id")[..16])
+    }
+
+    pub fn encryption_key(&self) -> [u8; 32] {
+        self.derive("encryption")
+    }
+
+    pub fn verifier(&self) -> [u8; 32] {
+        self.derive("restore-verifier")
+    }
+}
+
+impl std::fmt::Display for RecoveryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{RECOVERY_PREFIX}.{}", B64.encode(self.0))
+    }
+}
+
+fn sealing_key(key: &[u8]) -> Option<LessSafeKey> {
+    Some(LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, key).ok()?,
+    ))
+}
+
+fn nonce(generation: i64, idx: i64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&generation.to_be_bytes());
+    n[8..].copy_from_slice(&(idx as u32).to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+fn aad(uid: &str, generation: i64, idx: i64) -> Vec<u8> {
+    format!(
+        "{}|{uid}|{generation}|{idx}",
+        String::from_utf8_lossy(CONTEXT)
+    )
+    .into_bytes()
+}
+
+/// Seals one chunk.
+pub fn seal(key: &[u8], uid: &str, generation: i64, idx: i64, plain: &[u8]) -> Vec<u8> {
+    let mut data = plain.to_vec();
+    if let Some(k) = sealing_key(key)
+        && k.seal_in_place_append_tag(
+            nonce(generation, idx),
+            Aad::from(aad(uid, generation, idx)),
+            &mut data,
+        )
+        .is_ok()
+    {
+        return data;
+    }
+    Vec::new()
+}
+
+/// Opens one chunk; `None` when the key is wrong or a byte changed.
+pub fn open(key: &[u8], uid: &str, generation: i64, idx: i64, sealed: &[u8]) -> Option<Vec<u8>> {
+    let mut data = sealed.to_vec();
+    let plain = sealing_key(key)?
+        .open_in_place(
+            nonce(generation, idx),
+            Aad::from(aad(uid, generation, idx)),
+            &mut data,
+        )
+        .ok()?;
+    Some(plain.to_vec())
+}
+
+/// The continuity state of a tenant, from its own database.
+#[derive(Debug, Clone, Serialize)]
+pub struct State {
+    pub tenant_uid: String,
+    #[serde(skip)]
+    pub key: Vec<u8>,
+    #[serde(skip)]
+    pub verifier: Vec<u8>,
+    pub enabled_at: i64,
+    /// The last generation number reserved.
+    pub generation: i64,
+    /// The last generation the hub committed.
+    pub committed: i64,
+    pub committed_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+}
+
+pub fn state(conn: &rusqlite::Connection) -> Result<Option<State>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT tenant_uid, key, verifier, enabled_at, generation, committed, committed_at,
+                    last_error, last_error_at FROM continuity WHERE id = 1",
+        )?
+        .query_row([], |r| {
+            Ok(State {
+                tenant_uid: r.get(0)?,
+                key: r.get(1)?,
+                verifier: r.get(2)?,
+                enabled_at: r.get(3)?,
+                generation: r.get(4)?,
+                committed: r.get(5)?,
+                committed_at: r.get(6)?,
+                last_error: r.get(7)?,
+                last_error_at: r.get(8)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Enables the tenant's continuity copy; returns the recovery key, to show once.
+pub async fn enable(handle: &TenantHandle) -> Result<RecoveryKey, ContinuityError> {
+    let recovery = RecoveryKey::generate()?;
+    let (uid, key, verifier) = (
+        recovery.tenant_uid(),
+        recovery.encryption_key(),
+        recovery.verifier(),
+    );
+    let inserted = handle
+        .db
+        .write(move |c| {
+            Ok(c.prepare_cached(
+                "INSERT OR IGNORE INTO continuity (id, tenant_uid, key, verifier, enabled_at)
+                 VALUES (1, ?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![uid, &key[..], &verifier[..], now()])?)
+        })
+        .await?;
+    if inserted == 0 {
+        return Err(ContinuityError::AlreadyEnabled(handle.slug.clone()));
+    }
+    Ok(recovery)
+}
+
+/// What chunk 0 says of the generation.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    slug: String,
+    name: String,
+    created_at: i64,
+    /// Size and SHA-256 of the database file.
+    bytes: u64,
+    sha256: String,
+    /// Chunks, this one included.
+    chunks: i64,
+}
+
+/// Writes sealed chunks of what is written to it into a spool folder.
+struct ChunkSink<'a> {
+    dir: &'a Path,
+    key: &'a [u8],
+    uid: &'a str,
+    generation: i64,
+    next: i64,
+    buffer: Vec<u8>,
+}
+
+impl ChunkSink<'_> {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let sealed = seal(self.key, self.uid, self.generation, self.next, &self.buffer);
+        std::fs::write(chunk_path(self.dir, self.next), sealed)?;
+        self.next += 1;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl Write for ChunkSink<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK - self.buffer.len();
+        let n = room.min(data.len());
+        self.buffer.extend_from_slice(&data[..n]);
+        if self.buffer.len() == CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn chunk_path(dir: &Path, idx: i64) -> PathBuf {
+    dir.join(format!("chunk-{idx:06}"))
+}
+
+/// What a push did.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub generation: i64,
+    pub chunks: i64,
+    /// Chunks sent now (the others the hub had from an interrupted push).
+    pub sent: i64,
+    pub bytes_sent: u64,
+    pub resumed: bool,
+}
+
+fn spool_dir(data_dir: &Path, slug: &str) -> PathBuf {
+    data_dir.join("spool").join("continuity").join(slug)
+}
+
+/// The spooled generation waiting for the hub, if one is complete: `(generation, chunks)`.
+fn spooled(dir: &Path) -> Option<(i64, i64)> {
+    let text = std::fs::read_to_string(dir.join("ready")).ok()?;
+    let (g, n) = text.trim().split_once(' ')?;
+    Some((g.parse().ok()?, n.parse().ok()?))
+}
+
+/// Pushes a new generation of the tenant's copy (or finishes the one an interrupted push
+/// left), reporting progress through `progress`. On failure the reason is recorded in the
+/// tenant's continuity state, in plain words.
+pub async fn push(
+    client: &HubClient,
+    handle: &TenantHandle,
+    data_dir: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Pushed, ContinuityError> {
+    let result = push_inner(client, handle, data_dir, progress).await;
+    let (error, at) = match &result {
+        Ok(_) => (None, None),
+        Err(e) => (Some(e.to_string()), Some(now())),
+    };
+    handle
+        .db
+        .write(move |c| {
+            c.prepare_cached("UPDATE continuity SET last_error = ?1, last_error_at = ?2")?
+                .execute(params![error, at])?;
+            Ok(())
+        })
+        .await?;
+    result
+}
+
+async fn push_inner(
+    client: &HubClient,
+    handle: &TenantHandle,
+    data_dir: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Pushed, ContinuityError> {
+    let st = handle
+        .db
+        .read(state)
+        .await?
+        .ok_or_else(|| ContinuityError::NotEnabled(handle.slug.clone()))?;
+    let uid = st.tenant_uid.clone();
+    let base = format!("/federation/v1/continuity/{uid}");
+    let (_, body) = client
+        .send(
+            Method::PUT,
+            &base,
+            json_bytes(&json!({"verifier": B64.encode(&st.verifier)})),
+        )
+        .await?;
+    let hub_latest =
+        serde_json::from_slice::<Value>(&body).unwrap_or_default()["latest"]["generation"]
+            .as_i64()
+            .unwrap_or(0);
+    let dir = spool_dir(data_dir, &handle.slug);
+    let resume = spooled(&dir).filter(|(g, _)| *g > hub_latest);
+    let resumed = resume.is_some();
+    let (generation, chunks) = match resume {
+        Some(found) => found,
+        None => seal_generation(handle, &st, hub_latest, &dir).await?,
+    };
+    let (_, body) = client
+        .send(
+            Method::GET,
+            &format!("{base}/generations/{generation}"),
+            Vec::new(),
+        )
+        .await?;
+    let present: Vec<i64> = serde_json::from_slice::<Value>(&body).unwrap_or_default()["present"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    let (mut sent, mut bytes_sent) = (0, 0u64);
+    for idx in (0..chunks).filter(|i| !present.contains(i)) {
+        let data = std::fs::read(chunk_path(&dir, idx))?;
+        bytes_sent += data.len() as u64;
+        client
+            .send(
+                Method::PUT,
+                &format!("{base}/generations/{generation}/chunks/{idx}"),
+                data,
+            )
+            .await?;
+        sent += 1;
+        progress(format!(
+            "{}: generation {generation}, chunk {}/{chunks} sent",
+            handle.slug,
+            idx + 1
+        ));
+    }
+    client
+        .send(
+            Method::POST,
+            &format!("{base}/generations/{generation}/commit"),
+            json_bytes(&json!({"chunks": chunks})),
+        )
+        .await?;
+    handle
+        .db
+        .write(move |c| {
+            c.prepare_cached(
+                "UPDATE continuity SET committed = ?1, committed_at = ?2,
+                                       generation = max(generation, ?1)",
+            )?
+            .execute(params![generation, now()])?;
+            Ok(())
+        })
+        .await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(Pushed {
+        generation,
+        chunks,
+        sent,
+        bytes_sent,
+        resumed,
+    })
+}
+
+fn json_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Reserves a new generation number, snapshots the database and seals it into `dir`.
+async fn seal_generation(
+    handle: &TenantHandle,
+    st: &State,
+    hub_latest: i64,
+    dir: &Path,
+) -> Result<(i64, i64), ContinuityError> {
+    let floor = st.generation.max(st.committed).max(hub_latest);
+    let generation = handle
+        .db
+        .write(move |c| {
+            c.prepare_cached("UPDATE continuity SET generation = ?1")?
+                .execute([floor + 1])?;
+            Ok(floor + 1)
+        })
+        .await?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let snapshot = dir.join("snapshot.db");
+    crate::store::backup::snapshot(handle.db.path(), &snapshot)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (key, uid, slug, name, dir) = (
+        st.key.clone(),
+        st.tenant_uid.clone(),
+        handle.slug.clone(),
+        handle.name.clone(),
+        dir.to_path_buf(),
+    );
+    let chunks = tokio::task::spawn_blocking(move || -> Result<i64, ContinuityError> {
+        let mut file = std::fs::File::open(&snapshot)?;
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut sink = ChunkSink {
+            dir: &dir,
+            key: &key,
+            uid: &uid,
+            generation,
+            next: 1,
+            buffer: Vec::with_capacity(CHUNK),
+        };
+        let mut bytes = 0u64;
+        {
+            let mut encoder = zstd::stream::write::Encoder::new(&mut sink, 3)?;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                digest.update(&buf[..n]);
+                encoder.write_all(&buf[..n])?;
+                bytes += n as u64;
+            }
+            encoder.finish()?;
+        }
+        sink.flush_chunk()?;
+        let chunks = sink.next;
+        let manifest = Manifest {
+            format: 1,
+            slug,
+            name,
+            created_at: now(),
+            bytes,
+            sha256: crate::store::backup::hex(digest.finish().as_ref()),
+            chunks,
+        };
+        let plain = serde_json::to_vec(&manifest).unwrap_or_default();
+        std::fs::write(chunk_path(&dir, 0), seal(&key, &uid, generation, 0, &plain))?;
+        std::fs::remove_file(&snapshot)?;
+        // Written last: the spool is complete.
+        std::fs::write(dir.join("ready"), format!("{generation} {chunks}"))?;
+        Ok(chunks)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    Ok((generation, chunks))
+}
+
+/// What a restore brought back.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub slug: String,
+    pub name: String,
+    pub generation: i64,
+    pub bytes: u64,
+}
+
+/// Restores a tenant from the hub's continuity copy, under `slug`, with its recovery key.
+/// This site becomes the copy's owner. Nothing is created unless every chunk decrypts and
+/// the database passes its integrity check.
+pub async fn restore(
+    client: &HubClient,
+    tenants: &Tenants,
+    data_dir: &Path,
+    recovery: &RecoveryKey,
+    slug: &str,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Restored, ContinuityError> {
+    crate::tenant::validate_slug(slug)?;
+    if tenants.get(slug).await?.is_some() || crate::tenant::tenant_db_path(data_dir, slug).exists()
+    {
+        return Err(ContinuityError::Exists(slug.to_string()));
+    }
+    let uid = recovery.tenant_uid();
+    let key = recovery.encryption_key();
+    let base = format!("/federation/v1/continuity/{uid}");
+    let (_, body) = client
+        .send(
+            Method::POST,
+            &format!("{base}/claim"),
+            json_bytes(&json!({"verifier": B64.encode(recovery.verifier())})),
+        )
+        .await?;
+    let latest = serde_json::from_slice::<Value>(&body).unwrap_or_default()["latest"].clone();
+    let (Some(generation), Some(chunks)) =
+        (latest["generation"].as_i64(), latest["chunks"].as_i64())
+    else {
+        return Err(FederationError::Refused {
+            status: 404,
+            code: "no_generation".into(),
+            message: "the hub holds no complete copy of this tenant yet".into(),
+        }
+        .into());
+    };
+    let fetch = |idx: i64| {
+        let path = format!("{base}/generations/{generation}/chunks/{idx}");
+        let uid = uid.clone();
+        async move {
+            let (_, sealed) = client.send(Method::GET, &path, Vec::new()).await?;
+            open(&key, &uid, generation, idx, &sealed).ok_or(ContinuityError::Damaged(idx))
+        }
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&fetch(0).await?).map_err(|_| ContinuityError::Damaged(0))?;
+    if manifest.chunks != chunks {
+        return Err(ContinuityError::Damaged(0));
+    }
+    let spool = data_dir.join("spool");
+    std::fs::create_dir_all(&spool)?;
+    let temp = spool.join(format!("restore-{slug}.db"));
+    let _ = std::fs::remove_file(&temp);
+    let mut decoder = zstd::stream::write::Decoder::new(std::fs::File::create(&temp)?)?;
+    for idx in 1..chunks {
+        let plain = match fetch(idx).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        decoder.write_all(&plain)?;
+        progress(format!("{slug}: chunk {}/{chunks} received", idx + 1));
+    }
+    decoder.flush()?;
+    drop(decoder);
+    let (path, expected) = (temp.clone(), manifest.sha256.clone());
+    let check = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let sha =
+            crate::store::backup::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        if sha != expected {
+            return Err("its SHA-256 differs from the copy's manifest".into());
+        }
+        let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+        let verdict: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        if verdict != "ok" {
+            return Err(verdict);
+        }
+        conn.execute(
+            "UPDATE continuity SET committed = ?1, generation = max(generation, ?1),
+                                   last_error = NULL, last_error_at = NULL",
+            [generation],
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let Err(why) = check {
+        let _ = std::fs::remove_file(&temp);
+        return Err(ContinuityError::Unsound(why));
+    }
+    tenants.adopt(slug, &manifest.name, &temp).await?;
+    Ok(Restored {
+        slug: slug.to_string(),
+        name: manifest.name,
+        generation,
+        bytes: manifest.bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_keys_read_back_and_derive_distinct_values() {
+        let r = RecoveryKey::generate().unwrap();
+        let again = RecoveryKey::parse(&r.to_string()).unwrap();
+        assert_eq!(r.tenant_uid(), again.tenant_uid());
+        assert_eq!(r.tenant_uid().len(), 32);
+        assert_ne!(r.encryption_key(), r.verifier());
+        let other = RecoveryKey::generate().unwrap();
+        assert_ne!(r.tenant_uid(), other.tenant_uid());
+        for bad in ["", "cer1.", "cer2.AAAA", &r.to_string()[..20]] {
+            assert!(matches!(
+                RecoveryKey::parse(bad),
+                Err(ContinuityError::BadRecoveryKey)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_chunk_opens_only_with_its_key_tenant_generation_and_index() {
+        let r = RecoveryKey::generate().unwrap();
+        let (key, uid) = (r.encryption_key(), r.tenant_uid());
+        let sealed = seal(&key, &uid, 3, 7, b"les notes de Lea");
+        assert!(!sealed.windows(3).any(|w| w == b"Lea"));
+        assert_eq!(
+            open(&key, &uid, 3, 7, &sealed).unwrap(),
+            b"les notes de Lea"
+        );
+        let other = RecoveryKey::generate().unwrap();
+        assert!(open(&other.encryption_key(), &uid, 3, 7, &sealed).is_none());
+        assert!(open(&key, &other.tenant_uid(), 3, 7, &sealed).is_none());
+        assert!(open(&key, &uid, 4, 7, &sealed).is_none());
+        assert!(open(&key, &uid, 3, 8, &sealed).is_none());
+        let mut altered = sealed.clone();
+        altered[0] ^= 1;
+        assert!(open(&key, &uid, 3, 7, &altered).is_none());
+    }
+}
