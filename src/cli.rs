@@ -80,8 +80,19 @@ enum Command {
     App(AppCommand),
     /// The federation hub (the federation's side of sync): serve it, issue enrolment
     /// tokens, list and revoke sites. Its data directory is its own.
-    #[command(subcommand)]
-    Hub(HubCommand),
+    Hub {
+        /// Keep the hub's records in PostgreSQL (a connection string, `host=… dbname=…` or
+        /// `postgresql://…`) instead of `hub.db` in the data directory.
+        #[arg(
+            long,
+            global = true,
+            env = "CEREDIS_HUB_POSTGRES",
+            hide_env_values = true
+        )]
+        postgres: Option<String>,
+        #[command(subcommand)]
+        command: HubCommand,
+    },
     /// This site's link to its federation hub: join it, check it.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -353,7 +364,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a)
         | Command::Demo(a)
         | Command::Init { serve: a, .. }
-        | Command::Hub(HubCommand::Serve(a)) => Some(a),
+        | Command::Hub {
+            command: HubCommand::Serve(a),
+            ..
+        } => Some(a),
         _ => None,
     };
     let config = load_config(&cli, serve_args)?;
@@ -382,7 +396,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Credential(c) => rt.block_on(credential_command(config, c)),
         Command::Framework(f) => rt.block_on(framework_command(config, f)),
         Command::App(a) => rt.block_on(app_command(config, a)),
-        Command::Hub(h) => rt.block_on(hub_command(config, h)),
+        Command::Hub { postgres, command } => {
+            rt.block_on(hub_command(config, postgres.as_deref(), command))
+        }
         Command::Federation(f) => rt.block_on(federation_command(config, f)),
         Command::Doctor => {
             let checks = doctor::full(&config);
@@ -1034,17 +1050,25 @@ async fn framework_command(config: Config, command: FrameworkCommand) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-async fn hub_command(config: Config, command: HubCommand) -> Result<ExitCode> {
+async fn hub_command(
+    config: Config,
+    postgres: Option<&str>,
+    command: HubCommand,
+) -> Result<ExitCode> {
     use crate::federation::hub::{HubState, router};
     let names = tls::server_names(&config.tls.server_names);
-    let state = HubState::open(&config.data_dir, &names).await?;
+    let state = HubState::open(&config.data_dir, &names, postgres).await?;
     match command {
         HubCommand::Serve(_) => {
             let listener = server::bind(config.listen)?;
             let url = config.base_url(listener.local_addr()?);
             // A stable line that scripts and tests wait for.
             println!("ceredis hub: listening on {url}");
-            println!("hub id {}", state.hub_id);
+            println!(
+                "hub id {}, records in {}",
+                state.hub_id,
+                state.store.engine()
+            );
             let tls = tls::server_config(&config.data_dir)?;
             server::serve_router(router(state), listener, tls, shutdown_signal()).await?;
         }

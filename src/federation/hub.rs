@@ -37,7 +37,10 @@ use super::{
     secret_hash, verify,
 };
 use crate::error::ApiError;
-use crate::store::federation::{self as sql, SiteRow, TokenRefusal};
+use crate::store::federation::{
+    self as sql, ClaimRefusal, ContinuityOwner, GenerationRefusal, SiteRow, TokenRefusal,
+};
+use crate::store::hub_postgres as pgsql;
 use crate::store::{Database, DbOptions, StoreError, StoreMetrics, now};
 
 pub const HUB_DB: &str = "hub.db";
@@ -48,15 +51,20 @@ pub const MAX_BODY: usize = 64 << 20;
 #[derive(Clone)]
 pub enum HubStore {
     Sqlite(Database),
+    Postgres(deadpool_postgres::Pool),
 }
 
 impl std::fmt::Debug for HubStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HubStore::Sqlite(db) => write!(f, "HubStore::Sqlite({})", db.path().display()),
+            HubStore::Postgres(_) => f.write_str("HubStore::Postgres"),
         }
     }
 }
+
+/// The newest committed generation of a copy: `(generation, chunks)`.
+pub type Latest = Option<(i64, i64)>;
 
 impl HubStore {
     pub fn open_sqlite(data_dir: &Path) -> Result<HubStore, StoreError> {
@@ -69,6 +77,17 @@ impl HubStore {
         )?))
     }
 
+    pub async fn open_postgres(conninfo: &str) -> Result<HubStore, StoreError> {
+        Ok(HubStore::Postgres(pgsql::open(conninfo).await?))
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self {
+            HubStore::Sqlite(_) => "SQLite",
+            HubStore::Postgres(_) => "PostgreSQL",
+        }
+    }
+
     pub async fn init_hub_id(&self, hub_id: String) -> Result<String, StoreError> {
         match self {
             HubStore::Sqlite(db) => {
@@ -78,6 +97,7 @@ impl HubStore {
                 })
                 .await
             }
+            HubStore::Postgres(p) => pgsql::init_hub_id(p, &hub_id, now()).await,
         }
     }
 
@@ -93,6 +113,9 @@ impl HubStore {
             HubStore::Sqlite(db) => {
                 db.write(move |c| sql::add_token(c, &hash, &label, at, at + valid_secs))
                     .await?
+            }
+            HubStore::Postgres(p) => {
+                pgsql::add_token(p, &hash, &label, at, at + valid_secs).await?
             }
         }
         Ok(secret)
@@ -111,51 +134,152 @@ impl HubStore {
                 db.write(move |c| sql::enrol(c, &hash, &site_id, &public_key, &name, now()))
                     .await
             }
+            HubStore::Postgres(p) => {
+                pgsql::enrol(p, &hash, &site_id, &public_key, &name, now()).await
+            }
         }
     }
 
     pub async fn site(&self, site_id: String) -> Result<Option<SiteRow>, StoreError> {
         match self {
             HubStore::Sqlite(db) => db.read(move |c| sql::site(c, &site_id)).await,
+            HubStore::Postgres(p) => pgsql::site(p, &site_id).await,
         }
     }
 
     pub async fn sites(&self) -> Result<Vec<SiteRow>, StoreError> {
         match self {
             HubStore::Sqlite(db) => db.read(sql::sites).await,
+            HubStore::Postgres(p) => pgsql::sites(p).await,
         }
     }
 
     pub async fn revoke(&self, site_id: String) -> Result<bool, StoreError> {
         match self {
             HubStore::Sqlite(db) => db.write(move |c| sql::revoke(c, &site_id, now())).await,
-        }
-    }
-
-    /// Runs `job` in a durable write (each engine its own transaction).
-    pub async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        match self {
-            HubStore::Sqlite(db) => db.write(job).await,
-        }
-    }
-
-    pub async fn read<T, F>(&self, job: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        match self {
-            HubStore::Sqlite(db) => db.read(job).await,
+            HubStore::Postgres(p) => pgsql::revoke(p, &site_id, now()).await,
         }
     }
 
     pub async fn touch(&self, site_id: String) -> Result<(), StoreError> {
         match self {
             HubStore::Sqlite(db) => db.write(move |c| sql::touch(c, &site_id, now())).await,
+            HubStore::Postgres(p) => pgsql::touch(p, &site_id, now()).await,
+        }
+    }
+
+    pub async fn continuity_owner(
+        &self,
+        uid: String,
+    ) -> Result<Option<ContinuityOwner>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(move |c| sql::continuity_owner(c, &uid)).await,
+            HubStore::Postgres(p) => pgsql::continuity_owner(p, &uid).await,
+        }
+    }
+
+    /// Registers `uid`'s copy to `site_id` unless it is registered; returns its owner and
+    /// newest generation.
+    pub async fn register_continuity(
+        &self,
+        uid: String,
+        site_id: String,
+        verifier_hash: String,
+    ) -> Result<(Option<ContinuityOwner>, Latest), StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| {
+                    sql::register_continuity(c, &uid, &site_id, &verifier_hash, now())?;
+                    Ok((
+                        sql::continuity_owner(c, &uid)?,
+                        sql::latest_generation(c, &uid)?,
+                    ))
+                })
+                .await
+            }
+            HubStore::Postgres(p) => {
+                pgsql::register(p, &uid, &site_id, &verifier_hash, now()).await
+            }
+        }
+    }
+
+    pub async fn claim(
+        &self,
+        uid: String,
+        site_id: String,
+        verifier_hash: String,
+    ) -> Result<Result<Latest, ClaimRefusal>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::claim(c, &uid, &site_id, &verifier_hash, now()))
+                    .await
+            }
+            HubStore::Postgres(p) => pgsql::claim(p, &uid, &site_id, &verifier_hash, now()).await,
+        }
+    }
+
+    /// The chunk indexes held for a generation, and the newest committed generation.
+    pub async fn generation_status(
+        &self,
+        uid: String,
+        generation: i64,
+    ) -> Result<(Vec<i64>, Latest), StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.read(move |c| {
+                    Ok((
+                        sql::chunks_present(c, &uid, generation)?,
+                        sql::latest_generation(c, &uid)?,
+                    ))
+                })
+                .await
+            }
+            HubStore::Postgres(p) => pgsql::generation_status(p, &uid, generation).await,
+        }
+    }
+
+    pub async fn put_chunk(
+        &self,
+        uid: String,
+        generation: i64,
+        idx: i64,
+        data: Vec<u8>,
+    ) -> Result<Result<(), GenerationRefusal>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::put_chunk(c, &uid, generation, idx, &data))
+                    .await
+            }
+            HubStore::Postgres(p) => pgsql::put_chunk(p, &uid, generation, idx, &data).await,
+        }
+    }
+
+    pub async fn commit_generation(
+        &self,
+        uid: String,
+        generation: i64,
+        chunks: i64,
+    ) -> Result<Result<(), GenerationRefusal>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::commit_generation(c, &uid, generation, chunks, now()))
+                    .await
+            }
+            HubStore::Postgres(p) => {
+                pgsql::commit_generation(p, &uid, generation, chunks, now()).await
+            }
+        }
+    }
+
+    pub async fn chunk(
+        &self,
+        uid: String,
+        generation: i64,
+        idx: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(move |c| sql::chunk(c, &uid, generation, idx)).await,
+            HubStore::Postgres(p) => pgsql::chunk(p, &uid, generation, idx).await,
         }
     }
 }
@@ -170,7 +294,12 @@ pub struct HubState {
 
 impl HubState {
     /// Opens (creating on first use) the hub's data directory: identity, CA, database.
-    pub async fn open(data_dir: &Path, names: &[String]) -> anyhow::Result<HubState> {
+    /// `postgres`: a PostgreSQL connection string; `None` keeps the hub in `hub.db`.
+    pub async fn open(
+        data_dir: &Path,
+        names: &[String],
+        postgres: Option<&str>,
+    ) -> anyhow::Result<HubState> {
         std::fs::create_dir_all(data_dir)?;
         let identity = match crate::identity::load(data_dir) {
             Ok(i) => i,
@@ -182,7 +311,10 @@ impl HubState {
         let hub_id = identity.site_id.replacen("site-", "hub-", 1);
         crate::tls::ensure_ca(data_dir, &hub_id, names)?;
         crate::tls::ensure_server_cert(data_dir, names)?;
-        let store = HubStore::open_sqlite(data_dir)?;
+        let store = match postgres {
+            Some(conninfo) => HubStore::open_postgres(conninfo).await?,
+            None => HubStore::open_sqlite(data_dir)?,
+        };
         let hub_id = store.init_hub_id(hub_id).await?;
         let ca_pem = std::fs::read_to_string(data_dir.join(crate::tls::CA_CERT))?;
         Ok(HubState {
@@ -505,16 +637,9 @@ async fn register(
     let site = authenticate(&state, &signed).await?;
     check_uid(&uid)?;
     let hash = verifier_hash(&signed.body)?;
-    let site_id = site.site_id.clone();
     let (owner, latest) = state
         .store
-        .write(move |c| {
-            sql::register_continuity(c, &uid, &site_id, &hash, now())?;
-            Ok((
-                sql::continuity_owner(c, &uid)?,
-                sql::latest_generation(c, &uid)?,
-            ))
-        })
+        .register_continuity(uid, site.site_id.clone(), hash)
         .await?;
     match owner {
         Some(o) if o.site_id == site.site_id => {
@@ -557,40 +682,26 @@ async fn claim(
     let site = authenticate(&state, &signed).await?;
     check_uid(&uid)?;
     let hash = verifier_hash(&signed.body)?;
-    let site_id = site.site_id.clone();
-    let outcome = state
+    let latest = state
         .store
-        .write(move |c| {
-            let Some(owner) = sql::continuity_owner(c, &uid)? else {
-                return Ok(Err(no_copy()));
-            };
-            let same: bool =
-                subtle::ConstantTimeEq::ct_eq(owner.verifier_hash.as_bytes(), hash.as_bytes())
-                    .into();
-            if !same {
-                return Ok(Err(ApiError::forbidden(
-                    "wrong_recovery_key",
-                    "this is not the tenant's recovery key",
-                )));
-            }
-            sql::claim_continuity(c, &uid, &site_id, now())?;
-            Ok(Ok(sql::latest_generation(c, &uid)?))
-        })
-        .await??;
+        .claim(uid, site.site_id.clone(), hash)
+        .await?
+        .map_err(|r| match r {
+            ClaimRefusal::NoCopy => no_copy(),
+            ClaimRefusal::WrongKey => ApiError::forbidden(
+                "wrong_recovery_key",
+                "this is not the tenant's recovery key",
+            ),
+        })?;
     tracing::info!(site = %site.site_id, "continuity copy claimed for a restore");
-    Ok(axum::Json(json!({"latest": latest_json(outcome)})).into_response())
+    Ok(axum::Json(json!({"latest": latest_json(latest)})).into_response())
 }
 
 /// The signed site, if it owns `uid`'s copy.
 async fn owner_of(state: &HubState, signed: &Signed, uid: &str) -> Result<SiteRow, ApiError> {
     let site = authenticate(state, signed).await?;
     check_uid(uid)?;
-    let owned = uid.to_string();
-    match state
-        .store
-        .read(move |c| sql::continuity_owner(c, &owned))
-        .await?
-    {
+    match state.store.continuity_owner(uid.to_string()).await? {
         Some(o) if o.site_id == site.site_id => Ok(site),
         Some(o) => Err(not_owner(&o.site_id)),
         None => Err(no_copy()),
@@ -603,36 +714,28 @@ async fn generation_status(
     signed: Signed,
 ) -> Result<Response, ApiError> {
     owner_of(&state, &signed, &uid).await?;
-    let (present, latest) = state
-        .store
-        .read(move |c| {
-            Ok((
-                sql::chunks_present(c, &uid, generation)?,
-                sql::latest_generation(c, &uid)?,
-            ))
-        })
-        .await?;
+    let (present, latest) = state.store.generation_status(uid, generation).await?;
     Ok(axum::Json(json!({"present": present, "latest": latest_json(latest)})).into_response())
 }
 
-fn refused(r: sql::GenerationRefusal) -> ApiError {
+fn refused(r: GenerationRefusal) -> ApiError {
     match r {
-        sql::GenerationRefusal::Stale(latest) => ApiError::new(
+        GenerationRefusal::Stale(latest) => ApiError::new(
             StatusCode::CONFLICT,
             "generation_stale",
             format!("the hub already committed generation {latest}, newer than this one"),
         ),
-        sql::GenerationRefusal::Committed => ApiError::new(
+        GenerationRefusal::Committed => ApiError::new(
             StatusCode::CONFLICT,
             "generation_committed",
             "this generation is committed: its chunks no longer change",
         ),
-        sql::GenerationRefusal::Different => ApiError::new(
+        GenerationRefusal::Different => ApiError::new(
             StatusCode::CONFLICT,
             "chunk_differs",
             "the hub holds other bytes under this chunk's index",
         ),
-        sql::GenerationRefusal::Missing(missing) => ApiError::new(
+        GenerationRefusal::Missing(missing) => ApiError::new(
             StatusCode::CONFLICT,
             "chunks_missing",
             format!("the hub does not hold chunks {missing:?} of this generation"),
@@ -652,10 +755,9 @@ async fn put_chunk(
             "generations count from 1, chunks from 0, and a chunk is not empty",
         ));
     }
-    let data = signed.body.to_vec();
     state
         .store
-        .write(move |c| sql::put_chunk(c, &uid, generation, idx, &data))
+        .put_chunk(uid, generation, idx, signed.body.to_vec())
         .await?
         .map_err(refused)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -682,7 +784,7 @@ async fn commit(
     }
     state
         .store
-        .write(move |c| sql::commit_generation(c, &uid, generation, body.chunks, now()))
+        .commit_generation(uid, generation, body.chunks)
         .await?
         .map_err(refused)?;
     Ok(axum::Json(json!({"committed": generation})).into_response())
@@ -696,7 +798,7 @@ async fn get_chunk(
     owner_of(&state, &signed, &uid).await?;
     let data = state
         .store
-        .read(move |c| sql::chunk(c, &uid, generation, idx))
+        .chunk(uid, generation, idx)
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok(([("content-type", "application/octet-stream")], data).into_response())

@@ -458,3 +458,34 @@ pub fn chunk(
         .query_row(params![uid, generation, idx], |r| r.get(0))
         .optional()?)
 }
+
+/// Why a restore's claim of a copy was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    NoCopy,
+    WrongKey,
+}
+
+/// Hands `uid`'s copy to `site_id` if `verifier_hash` is the copy's; returns the newest
+/// committed generation.
+pub fn claim(
+    conn: &Connection,
+    uid: &str,
+    site_id: &str,
+    verifier_hash: &str,
+    at: i64,
+) -> Result<Result<Option<(i64, i64)>, ClaimRefusal>, StoreError> {
+    let Some(owner) = continuity_owner(conn, uid)? else {
+        return Ok(Err(ClaimRefusal::NoCopy));
+    };
+    if !same_secret(&owner.verifier_hash, verifier_hash) {
+        return Ok(Err(ClaimRefusal::WrongKey));
+    }
+    claim_continuity(conn, uid, site_id, at)?;
+    Ok(Ok(latest_generation(conn, uid)?))
+}
+
+/// Constant-time comparison of two secret digests.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
+}

@@ -22,6 +22,7 @@ pub mod backup;
 pub mod competency;
 pub mod erasure;
 pub mod federation;
+pub mod hub_postgres;
 pub mod lrs;
 pub mod research;
 pub mod retention;
@@ -65,6 +66,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("not found")]
     NotFound,
+    /// The federation hub's PostgreSQL store.
+    #[error("postgresql: {0}")]
+    Postgres(String),
 }
 
 impl StoreError {

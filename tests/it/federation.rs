@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
+use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use reqwest::StatusCode;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -16,22 +16,37 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
+/// Where a hub keeps its records: every test here runs on both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+pub const ENGINES: [Engine; 2] = [Engine::Sqlite, Engine::Postgres];
+
 /// A hub in its own temporary data directory.
 pub struct Hub {
     _dir: tempfile::TempDir,
     pub data: PathBuf,
     child: Option<Child>,
     pub base: String,
+    /// The PostgreSQL database of a hub on PostgreSQL.
+    pub postgres: Option<String>,
 }
 
 impl Hub {
-    pub fn start() -> Hub {
+    pub fn start(engine: Engine) -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("hub");
         let log = std::fs::File::create(dir.path().join("hub.log")).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["hub", "serve", "--data-dir"])
-            .arg(&data)
+        let postgres = (engine == Engine::Postgres).then(|| crate::postgres::cluster().database());
+        let mut command = Command::new(BIN);
+        command.args(["hub", "serve", "--data-dir"]).arg(&data);
+        if let Some(p) = &postgres {
+            command.args(["--postgres", p]);
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -52,16 +67,17 @@ impl Hub {
             data,
             child: Some(child),
             base,
+            postgres,
         }
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .output()
-            .unwrap()
+        let mut command = Command::new(BIN);
+        command.args(args).arg("--data-dir").arg(&self.data);
+        if let Some(p) = &self.postgres {
+            command.args(["--postgres", p]);
+        }
+        command.output().unwrap()
     }
 
     /// A fresh one-time token.
@@ -193,7 +209,13 @@ fn now() -> i64 {
 
 #[tokio::test]
 async fn a_site_joins_its_hub_with_a_one_time_token_and_every_request_is_signed() {
-    let hub = Hub::start();
+    for engine in ENGINES {
+        a_site_joins_its_hub_with_a_one_time_token_and_every_request_is_signed_on(engine).await;
+    }
+}
+
+async fn a_site_joins_its_hub_with_a_one_time_token_and_every_request_is_signed_on(engine: Engine) {
+    let hub = Hub::start(engine);
     let a = Appliance::init();
     let b = Appliance::init();
     let token = hub.token("École A");
@@ -319,8 +341,14 @@ async fn a_site_joins_its_hub_with_a_one_time_token_and_every_request_is_signed(
 
 #[tokio::test]
 async fn a_token_for_another_hub_an_expired_or_malformed_token_changes_nothing() {
-    let hub = Hub::start();
-    let other = Hub::start();
+    for engine in ENGINES {
+        a_token_for_another_hub_an_expired_or_malformed_token_changes_nothing_on(engine).await;
+    }
+}
+
+async fn a_token_for_another_hub_an_expired_or_malformed_token_changes_nothing_on(engine: Engine) {
+    let hub = Hub::start(engine);
+    let other = Hub::start(engine);
     let site = Appliance::init();
 
     // The token pins `other`'s CA: `hub` is not the hub it was issued by.
@@ -411,17 +439,68 @@ fn dump(db: &Path) -> Vec<String> {
 }
 
 fn hub_chunks(hub: &Hub) -> Vec<Vec<u8>> {
+    const CHUNKS: &str = "SELECT data FROM continuity_chunks ORDER BY generation, idx";
+    if let Some(p) = &hub.postgres {
+        let hex = crate::postgres::cluster().psql(
+            p,
+            "SELECT encode(data, 'hex') FROM continuity_chunks ORDER BY generation, idx",
+        );
+        return hex
+            .lines()
+            .map(|l| {
+                (0..l.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                    .collect()
+            })
+            .collect();
+    }
     let db = rusqlite::Connection::open_with_flags(
         hub.data.join("hub.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    db.prepare("SELECT data FROM continuity_chunks ORDER BY generation, idx")
+    db.prepare(CHUNKS)
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
+}
+
+/// Every byte the hub keeps: its database file, or a dump of its PostgreSQL database.
+fn hub_bytes(hub: &Hub) -> Vec<u8> {
+    match &hub.postgres {
+        Some(p) => crate::postgres::cluster().dump(p),
+        None => std::fs::read(hub.data.join("hub.db")).unwrap(),
+    }
+}
+
+/// Flips one bit of the hub's newest chunk (twice restores it).
+fn flip(hub: &Hub) {
+    if let Some(p) = &hub.postgres {
+        crate::postgres::cluster().psql(
+            p,
+            "UPDATE continuity_chunks SET data = set_byte(data, 20, get_byte(data, 20) # 64)
+             WHERE (generation, idx) =
+                   (SELECT generation, idx FROM continuity_chunks ORDER BY idx DESC LIMIT 1)",
+        );
+        return;
+    }
+    let db = rusqlite::Connection::open(hub.data.join("hub.db")).unwrap();
+    let (g, idx, mut data): (i64, i64, Vec<u8>) = db
+        .query_row(
+            "SELECT generation, idx, data FROM continuity_chunks ORDER BY idx DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    data[20] ^= 0x40;
+    db.execute(
+        "UPDATE continuity_chunks SET data = ?3 WHERE generation = ?1 AND idx = ?2",
+        rusqlite::params![g, idx, data],
+    )
+    .unwrap();
 }
 
 fn join(hub: &Hub, site: &Appliance, label: &str) {
@@ -431,7 +510,18 @@ fn join(hub: &Hub, site: &Appliance, label: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only_ciphertext() {
-    let hub = Hub::start();
+    for engine in ENGINES {
+        a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only_ciphertext_on(
+            engine,
+        )
+        .await;
+    }
+}
+
+async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only_ciphertext_on(
+    engine: Engine,
+) {
+    let hub = Hub::start(engine);
     let mut a = Appliance::init();
     a.start();
     let s = crate::assessment::school(&a).await;
@@ -452,8 +542,10 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
 
     // Only ciphertext at the hub: none of the school's words, in the chunks or anywhere in
     // the hub's database.
-    let hub_db = std::fs::read(hub.data.join("hub.db")).unwrap();
-    let tenant_db = std::fs::read(a.data.join("tenants/ecole/tenant.db")).unwrap();
+    let hub_db = hub_bytes(&hub);
+    // The source's words, wherever SQLite keeps them (the file or its write-ahead log).
+    let mut tenant_db = std::fs::read(a.data.join("tenants/ecole/tenant.db")).unwrap();
+    tenant_db.extend(std::fs::read(a.data.join("tenants/ecole/tenant.db-wal")).unwrap_or_default());
     for marker in ["chercheuse", "Prénom", "4e A"] {
         let m = marker.as_bytes();
         assert!(
@@ -486,22 +578,6 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     assert!(!b.data.join("tenants/ecole").exists());
 
     // A chunk altered at the hub: the restore refuses, and creates nothing.
-    let flip = |hub: &Hub| {
-        let db = rusqlite::Connection::open(hub.data.join("hub.db")).unwrap();
-        let (g, idx, mut data): (i64, i64, Vec<u8>) = db
-            .query_row(
-                "SELECT generation, idx, data FROM continuity_chunks ORDER BY idx DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap();
-        data[20] ^= 0x40;
-        db.execute(
-            "UPDATE continuity_chunks SET data = ?3 WHERE generation = ?1 AND idx = ?2",
-            rusqlite::params![g, idx, data],
-        )
-        .unwrap();
-    };
     flip(&hub);
     let restore = ["restore", "--tenant", "ecole", "--recovery-key", &recovery];
     let (ok, text) = federation(&b, &restore);
@@ -582,8 +658,14 @@ async fn cutting_relay(target: String) -> (String, std::sync::Arc<std::sync::ato
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks() {
+    for engine in ENGINES {
+        a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks_on(engine).await;
+    }
+}
+
+async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks_on(engine: Engine) {
     use std::sync::atomic::Ordering;
-    let hub = Hub::start();
+    let hub = Hub::start(engine);
     let mut a = Appliance::init();
     a.start();
     crate::assessment::school(&a).await;

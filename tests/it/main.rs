@@ -12,6 +12,7 @@ mod federation;
 mod isolation;
 mod lrs;
 mod operations;
+mod postgres;
 mod research;
 mod roster;
 mod support;

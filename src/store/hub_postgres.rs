@@ -1,0 +1,499 @@
+//! The federation hub on PostgreSQL, for a federation that outgrows one machine: the same
+//! tables and rules as the SQLite hub ([`super::federation`]). Every write runs in one
+//! transaction. Rows that a check reads before it writes are locked (`FOR UPDATE`), so two
+//! hub processes on one database decide as one. A write is acknowledged after `COMMIT`,
+//! which is durable with PostgreSQL's default `synchronous_commit = on`.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::StoreError;
+use super::federation::{
+    ClaimRefusal, ContinuityOwner, GenerationRefusal, SiteRow, TokenRefusal, same_secret,
+};
+
+/// Schema versions, each applied once, in order, under an advisory lock.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE hub (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    hub_id      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE enrolment_tokens (
+    secret_hash TEXT PRIMARY KEY,
+    label       TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT,
+    used_by     TEXT
+);
+CREATE TABLE sites (
+    site_id     TEXT PRIMARY KEY,
+    public_key  BYTEA NOT NULL,
+    name        TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    enrolled_at BIGINT NOT NULL,
+    revoked_at  BIGINT,
+    last_seen   BIGINT
+);
+CREATE TABLE continuity_tenants (
+    tenant_uid    TEXT PRIMARY KEY,
+    site_id       TEXT NOT NULL,
+    verifier_hash TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    claimed_at    BIGINT
+);
+CREATE TABLE continuity_generations (
+    tenant_uid   TEXT NOT NULL,
+    generation   BIGINT NOT NULL,
+    chunks       BIGINT,
+    committed_at BIGINT,
+    PRIMARY KEY (tenant_uid, generation)
+);
+CREATE TABLE continuity_chunks (
+    tenant_uid TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    idx        BIGINT NOT NULL,
+    data       BYTEA NOT NULL,
+    PRIMARY KEY (tenant_uid, generation, idx)
+);
+"];
+
+fn pg(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Postgres(e.to_string())
+}
+
+/// Connects (`conninfo`: `host=… dbname=…` or a `postgresql://` URL) and brings the
+/// schema up to date.
+pub async fn open(conninfo: &str) -> Result<Pool, StoreError> {
+    let config: tokio_postgres::Config = conninfo.parse().map_err(pg)?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager).max_size(16).build().map_err(pg)?;
+    let mut client = pool.get().await.map_err(pg)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    // One migrating process at a time.
+    tx.execute("SELECT pg_advisory_xact_lock(7208312)", &[])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS hub_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(pg)?;
+    let version: i64 = tx
+        .query_one("SELECT count(*) FROM hub_schema", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO hub_schema (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(pool)
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(pg)
+}
+
+pub async fn init_hub_id(pool: &Pool, hub_id: &str, at: i64) -> Result<String, StoreError> {
+    let c = client(pool).await?;
+    c.execute(
+        "INSERT INTO hub (id, hub_id, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
+        &[&hub_id, &at],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(c.query_one("SELECT hub_id FROM hub WHERE id = 1", &[])
+        .await
+        .map_err(pg)?
+        .get(0))
+}
+
+pub async fn add_token(
+    pool: &Pool,
+    secret_hash: &str,
+    label: &str,
+    at: i64,
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    client(pool)
+        .await?
+        .execute(
+            "INSERT INTO enrolment_tokens (secret_hash, label, created_at, expires_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&secret_hash, &label, &at, &expires_at],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+const SITE_COLUMNS: &str = "site_id, public_key, name, label, enrolled_at, revoked_at, last_seen";
+
+fn site_row(r: &tokio_postgres::Row) -> SiteRow {
+    SiteRow {
+        site_id: r.get(0),
+        public_key: r.get(1),
+        name: r.get(2),
+        label: r.get(3),
+        enrolled_at: r.get(4),
+        revoked_at: r.get(5),
+        last_seen: r.get(6),
+    }
+}
+
+pub async fn enrol(
+    pool: &Pool,
+    secret_hash: &str,
+    site_id: &str,
+    public_key: &[u8],
+    name: &str,
+    at: i64,
+) -> Result<Result<String, TokenRefusal>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg)?;
+    let Some(token) = tx
+        .query_opt(
+            "SELECT label, expires_at, used_at FROM enrolment_tokens WHERE secret_hash = $1
+             FOR UPDATE",
+            &[&secret_hash],
+        )
+        .await
+        .map_err(pg)?
+    else {
+        return Ok(Err(TokenRefusal::Unknown));
+    };
+    let (label, expires_at, used_at): (String, i64, Option<i64>) =
+        (token.get(0), token.get(1), token.get(2));
+    if used_at.is_some() {
+        return Ok(Err(TokenRefusal::Used));
+    }
+    if expires_at <= at {
+        return Ok(Err(TokenRefusal::Expired));
+    }
+    let revoked = tx
+        .query_opt(
+            "SELECT 1 FROM sites WHERE site_id = $1 AND revoked_at IS NOT NULL",
+            &[&site_id],
+        )
+        .await
+        .map_err(pg)?;
+    if revoked.is_some() {
+        return Ok(Err(TokenRefusal::Revoked));
+    }
+    tx.execute(
+        "UPDATE enrolment_tokens SET used_at = $2, used_by = $3 WHERE secret_hash = $1",
+        &[&secret_hash, &at, &site_id],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "INSERT INTO sites (site_id, public_key, name, label, enrolled_at, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $5)
+         ON CONFLICT (site_id) DO UPDATE SET name = excluded.name, label = excluded.label,
+                                             last_seen = excluded.last_seen",
+        &[&site_id, &public_key, &name, &label, &at],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(Ok(label))
+}
+
+pub async fn site(pool: &Pool, site_id: &str) -> Result<Option<SiteRow>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query_opt(
+            &format!("SELECT {SITE_COLUMNS} FROM sites WHERE site_id = $1"),
+            &[&site_id],
+        )
+        .await
+        .map_err(pg)?
+        .as_ref()
+        .map(site_row))
+}
+
+pub async fn sites(pool: &Pool) -> Result<Vec<SiteRow>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query(
+            &format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY enrolled_at, site_id"),
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(site_row)
+        .collect())
+}
+
+pub async fn revoke(pool: &Pool, site_id: &str, at: i64) -> Result<bool, StoreError> {
+    Ok(client(pool)
+        .await?
+        .execute(
+            "UPDATE sites SET revoked_at = $2 WHERE site_id = $1 AND revoked_at IS NULL",
+            &[&site_id, &at],
+        )
+        .await
+        .map_err(pg)?
+        > 0)
+}
+
+pub async fn touch(pool: &Pool, site_id: &str, at: i64) -> Result<(), StoreError> {
+    client(pool)
+        .await?
+        .execute(
+            "UPDATE sites SET last_seen = $2 WHERE site_id = $1",
+            &[&site_id, &at],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+async fn owner_of(
+    c: &impl deadpool_postgres::GenericClient,
+    uid: &str,
+    lock: bool,
+) -> Result<Option<ContinuityOwner>, StoreError> {
+    let sql = if lock {
+        "SELECT site_id, verifier_hash FROM continuity_tenants WHERE tenant_uid = $1 FOR UPDATE"
+    } else {
+        "SELECT site_id, verifier_hash FROM continuity_tenants WHERE tenant_uid = $1"
+    };
+    Ok(c.query_opt(sql, &[&uid])
+        .await
+        .map_err(pg)?
+        .map(|r| ContinuityOwner {
+            site_id: r.get(0),
+            verifier_hash: r.get(1),
+        }))
+}
+
+async fn latest(
+    c: &impl deadpool_postgres::GenericClient,
+    uid: &str,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    Ok(c.query_opt(
+        "SELECT generation, chunks FROM continuity_generations
+         WHERE tenant_uid = $1 AND committed_at IS NOT NULL
+         ORDER BY generation DESC LIMIT 1",
+        &[&uid],
+    )
+    .await
+    .map_err(pg)?
+    .map(|r| (r.get(0), r.get(1))))
+}
+
+pub async fn continuity_owner(
+    pool: &Pool,
+    uid: &str,
+) -> Result<Option<ContinuityOwner>, StoreError> {
+    owner_of(&client(pool).await?, uid, false).await
+}
+
+pub async fn register(
+    pool: &Pool,
+    uid: &str,
+    site_id: &str,
+    verifier_hash: &str,
+    at: i64,
+) -> Result<(Option<ContinuityOwner>, Option<(i64, i64)>), StoreError> {
+    let c = client(pool).await?;
+    c.execute(
+        "INSERT INTO continuity_tenants (tenant_uid, site_id, verifier_hash, created_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        &[&uid, &site_id, &verifier_hash, &at],
+    )
+    .await
+    .map_err(pg)?;
+    Ok((owner_of(&c, uid, false).await?, latest(&c, uid).await?))
+}
+
+pub async fn claim(
+    pool: &Pool,
+    uid: &str,
+    site_id: &str,
+    verifier_hash: &str,
+    at: i64,
+) -> Result<Result<Option<(i64, i64)>, ClaimRefusal>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg)?;
+    let Some(owner) = owner_of(&tx, uid, true).await? else {
+        return Ok(Err(ClaimRefusal::NoCopy));
+    };
+    if !same_secret(&owner.verifier_hash, verifier_hash) {
+        return Ok(Err(ClaimRefusal::WrongKey));
+    }
+    tx.execute(
+        "UPDATE continuity_tenants SET site_id = $2, claimed_at = $3 WHERE tenant_uid = $1",
+        &[&uid, &site_id, &at],
+    )
+    .await
+    .map_err(pg)?;
+    let newest = latest(&tx, uid).await?;
+    tx.commit().await.map_err(pg)?;
+    Ok(Ok(newest))
+}
+
+pub async fn generation_status(
+    pool: &Pool,
+    uid: &str,
+    generation: i64,
+) -> Result<(Vec<i64>, Option<(i64, i64)>), StoreError> {
+    let c = client(pool).await?;
+    let present = c
+        .query(
+            "SELECT idx FROM continuity_chunks WHERE tenant_uid = $1 AND generation = $2
+             ORDER BY idx",
+            &[&uid, &generation],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((present, latest(&c, uid).await?))
+}
+
+/// The same rule as the SQLite hub: a generation not newer than the last committed one is
+/// closed.
+fn closed(generation: i64, newest: Option<(i64, i64)>) -> Option<GenerationRefusal> {
+    match newest {
+        Some((latest, _)) if generation == latest => Some(GenerationRefusal::Committed),
+        Some((latest, _)) if generation < latest => Some(GenerationRefusal::Stale(latest)),
+        _ => None,
+    }
+}
+
+pub async fn put_chunk(
+    pool: &Pool,
+    uid: &str,
+    generation: i64,
+    idx: i64,
+    data: &[u8],
+) -> Result<Result<(), GenerationRefusal>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg)?;
+    // Chunks and commits of one tenant are decided one at a time.
+    owner_of(&tx, uid, true).await?;
+    let existing = tx
+        .query_opt(
+            "SELECT data FROM continuity_chunks
+             WHERE tenant_uid = $1 AND generation = $2 AND idx = $3",
+            &[&uid, &generation, &idx],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(row) = existing {
+        let stored: Vec<u8> = row.get(0);
+        return Ok(if stored == data {
+            Ok(())
+        } else {
+            Err(GenerationRefusal::Different)
+        });
+    }
+    if let Some(refusal) = closed(generation, latest(&tx, uid).await?) {
+        return Ok(Err(refusal));
+    }
+    tx.execute(
+        "INSERT INTO continuity_generations (tenant_uid, generation) VALUES ($1, $2)
+         ON CONFLICT DO NOTHING",
+        &[&uid, &generation],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "INSERT INTO continuity_chunks (tenant_uid, generation, idx, data)
+         VALUES ($1, $2, $3, $4)",
+        &[&uid, &generation, &idx, &data],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(Ok(()))
+}
+
+pub async fn commit_generation(
+    pool: &Pool,
+    uid: &str,
+    generation: i64,
+    chunks: i64,
+    at: i64,
+) -> Result<Result<(), GenerationRefusal>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg)?;
+    owner_of(&tx, uid, true).await?;
+    let newest = latest(&tx, uid).await?;
+    if newest == Some((generation, chunks)) {
+        return Ok(Ok(()));
+    }
+    if let Some(refusal) = closed(generation, newest) {
+        return Ok(Err(refusal));
+    }
+    let present: Vec<i64> = tx
+        .query(
+            "SELECT idx FROM continuity_chunks WHERE tenant_uid = $1 AND generation = $2",
+            &[&uid, &generation],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<i64> = (0..chunks).filter(|i| !present.contains(i)).collect();
+    if !missing.is_empty() {
+        return Ok(Err(GenerationRefusal::Missing(missing)));
+    }
+    tx.execute(
+        "DELETE FROM continuity_chunks WHERE tenant_uid = $1
+         AND (generation < $2 OR (generation = $2 AND idx >= $3))",
+        &[&uid, &generation, &chunks],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "DELETE FROM continuity_generations WHERE tenant_uid = $1 AND generation < $2",
+        &[&uid, &generation],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "UPDATE continuity_generations SET chunks = $3, committed_at = $4
+         WHERE tenant_uid = $1 AND generation = $2",
+        &[&uid, &generation, &chunks, &at],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(Ok(()))
+}
+
+pub async fn chunk(
+    pool: &Pool,
+    uid: &str,
+    generation: i64,
+    idx: i64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query_opt(
+            "SELECT data FROM continuity_chunks
+             WHERE tenant_uid = $1 AND generation = $2 AND idx = $3",
+            &[&uid, &generation, &idx],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0)))
+}
