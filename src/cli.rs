@@ -82,13 +82,9 @@ enum Command {
     /// tokens, list and revoke sites. Its data directory is its own.
     Hub {
         /// Keep the hub's records in PostgreSQL (a connection string, `host=… dbname=…` or
-        /// `postgresql://…`) instead of `hub.db` in the data directory.
-        #[arg(
-            long,
-            global = true,
-            env = "CEREDIS_HUB_POSTGRES",
-            hide_env_values = true
-        )]
+        /// `postgresql://…`) instead of `hub.db` in the data directory. Overrides
+        /// `hub.postgres` of the configuration (env CEREDIS_HUB__POSTGRES).
+        #[arg(long, global = true)]
         postgres: Option<String>,
         #[command(subcommand)]
         command: HubCommand,
@@ -517,6 +513,7 @@ async fn shutdown_signal() {
 async fn serve(config: Config, banner: Option<String>) -> Result<()> {
     let state = AppState::open(config.clone())?;
     server::prepare_tls(&state)?;
+    tokio::spawn(crate::federation::sync::run(state.clone()));
     let main = server::bind(config.listen)?;
     let bound = main.local_addr()?;
     let redirect = match (config.insecure_http, config.redirect_addr()) {
@@ -1057,7 +1054,10 @@ async fn hub_command(
 ) -> Result<ExitCode> {
     use crate::federation::hub::{HubState, router};
     let names = tls::server_names(&config.tls.server_names);
-    let state = HubState::open(&config.data_dir, &names, postgres).await?;
+    let postgres = postgres
+        .map(str::to_string)
+        .or_else(|| Some(config.hub.postgres.expose().to_string()).filter(|p| !p.is_empty()));
+    let state = HubState::open(&config.data_dir, &names, postgres.as_deref()).await?;
     match command {
         HubCommand::Serve(_) => {
             let listener = server::bind(config.listen)?;
@@ -1136,22 +1136,24 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
             );
         }
         FederationCommand::Status => {
-            let (m, v) = client::status(&state.system, &config.data_dir).await?;
-            println!(
-                "hub {} at {}: reachable, this site ({}) is enrolled as `{}`",
-                m.hub_id,
-                m.hub_url,
-                v["site"]["site_id"].as_str().unwrap_or_default(),
-                v["site"]["name"].as_str().unwrap_or_default()
-            );
-            for t in state.tenants.list().await? {
-                let handle = state
-                    .tenants
-                    .handle(&t.slug, &Authorized::console())
-                    .await?;
-                let Some(c) = handle.db.read(continuity::state).await? else {
-                    continue;
-                };
+            // What this site knows is shown even when the hub cannot be asked.
+            let link = match client::status(&state.system, &config.data_dir).await {
+                Ok((m, v)) => {
+                    println!(
+                        "hub {} at {}: reachable, this site ({}) is enrolled as `{}`",
+                        m.hub_id,
+                        m.hub_url,
+                        v["site"]["site_id"].as_str().unwrap_or_default(),
+                        v["site"]["name"].as_str().unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Err(e)
+                }
+            };
+            for (slug, c) in state.system.read(continuity::states).await? {
                 let when = |t: Option<i64>| {
                     t.map_or_else(
                         || "never".to_string(),
@@ -1160,7 +1162,7 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 };
                 println!(
                     "  {}: continuity copy generation {} committed {}{}",
-                    t.slug,
+                    slug,
                     c.committed,
                     when(c.committed_at),
                     c.last_error
@@ -1168,13 +1170,17 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                         .unwrap_or_default()
                 );
             }
+            if link.is_err() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         FederationCommand::Enable { tenant } => {
-            let handle = state
+            // The tenant must exist (and be active).
+            state
                 .tenants
                 .handle(&tenant, &Authorized::console())
                 .await?;
-            let recovery = continuity::enable(&handle).await?;
+            let recovery = continuity::enable(&state.system, &tenant).await?;
             println!("{recovery}");
             eprintln!(
                 "Continuity copy of `{tenant}` enabled. The line above is its RECOVERY KEY, \
@@ -1184,24 +1190,25 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
         }
         FederationCommand::Push { tenant } => {
             let (hub, _) = client::client(&state.system, &config.data_dir).await?;
+            let enabled: Vec<String> = state
+                .system
+                .read(continuity::states)
+                .await?
+                .into_iter()
+                .map(|(slug, _)| slug)
+                .collect();
             let slugs = match tenant {
-                Some(t) => vec![t],
-                None => state
-                    .tenants
-                    .list()
-                    .await?
-                    .into_iter()
-                    .map(|t| t.slug)
-                    .collect(),
+                Some(t) if enabled.contains(&t) => vec![t],
+                Some(t) => return Err(continuity::ContinuityError::NotEnabled(t).into()),
+                None => enabled,
             };
             let mut failed = false;
             for slug in slugs {
                 let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
-                if handle.db.read(continuity::state).await?.is_none() {
-                    continue;
-                }
                 let progress = |line: String| eprintln!("{line}");
-                match continuity::push(&hub, &handle, &config.data_dir, &progress).await {
+                match continuity::push(&hub, &state.system, &handle, &config.data_dir, &progress)
+                    .await
+                {
                     Ok(p) => println!(
                         "{slug}: generation {} committed ({} chunks, {} sent now, {} bytes{})",
                         p.generation,

@@ -76,6 +76,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub lrs: LrsConfig,
     pub log: LogConfig,
+    pub federation: FederationConfig,
+    pub hub: HubConfig,
     /// Bearer token a Prometheus scraper sends to read `/metrics`; empty: only clients on
     /// this machine (loopback) may read it.
     pub metrics_token: Secret,
@@ -177,6 +179,36 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// The site's sync with its federation hub (once joined).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Seconds between automatic pushes of a tenant's continuity copy, when the tenant
+    /// changed; 0 turns automatic sync off (`ceredis federation push` still works).
+    pub sync_interval_secs: u64,
+    /// Seconds before the first retry after a failed push; each failure doubles it (up to
+    /// `sync_interval_secs`), with random jitter so that sites do not retry in step.
+    pub retry_min_secs: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            sync_interval_secs: 3600,
+            retry_min_secs: 30,
+        }
+    }
+}
+
+/// Hub mode (`ceredis hub`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// PostgreSQL connection string (`host=… dbname=…` or `postgresql://…`) for the hub's
+    /// records; empty keeps them in `hub.db` in the data directory.
+    pub postgres: Secret,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -192,6 +224,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             lrs: LrsConfig::default(),
             log: LogConfig::default(),
+            federation: FederationConfig::default(),
+            hub: HubConfig::default(),
             metrics_token: Secret::default(),
         }
     }

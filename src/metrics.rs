@@ -40,6 +40,7 @@ pub struct Metrics {
     pub logins: Family<LoginLabel, Counter>,
     pub apps: Family<AppLabel, Counter>,
     pub app_latency: Histogram,
+    pub continuity: Family<AppLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,8 +93,15 @@ impl Metrics {
             "Tenant app requests, from instantiation to the response's last byte",
             app_latency.clone(),
         );
+        let continuity = Family::<AppLabel, Counter>::default();
+        registry.register(
+            "ceredis_continuity_pushes",
+            "Automatic pushes of tenants' continuity copies to the federation hub, by outcome (ok, failed)",
+            continuity.clone(),
+        );
         store.register(&mut registry);
         Metrics {
+            continuity,
             apps,
             app_latency,
             registry,
@@ -107,6 +115,10 @@ impl Metrics {
     pub fn app_request(&self, outcome: &'static str, took: std::time::Duration) {
         self.apps.get_or_create(&AppLabel { outcome }).inc();
         self.app_latency.observe(took.as_secs_f64());
+    }
+
+    pub fn continuity_push(&self, outcome: &'static str) {
+        self.continuity.get_or_create(&AppLabel { outcome }).inc();
     }
 
     pub fn render(&self) -> String {

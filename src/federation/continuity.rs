@@ -3,8 +3,8 @@
 //!
 //! Keys. Enabling the copy makes a recovery key (32 random bytes, shown once to the
 //! operator, never stored). Three values are derived from it with HKDF-SHA256: the
-//! tenant's opaque id at the hub, the encryption key (kept in the tenant's database to
-//! push), and a restore verifier (the hub keeps only its hash).
+//! tenant's opaque id at the hub, the encryption key (kept in the site's system database,
+//! never in the tenant's own, to push), and a restore verifier (the hub keeps only its hash).
 //!
 //! Generations. A push takes a consistent snapshot of the tenant's database, compresses it
 //! with zstd and cuts it into chunks of [`CHUNK`] bytes, each sealed with
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::client::{FederationError, HubClient};
-use crate::store::{StoreError, now};
+use crate::store::{Database, StoreError, now};
 use crate::tenant::{TenantHandle, Tenants};
 
 /// Bytes of compressed database per chunk.
@@ -59,6 +59,8 @@ pub enum ContinuityError {
     AlreadyEnabled(String),
     #[error("a tenant `{0}` already exists on this appliance: restore under another name")]
     Exists(String),
+    #[error("another push of `{0}` is under way")]
+    Busy(String),
     #[error(
         "the hub's copy does not decrypt with this recovery key, or it was altered \
          (chunk {0}); nothing was restored"
@@ -199,48 +201,80 @@ pub struct State {
     pub last_error_at: Option<i64>,
 }
 
-pub fn state(conn: &rusqlite::Connection) -> Result<Option<State>, StoreError> {
+const STATE_COLUMNS: &str = "tenant_uid, key, verifier, enabled_at, generation, committed,
+                             committed_at, last_error, last_error_at";
+
+fn state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<State> {
+    Ok(State {
+        tenant_uid: r.get(0)?,
+        key: r.get(1)?,
+        verifier: r.get(2)?,
+        enabled_at: r.get(3)?,
+        generation: r.get(4)?,
+        committed: r.get(5)?,
+        committed_at: r.get(6)?,
+        last_error: r.get(7)?,
+        last_error_at: r.get(8)?,
+    })
+}
+
+/// The continuity state of tenant `slug` (in the system database).
+pub fn state(conn: &rusqlite::Connection, slug: &str) -> Result<Option<State>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT tenant_uid, key, verifier, enabled_at, generation, committed, committed_at,
-                    last_error, last_error_at FROM continuity WHERE id = 1",
-        )?
-        .query_row([], |r| {
-            Ok(State {
-                tenant_uid: r.get(0)?,
-                key: r.get(1)?,
-                verifier: r.get(2)?,
-                enabled_at: r.get(3)?,
-                generation: r.get(4)?,
-                committed: r.get(5)?,
-                committed_at: r.get(6)?,
-                last_error: r.get(7)?,
-                last_error_at: r.get(8)?,
-            })
-        })
+        .prepare_cached(&format!(
+            "SELECT {STATE_COLUMNS} FROM continuity WHERE slug = ?1"
+        ))?
+        .query_row([slug], state_row)
         .optional()?)
 }
 
+/// Every tenant with its continuity copy enabled: `(slug, state)`.
+pub fn states(conn: &rusqlite::Connection) -> Result<Vec<(String, State)>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT slug, {STATE_COLUMNS} FROM continuity ORDER BY slug"
+        ))?
+        .query_map([], |r| {
+            let slug: String = r.get(0)?;
+            // The state's columns follow the slug.
+            Ok((
+                slug,
+                State {
+                    tenant_uid: r.get(1)?,
+                    key: r.get(2)?,
+                    verifier: r.get(3)?,
+                    enabled_at: r.get(4)?,
+                    generation: r.get(5)?,
+                    committed: r.get(6)?,
+                    committed_at: r.get(7)?,
+                    last_error: r.get(8)?,
+                    last_error_at: r.get(9)?,
+                },
+            ))
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
 /// Enables the tenant's continuity copy; returns the recovery key, to show once.
-pub async fn enable(handle: &TenantHandle) -> Result<RecoveryKey, ContinuityError> {
+pub async fn enable(system: &Database, slug: &str) -> Result<RecoveryKey, ContinuityError> {
     let recovery = RecoveryKey::generate()?;
     let (uid, key, verifier) = (
         recovery.tenant_uid(),
         recovery.encryption_key(),
         recovery.verifier(),
     );
-    let inserted = handle
-        .db
+    let owned = slug.to_string();
+    let inserted = system
         .write(move |c| {
             Ok(c.prepare_cached(
-                "INSERT OR IGNORE INTO continuity (id, tenant_uid, key, verifier, enabled_at)
-                 VALUES (1, ?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO continuity (slug, tenant_uid, key, verifier, enabled_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![uid, &key[..], &verifier[..], now()])?)
+            .execute(params![owned, uid, &key[..], &verifier[..], now()])?)
         })
         .await?;
     if inserted == 0 {
-        return Err(ContinuityError::AlreadyEnabled(handle.slug.clone()));
+        return Err(ContinuityError::AlreadyEnabled(slug.to_string()));
     }
     Ok(recovery)
 }
@@ -329,35 +363,67 @@ fn spooled(dir: &Path) -> Option<(i64, i64)> {
 /// tenant's continuity state, in plain words.
 pub async fn push(
     client: &HubClient,
+    system: &Database,
     handle: &TenantHandle,
     data_dir: &Path,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<Pushed, ContinuityError> {
-    let result = push_inner(client, handle, data_dir, progress).await;
+    let result = match PushLock::take(data_dir, &handle.slug) {
+        Ok(_lock) => push_inner(client, system, handle, data_dir, progress).await,
+        Err(e) => Err(e),
+    };
     let (error, at) = match &result {
         Ok(_) => (None, None),
         Err(e) => (Some(e.to_string()), Some(now())),
     };
-    handle
-        .db
+    let slug = handle.slug.clone();
+    system
         .write(move |c| {
-            c.prepare_cached("UPDATE continuity SET last_error = ?1, last_error_at = ?2")?
-                .execute(params![error, at])?;
+            c.prepare_cached(
+                "UPDATE continuity SET last_error = ?2, last_error_at = ?3 WHERE slug = ?1",
+            )?
+            .execute(params![slug, error, at])?;
             Ok(())
         })
         .await?;
     result
 }
 
+/// One push of a tenant at a time (the server's sync and `ceredis federation push` share
+/// the spool): an exclusive lock on `spool/continuity/<slug>.lock`, released on drop.
+struct PushLock(std::fs::File);
+
+impl PushLock {
+    fn take(data_dir: &Path, slug: &str) -> Result<PushLock, ContinuityError> {
+        let dir = data_dir.join("spool").join("continuity");
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{slug}.lock")))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| ContinuityError::Busy(slug.to_string()))?;
+        Ok(PushLock(file))
+    }
+}
+
+impl Drop for PushLock {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
 async fn push_inner(
     client: &HubClient,
+    system: &Database,
     handle: &TenantHandle,
     data_dir: &Path,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<Pushed, ContinuityError> {
-    let st = handle
-        .db
-        .read(state)
+    let slug = handle.slug.clone();
+    let st = system
+        .read(move |c| state(c, &slug))
         .await?
         .ok_or_else(|| ContinuityError::NotEnabled(handle.slug.clone()))?;
     let uid = st.tenant_uid.clone();
@@ -378,7 +444,7 @@ async fn push_inner(
     let resumed = resume.is_some();
     let (generation, chunks) = match resume {
         Some(found) => found,
-        None => seal_generation(handle, &st, hub_latest, &dir).await?,
+        None => seal_generation(system, handle, &st, hub_latest, &dir).await?,
     };
     let (_, body) = client
         .send(
@@ -416,14 +482,14 @@ async fn push_inner(
             json_bytes(&json!({"chunks": chunks})),
         )
         .await?;
-    handle
-        .db
+    let slug = handle.slug.clone();
+    system
         .write(move |c| {
             c.prepare_cached(
-                "UPDATE continuity SET committed = ?1, committed_at = ?2,
-                                       generation = max(generation, ?1)",
+                "UPDATE continuity SET committed = ?2, committed_at = ?3,
+                                       generation = max(generation, ?2) WHERE slug = ?1",
             )?
-            .execute(params![generation, now()])?;
+            .execute(params![slug, generation, now()])?;
             Ok(())
         })
         .await?;
@@ -443,17 +509,18 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 
 /// Reserves a new generation number, snapshots the database and seals it into `dir`.
 async fn seal_generation(
+    system: &Database,
     handle: &TenantHandle,
     st: &State,
     hub_latest: i64,
     dir: &Path,
 ) -> Result<(i64, i64), ContinuityError> {
     let floor = st.generation.max(st.committed).max(hub_latest);
-    let generation = handle
-        .db
+    let slug = handle.slug.clone();
+    let generation = system
         .write(move |c| {
-            c.prepare_cached("UPDATE continuity SET generation = ?1")?
-                .execute([floor + 1])?;
+            c.prepare_cached("UPDATE continuity SET generation = ?2 WHERE slug = ?1")?
+                .execute(params![slug, floor + 1])?;
             Ok(floor + 1)
         })
         .await?;
@@ -612,12 +679,6 @@ pub async fn restore(
         if verdict != "ok" {
             return Err(verdict);
         }
-        conn.execute(
-            "UPDATE continuity SET committed = ?1, generation = max(generation, ?1),
-                                   last_error = NULL, last_error_at = NULL",
-            [generation],
-        )
-        .map_err(|e| e.to_string())?;
         Ok(())
     })
     .await
@@ -627,6 +688,27 @@ pub async fn restore(
         return Err(ContinuityError::Unsound(why));
     }
     tenants.adopt(slug, &manifest.name, &temp).await?;
+    // This site keeps the copy from now on, from the generation it restored.
+    let (owned, uid, verifier) = (slug.to_string(), recovery.tenant_uid(), recovery.verifier());
+    tenants
+        .system()
+        .write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO continuity (slug, tenant_uid, key, verifier, enabled_at, generation,
+                                         committed, committed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?5)",
+            )?
+            .execute(params![
+                owned,
+                uid,
+                &key[..],
+                &verifier[..],
+                now(),
+                generation
+            ])?;
+            Ok(())
+        })
+        .await?;
     Ok(Restored {
         slug: slug.to_string(),
         name: manifest.name,

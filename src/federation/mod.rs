@@ -19,6 +19,7 @@
 pub mod client;
 pub mod continuity;
 pub mod hub;
+pub mod sync;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

@@ -58,11 +58,12 @@ CREATE TABLE continuity_chunks (
 );
 ";
 
-/// Appended to the tenant migrations: this tenant's continuity copy, when enabled. The
-/// key is derived from the recovery key, which is never stored.
-pub const TENANT_CONTINUITY: &str = "
+/// Appended to the system database's migrations: each tenant's continuity copy, when
+/// enabled. The key is derived from the recovery key, which is never stored; it lives here,
+/// outside the tenant's own database, so that the copy never carries it.
+pub const SITE_CONTINUITY: &str = "
 CREATE TABLE continuity (
-    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    slug          TEXT PRIMARY KEY,
     tenant_uid    TEXT NOT NULL,
     key           BLOB NOT NULL,
     verifier      BLOB NOT NULL,

@@ -231,6 +231,8 @@ pub struct Database {
 struct Inner {
     name: String,
     path: PathBuf,
+    /// Transactions committed by this process's writer since it opened the database.
+    commits: Arc<std::sync::atomic::AtomicU64>,
     writer: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
     read_slots: Arc<Semaphore>,
@@ -344,9 +346,11 @@ impl Database {
         };
         let thread_metrics = metrics.clone();
         let max_batch = options.max_batch.max(1);
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = commits.clone();
         std::thread::Builder::new()
             .name(format!("writer-{name}"))
-            .spawn(move || writer_loop(writer, rx, max_batch, thread_metrics, label))
+            .spawn(move || writer_loop(writer, rx, max_batch, thread_metrics, label, counted))
             .map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
@@ -356,6 +360,7 @@ impl Database {
             inner: Arc::new(Inner {
                 name: name.to_string(),
                 path: path.to_path_buf(),
+                commits,
                 writer: tx,
                 read_slots: Arc::new(Semaphore::new(readers.len())),
                 readers: Mutex::new(readers),
@@ -369,6 +374,12 @@ impl Database {
 
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Write transactions this process committed to the database since it opened it: a
+    /// change since a moment is a larger count than then.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs `job` in the writer's current transaction and returns its result once the
@@ -488,6 +499,7 @@ fn writer_loop(
     max_batch: usize,
     metrics: StoreMetrics,
     label: DbLabel,
+    commits: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let depth = metrics.queue_depth.get_or_create(&label).clone();
     let batch_size = metrics.batch_size.get_or_create(&label).clone();
@@ -550,6 +562,9 @@ fn writer_loop(
             }
         }
         commit_seconds.observe(started.elapsed().as_secs_f64());
+        if commit.is_ok() {
+            commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         for done in completions {
             done(commit.clone());
         }

@@ -6,8 +6,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::shared::SESSIONS_AND_TOKENS;
 use super::{Migrations, StoreError, now};
 
-pub const MIGRATIONS: Migrations =
-    Migrations(&[V1, SESSIONS_AND_TOKENS, super::federation::SITE_V1]);
+pub const MIGRATIONS: Migrations = Migrations(&[
+    V1,
+    SESSIONS_AND_TOKENS,
+    super::federation::SITE_V1,
+    super::federation::SITE_CONTINUITY,
+]);
 
 const V1: &str = "
 CREATE TABLE site (

@@ -17,7 +17,6 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::competency::V1,
     super::research::V1,
     super::apps::V1,
-    super::federation::TENANT_CONTINUITY,
 ]);
 
 const V1: &str = "

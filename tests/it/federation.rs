@@ -39,22 +39,38 @@ impl Hub {
     pub fn start(engine: Engine) -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("hub");
-        let log = std::fs::File::create(dir.path().join("hub.log")).unwrap();
         let postgres = (engine == Engine::Postgres).then(|| crate::postgres::cluster().database());
+        let mut hub = Hub {
+            _dir: dir,
+            data,
+            child: None,
+            base: String::new(),
+            postgres,
+        };
+        hub.spawn("127.0.0.1:0");
+        hub
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_file_name("hub.log"))
+            .unwrap();
         let mut command = Command::new(BIN);
-        command.args(["hub", "serve", "--data-dir"]).arg(&data);
-        if let Some(p) = &postgres {
+        command.args(["hub", "serve", "--data-dir"]).arg(&self.data);
+        if let Some(p) = &self.postgres {
             command.args(["--postgres", p]);
         }
         let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
+        self.base = loop {
             let line = lines.next().expect("the hub printed its address").unwrap();
             if let Some(url) = line.strip_prefix("ceredis hub: listening on ") {
                 let port = url.rsplit(':').next().unwrap().trim();
@@ -62,13 +78,22 @@ impl Hub {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Hub {
-            _dir: dir,
-            data,
-            child: Some(child),
-            base,
-            postgres,
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash or a cut link would leave it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+    }
+
+    /// Starts the hub again on the same address and records.
+    pub fn restart(&mut self) {
+        self.stop();
+        let listen = self.base.trim_start_matches("https://").to_string();
+        self.spawn(&listen);
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
@@ -96,10 +121,7 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
@@ -737,4 +759,101 @@ async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks_on(
         dump(&a.data.join("tenants/ecole/tenant.db")),
         dump(&b.data.join("tenants/ecole/tenant.db"))
     );
+}
+
+/// The generation `ceredis federation status` reports for tenant `ecole`, and its line.
+fn committed_generation(site: &Appliance) -> (i64, String) {
+    let (_, text) = federation(site, &["status"]);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("ecole:"))
+        .unwrap_or_default()
+        .to_string();
+    let generation = line
+        .split("generation ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0);
+    (generation, line)
+}
+
+/// Polls `ok` for up to 60 s.
+async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back() {
+    for engine in ENGINES {
+        a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back_on(engine).await;
+    }
+}
+
+async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back_on(
+    engine: Engine,
+) {
+    let mut hub = Hub::start(engine);
+    let mut a = Appliance::init_with_env(&[
+        ("CEREDIS_FEDERATION__SYNC_INTERVAL_SECS", "1"),
+        ("CEREDIS_FEDERATION__RETRY_MIN_SECS", "1"),
+    ]);
+    a.start();
+    let s = crate::assessment::school(&a).await;
+    join(&hub, &a, "École A");
+    let (ok, recovery) = federation(&a, &["enable", "--tenant", "ecole"]);
+    assert!(ok, "{recovery}");
+    let recovery = recovery.lines().next().unwrap().trim().to_string();
+    // Nobody runs `federation push`: the server does.
+    eventually("a first automatic push", || committed_generation(&a).0 >= 1).await;
+
+    // A change is pushed on its own.
+    let before = committed_generation(&a).0;
+    add_user(&s.admin, "ecole", "nouvelle", "student").await;
+    eventually("the change pushed", || committed_generation(&a).0 > before).await;
+
+    // The hub goes away: the site says why it cannot push, in plain words, and retries.
+    hub.stop();
+    add_user(&s.admin, "ecole", "pendant", "student").await;
+    eventually("the failure shown", || {
+        committed_generation(&a).1.contains("cannot be reached")
+    })
+    .await;
+    let stuck = committed_generation(&a).0;
+    // Back: the retries catch up without anyone doing anything, and the error clears.
+    hub.restart();
+    eventually("caught up after the hub came back", || {
+        let (g, line) = committed_generation(&a);
+        g > stuck && !line.contains("failed")
+    })
+    .await;
+    // What the hub holds has the user added while it was away.
+    let b = Appliance::init();
+    join(&hub, &b, "École B");
+    let (ok, text) = federation(
+        &b,
+        &["restore", "--tenant", "ecole", "--recovery-key", &recovery],
+    );
+    assert!(ok, "{text}");
+    let db = rusqlite::Connection::open_with_flags(
+        b.data.join("tenants/ecole/tenant.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let users: Vec<String> = db
+        .prepare("SELECT username FROM users WHERE username IN ('nouvelle', 'pendant')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(users.len(), 2, "{users:?}");
+    a.kill();
 }

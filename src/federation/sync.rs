@@ -1,0 +1,125 @@
+//! Automatic sync, run by `ceredis serve`: once the site has joined a hub, each tenant whose
+//! continuity copy is enabled is pushed when it changed, every
+//! `federation.sync_interval_secs`. A failed push is retried after `retry_min_secs`,
+//! doubled at each failure up to the interval, each wait drawn between half and one and a
+//! half times its value so that sites cut off together do not come back in step. What a
+//! push did or why it failed is in `ceredis federation status`, the log and `/metrics`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::app::AppState;
+use crate::auth::Authorized;
+
+use super::client;
+use super::continuity;
+
+/// A tenant's place in the schedule.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The database's commit count when the last committed push took its snapshot.
+    clean_at: Option<u64>,
+    failures: u32,
+    next: Option<Instant>,
+}
+
+/// A random factor in [0.5, 1.5).
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0
+}
+
+/// The wait before the next try after `failures` failures in a row.
+pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    let base = min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(max);
+    base.mul_f64(jitter())
+}
+
+/// Runs until the process ends.
+pub async fn run(state: AppState) {
+    let cfg = state.config.federation.clone();
+    if cfg.sync_interval_secs == 0 {
+        return;
+    }
+    let interval = Duration::from_secs(cfg.sync_interval_secs);
+    let retry_min = Duration::from_secs(cfg.retry_min_secs.max(1)).min(interval);
+    // How often the schedule is looked at: often enough for the shortest wait.
+    let tick = retry_min.min(interval).min(Duration::from_secs(5)) / 2;
+    let mut slots: HashMap<String, Slot> = HashMap::new();
+    loop {
+        tokio::time::sleep(tick.max(Duration::from_millis(200))).await;
+        let Ok(enabled) = state.system.read(continuity::states).await else {
+            continue;
+        };
+        if enabled.is_empty() {
+            continue;
+        }
+        let hub = match client::client(&state.system, &state.config.data_dir).await {
+            Ok((hub, _)) => hub,
+            // Not joined (yet): nothing to push to.
+            Err(_) => continue,
+        };
+        for (slug, st) in enabled {
+            let slot = slots.entry(slug.clone()).or_default();
+            let now = Instant::now();
+            if slot.next.is_some_and(|next| now < next) {
+                continue;
+            }
+            let Ok(handle) = state.tenants.handle(&slug, &Authorized::console()).await else {
+                continue;
+            };
+            let before = handle.db.commits();
+            let pending = st.last_error.is_some() || st.committed == 0;
+            if slot.clean_at == Some(before) && !pending {
+                slot.next = Some(now + interval.mul_f64(jitter()));
+                continue;
+            }
+            let quiet = |_line: String| {};
+            match continuity::push(&hub, &state.system, &handle, &state.config.data_dir, &quiet)
+                .await
+            {
+                Ok(p) => {
+                    tracing::info!(tenant = %slug, generation = p.generation, chunks = p.chunks,
+                        sent = p.sent, bytes = p.bytes_sent, "continuity copy pushed");
+                    state.metrics.continuity_push("ok");
+                    slot.clean_at = Some(before);
+                    slot.failures = 0;
+                    slot.next = Some(Instant::now() + interval.mul_f64(jitter()));
+                }
+                Err(e) => {
+                    slot.failures += 1;
+                    let wait = backoff(slot.failures, retry_min, interval);
+                    tracing::warn!(tenant = %slug, error = %e, failures = slot.failures,
+                        retry_in_secs = wait.as_secs(), "continuity push failed");
+                    state.metrics.continuity_push("failed");
+                    slot.next = Some(Instant::now() + wait);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_the_interval_with_jitter() {
+        let (min, max) = (Duration::from_secs(30), Duration::from_secs(3600));
+        for failures in 1..30 {
+            let base = (30u64 << (failures - 1).min(20)).min(3600) as f64;
+            let wait = backoff(failures, min, max).as_secs_f64();
+            assert!(
+                wait >= base * 0.5 && wait < base * 1.5,
+                "{failures}: {wait}"
+            );
+        }
+        // Jitter: the waits of many sites after the same failure are not all equal.
+        let waits: std::collections::BTreeSet<u128> =
+            (0..20).map(|_| backoff(3, min, max).as_millis()).collect();
+        assert!(waits.len() > 10);
+    }
+}
