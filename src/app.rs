@@ -32,6 +32,8 @@ pub struct AppState {
     /// The WebAssembly host of the tenants' apps.
     pub apps: Arc<crate::apps::runtime::AppHost>,
     pub app_uploads: crate::http::apps::PendingUploads,
+    /// Transfers of the automatic federation sync under way.
+    pub sync_board: crate::federation::sync::Board,
     pub ca_pem: Arc<String>,
     ready: Arc<AtomicBool>,
 }
@@ -102,6 +104,7 @@ impl AppState {
             roster_jobs: RosterJobs::default(),
             export_jobs: Default::default(),
             app_uploads: Default::default(),
+            sync_board: Default::default(),
             apps: Arc::new(
                 crate::apps::runtime::AppHost::new(crate::apps::runtime::HostLimits::default())
                     .map_err(|e| OpenError::Apps(format!("{e:#}")))?,

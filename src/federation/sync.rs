@@ -14,6 +14,32 @@ use crate::auth::Authorized;
 use super::client;
 use super::continuity;
 
+/// What the automatic sync is doing, for the operator console: per tenant, the transfer
+/// under way (a line such as `generation 4, chunk 3/10 sent`).
+#[derive(Debug, Clone, Default)]
+pub struct Board(std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>);
+
+impl Board {
+    fn set(&self, slug: &str, line: Option<String>) {
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match line {
+            Some(l) => map.insert(slug.to_string(), l),
+            None => map.remove(slug),
+        };
+    }
+
+    /// The transfer under way for `slug`, if any.
+    pub fn transfer(&self, slug: &str) -> Option<String> {
+        match self.0.lock() {
+            Ok(m) => m.get(slug).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(slug).cloned(),
+        }
+    }
+}
+
 /// A tenant's place in the schedule.
 #[derive(Debug, Default)]
 struct Slot {
@@ -77,10 +103,20 @@ pub async fn run(state: AppState) {
                 slot.next = Some(now + interval.mul_f64(jitter()));
                 continue;
             }
-            let quiet = |_line: String| {};
-            match continuity::push(&hub, &state.system, &handle, &state.config.data_dir, &quiet)
-                .await
-            {
+            let board = state.sync_board.clone();
+            board.set(&slug, Some("preparing a new generation".into()));
+            let shown = slug.clone();
+            let progress = move |line: String| board.set(&shown, Some(line));
+            let outcome = continuity::push(
+                &hub,
+                &state.system,
+                &handle,
+                &state.config.data_dir,
+                &progress,
+            )
+            .await;
+            state.sync_board.set(&slug, None);
+            match outcome {
                 Ok(p) => {
                     tracing::info!(tenant = %slug, generation = p.generation, chunks = p.chunks,
                         sent = p.sent, bytes = p.bytes_sent, "continuity copy pushed");

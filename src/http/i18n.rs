@@ -285,6 +285,37 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("operator.resume", "Réactiver", "Resume"),
     ("operator.health", "État de l'appareil", "Appliance health"),
     ("operator.site", "Identité du site", "Site identity"),
+    ("federation.title", "Fédération", "Federation"),
+    (
+        "federation.not_joined",
+        "Ce site n'a rejoint aucun hub de fédération. Avec un jeton de l'opérateur du hub : ceredis federation join <adresse du hub> <jeton>",
+        "This site has not joined a federation hub. With a token from the hub's operator: ceredis federation join <hub address> <token>",
+    ),
+    ("federation.hub", "Hub", "Hub"),
+    ("federation.joined", "rejoint le", "joined"),
+    (
+        "federation.continuity",
+        "Copies de continuité (chiffrées, illisibles par le hub)",
+        "Continuity copies (encrypted, unreadable by the hub)",
+    ),
+    (
+        "federation.none",
+        "Aucun établissement n'a activé sa copie de continuité : ceredis federation enable --tenant <nom>",
+        "No school has enabled its continuity copy: ceredis federation enable --tenant <name>",
+    ),
+    ("federation.generation", "Génération", "Generation"),
+    (
+        "federation.last_success",
+        "Dernier envoi réussi",
+        "Last successful push",
+    ),
+    (
+        "federation.transfer",
+        "Envoi en cours",
+        "Transfer under way",
+    ),
+    ("federation.last_error", "Dernière erreur", "Last error"),
+    ("federation.never", "jamais", "never"),
     (
         "operator.setup_link",
         "Lien à transmettre à l'administrateur de l'établissement (valable 7 jours, une seule fois) :",

@@ -109,6 +109,21 @@ async fn render_console(
     let tenants = state.tenants.list().await?;
     let site = state.system.read(system::site).await?;
     let health = doctor::quick(&state.config);
+    let (membership, copies) = state
+        .system
+        .read(|c| {
+            Ok((
+                crate::store::federation::membership(c)?,
+                crate::federation::continuity::states(c)?,
+            ))
+        })
+        .await?;
+    let when = |t: Option<i64>| {
+        t.map_or_else(
+            || lang.t("federation.never").to_string(),
+            |t| crate::lrs::statement::format_millis(t * 1000),
+        )
+    };
     let body = html! {
         p.small { (lang.t("operator.no_data")) }
         @if let Some(c) = created {
@@ -149,6 +164,40 @@ async fn render_console(
                 (field("slug", lang.t("operator.slug"), "text", true, "off"))
                 (field("name", lang.t("operator.name"), "text", true, "organization"))
                 button type="submit" { (lang.t("operator.create")) }
+            }
+        }
+        section {
+            h2 { (lang.t("federation.title")) }
+            @match &membership {
+                None => p { (lang.t("federation.not_joined")) },
+                Some(m) => {
+                    p { (lang.t("federation.hub")) " " code { (m.hub_id) } " — " (m.hub_url) ", "
+                        (lang.t("federation.joined")) " " (when(Some(m.joined_at))) }
+                    h3 { (lang.t("federation.continuity")) }
+                    @if copies.is_empty() { p { (lang.t("federation.none")) } }
+                    @else {
+                        table.continuity {
+                            thead { tr {
+                                th { (lang.t("operator.slug")) } th { (lang.t("federation.generation")) }
+                                th { (lang.t("federation.last_success")) } th { (lang.t("federation.transfer")) }
+                                th { (lang.t("federation.last_error")) }
+                            } }
+                            tbody {
+                                @for (slug, c) in &copies {
+                                    tr {
+                                        td { code { (slug) } }
+                                        td { (c.committed) }
+                                        td { (when(c.committed_at)) }
+                                        td { (state.sync_board.transfer(slug).unwrap_or_default()) }
+                                        td class=(if c.last_error.is_some() { "bad" } else { "" }) {
+                                            @if let Some(e) = &c.last_error { (when(c.last_error_at)) " — " (e) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
         section {

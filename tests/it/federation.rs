@@ -826,6 +826,16 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
         committed_generation(&a).1.contains("cannot be reached")
     })
     .await;
+    // The operator console says it too.
+    let op = login(&a, "/operator/login", "operator", PASSWORD)
+        .await
+        .unwrap();
+    let console = op.get("/operator").await.text().await.unwrap();
+    assert!(
+        console.contains("Fédération") && console.contains("<code>ecole</code>"),
+        "{console}"
+    );
+    assert!(console.contains("cannot be reached"), "{console}");
     let stuck = committed_generation(&a).0;
     // Back: the retries catch up without anyone doing anything, and the error clears.
     hub.restart();
@@ -834,6 +844,8 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
         g > stuck && !line.contains("failed")
     })
     .await;
+    let console = op.get("/operator").await.text().await.unwrap();
+    assert!(!console.contains("cannot be reached"), "{console}");
     // What the hub holds has the user added while it was away.
     let b = Appliance::init();
     join(&hub, &b, "École B");
