@@ -286,6 +286,37 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("operator.health", "État de l'appareil", "Appliance health"),
     ("operator.site", "Identité du site", "Site identity"),
     ("federation.title", "Fédération", "Federation"),
+    ("continuity.title", "Copie de continuité", "Continuity copy"),
+    (
+        "continuity.what",
+        "Une copie chiffrée des données de l'établissement est déposée sur le hub de la fédération. Le hub ne peut pas la lire : seule la clé de récupération, affichée une fois à l'activation, permet de restaurer l'établissement sur un nouvel appareil.",
+        "An encrypted copy of the school's data is kept at the federation hub. The hub cannot read it: only the recovery key, shown once when the copy is turned on, restores the school on a new appliance.",
+    ),
+    (
+        "continuity.not_joined",
+        "Ce site n'a pas encore rejoint de hub : la copie partira quand l'opérateur l'aura fait.",
+        "This site has not joined a hub yet: the copy leaves once the operator has done so.",
+    ),
+    (
+        "continuity.enable",
+        "Activer la copie de continuité",
+        "Turn the continuity copy on",
+    ),
+    (
+        "continuity.key_title",
+        "Clé de récupération — notez-la maintenant",
+        "Recovery key — write it down now",
+    ),
+    (
+        "continuity.key_help",
+        "Elle ne sera plus jamais affichée. Imprimez-la et rangez-la hors ligne, en lieu sûr : sans elle, personne, pas même le hub, ne peut restaurer l'établissement.",
+        "It will never be shown again. Print it and keep it offline, somewhere safe: without it nobody, not even the hub, can restore the school.",
+    ),
+    (
+        "continuity.already",
+        "La copie de continuité est déjà activée ; sa clé a été affichée à l'activation.",
+        "The continuity copy is already on; its key was shown when it was turned on.",
+    ),
     (
         "federation.not_joined",
         "Ce site n'a rejoint aucun hub de fédération. Avec un jeton de l'opérateur du hub : ceredis federation join <adresse du hub> <jeton>",

@@ -10,6 +10,7 @@ pub mod apps;
 pub mod assessment;
 pub mod assessment_pages;
 pub mod classes;
+pub mod continuity;
 pub mod credentials;
 pub mod dashboards;
 pub mod extract;
@@ -350,6 +351,18 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         "/t/{tenant}/admin/roster/{job}",
         members::<AdminOnly>(),
         get(roster::job_page),
+    )
+    .add(
+        Method::GET,
+        "/t/{tenant}/admin/continuity",
+        members::<AdminOnly>(),
+        get(continuity::page),
+    )
+    .add(
+        Method::POST,
+        "/t/{tenant}/admin/continuity",
+        members::<AdminOnly>(),
+        post(continuity::enable),
     )
     .add(
         Method::GET,

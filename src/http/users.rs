@@ -152,6 +152,7 @@ pub async fn render_admin(
             a href="#classes" { (lang.t("admin.classes")) } " · "
             a href={ "/t/" (slug) "/admin/roster" } { (lang.t("admin.roster")) } " · "
             a href={ "/t/" (slug) "/admin/apps" } { (lang.t("apps.admin_title")) } " · "
+            a href={ "/t/" (slug) "/admin/continuity" } { (lang.t("continuity.title")) } " · "
             a href="#credentials" { (lang.t("admin.credentials")) } " · "
             a href={ "/t/" (slug) "/statements" } { (lang.t("browse.link")) }
         }

@@ -808,9 +808,32 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
     a.start();
     let s = crate::assessment::school(&a).await;
     join(&hub, &a, "École A");
-    let (ok, recovery) = federation(&a, &["enable", "--tenant", "ecole"]);
-    assert!(ok, "{recovery}");
-    let recovery = recovery.lines().next().unwrap().trim().to_string();
+    // The school's admin turns the copy on from her page and sees the recovery key once;
+    // a teacher cannot.
+    let path = "/t/ecole/admin/continuity";
+    assert_eq!(s.prof.get(path).await.status(), StatusCode::FORBIDDEN);
+    let r = crate::apps::post_form(&s.prof, path, &[]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let page = crate::apps::post_form(&s.admin, path, &[])
+        .await
+        .text()
+        .await
+        .unwrap();
+    let recovery = page
+        .split("cer1.")
+        .nth(1)
+        .map(|rest| format!("cer1.{}", &rest[..43]))
+        .unwrap_or_else(|| panic!("no recovery key in {page}"));
+    assert!(continuity_key_parses(&recovery), "{recovery}");
+    let again = crate::apps::post_form(&s.admin, path, &[])
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !again.contains("cer1.") && again.contains("déjà activée"),
+        "{again}"
+    );
     // Nobody runs `federation push`: the server does.
     eventually("a first automatic push", || committed_generation(&a).0 >= 1).await;
 
@@ -836,6 +859,8 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
         "{console}"
     );
     assert!(console.contains("cannot be reached"), "{console}");
+    let admin_page = s.admin.get(path).await.text().await.unwrap();
+    assert!(admin_page.contains("cannot be reached"), "{admin_page}");
     let stuck = committed_generation(&a).0;
     // Back: the retries catch up without anyone doing anything, and the error clears.
     hub.restart();
@@ -868,4 +893,8 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
         .unwrap();
     assert_eq!(users.len(), 2, "{users:?}");
     a.kill();
+}
+
+fn continuity_key_parses(key: &str) -> bool {
+    ceredis::federation::continuity::RecoveryKey::parse(key).is_ok()
 }
