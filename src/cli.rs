@@ -225,6 +225,9 @@ enum HubCommand {
     Sites,
     /// Revoke a site: every request it signs is refused from now on.
     Revoke { site_id: String },
+    /// Import the batches a site wrote with `ceredis federation export` (carried by hand):
+    /// each sub-folder of DIR that holds a signed batch.
+    Import { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +254,14 @@ enum FederationCommand {
     /// Push a new generation of the continuity copy (of one tenant, or of every tenant that
     /// has it enabled), or finish an interrupted one.
     Push {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Write each enabled tenant's new generation, signed, into DIR, for a hub this site
+    /// cannot reach (USB stick): `ceredis hub import DIR` there.
+    Export {
+        #[arg(long)]
+        to: PathBuf,
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -1107,6 +1118,41 @@ async fn hub_command(
                 );
             }
         }
+        HubCommand::Import { dir } => {
+            let mut folders: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join(crate::federation::continuity::BATCH_FILE).exists())
+                .collect();
+            if dir.join(crate::federation::continuity::BATCH_FILE).exists() {
+                folders.push(dir.clone());
+            }
+            folders.sort();
+            if folders.is_empty() {
+                bail!("{} holds no batch (folders with batch.json)", dir.display());
+            }
+            let mut failed = false;
+            for folder in folders {
+                match crate::federation::hub::import_batch(&state.store, &folder).await {
+                    Ok(crate::federation::hub::Imported::Committed { generation, .. }) => {
+                        println!("{}: generation {generation} committed", folder.display())
+                    }
+                    Ok(crate::federation::hub::Imported::AlreadyThere { generation, .. }) => {
+                        println!(
+                            "{}: generation {generation} already there",
+                            folder.display()
+                        )
+                    }
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("{}: refused ({}): {}", folder.display(), e.code, e.message);
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         HubCommand::Revoke { site_id } => {
             if !state.store.revoke(site_id.clone()).await? {
                 anyhow::bail!("no enrolled, unrevoked site {site_id}: see `ceredis hub sites`");
@@ -1225,6 +1271,24 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
             }
             if failed {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        FederationCommand::Export { to, tenant } => {
+            let enabled: Vec<String> = state
+                .system
+                .read(continuity::states)
+                .await?
+                .into_iter()
+                .map(|(slug, _)| slug)
+                .filter(|slug| tenant.as_ref().is_none_or(|t| t == slug))
+                .collect();
+            if enabled.is_empty() {
+                bail!("no tenant with its continuity copy enabled to export");
+            }
+            for slug in enabled {
+                let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
+                let out = continuity::export(&state.system, &handle, &config.data_dir, &to).await?;
+                println!("{slug}: {}", out.display());
             }
         }
         FederationCommand::Restore {

@@ -587,6 +587,83 @@ async fn seal_generation(
     Ok((generation, chunks))
 }
 
+/// The manifest of a batch carried by hand (`ceredis federation export`): signed by the
+/// site's key, it names the generation, its chunks and their SHA-256.
+pub const BATCH_FORMAT: &str = "ceredis-continuity-batch-1";
+pub const BATCH_FILE: &str = "batch.json";
+pub const BATCH_SIGNATURE: &str = "batch.sig";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Batch {
+    pub format: String,
+    pub site_id: String,
+    pub tenant_uid: String,
+    /// What the hub keeps of the restore verifier (its SHA-256), to register the copy.
+    pub verifier_hash: String,
+    pub generation: i64,
+    pub chunks: i64,
+    pub chunk_sha256: Vec<String>,
+    pub created_at: i64,
+}
+
+/// What the signature of a batch file covers.
+pub fn batch_signing_input(batch_json: &[u8]) -> Vec<u8> {
+    let mut input = b"ceredis-batch-v1\n".to_vec();
+    input.extend_from_slice(batch_json);
+    input
+}
+
+/// Seals a generation of the tenant's copy (or takes the one waiting in the spool) and
+/// writes it, signed, into `to/<tenant id>-g<generation>/` for a hub with no link to this
+/// site: `ceredis hub import` there. Returns that folder.
+pub async fn export(
+    system: &Database,
+    handle: &TenantHandle,
+    data_dir: &Path,
+    to: &Path,
+) -> Result<PathBuf, ContinuityError> {
+    let _lock = PushLock::take(data_dir, &handle.slug)?;
+    let slug = handle.slug.clone();
+    let st = system
+        .read(move |c| state(c, &slug))
+        .await?
+        .ok_or_else(|| ContinuityError::NotEnabled(handle.slug.clone()))?;
+    let dir = spool_dir(data_dir, &handle.slug);
+    let (generation, chunks) = match spooled(&dir).filter(|(g, _)| *g > st.committed) {
+        Some(found) => found,
+        None => seal_generation(system, handle, &st, 0, &dir).await?,
+    };
+    let out = to.join(format!("{}-g{generation}", st.tenant_uid));
+    std::fs::create_dir_all(&out)?;
+    let mut chunk_sha256 = Vec::new();
+    for idx in 0..chunks {
+        let name = format!("chunk-{idx:06}");
+        let data = std::fs::read(dir.join(&name))?;
+        chunk_sha256.push(crate::store::backup::hex(
+            ring::digest::digest(&ring::digest::SHA256, &data).as_ref(),
+        ));
+        std::fs::write(out.join(&name), data)?;
+    }
+    let key =
+        crate::identity::key_pair(data_dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let batch = Batch {
+        format: BATCH_FORMAT.into(),
+        site_id: crate::identity::site_id(ring::signature::KeyPair::public_key(&key).as_ref()),
+        tenant_uid: st.tenant_uid.clone(),
+        verifier_hash: super::secret_hash(&B64.encode(&st.verifier)),
+        generation,
+        chunks,
+        chunk_sha256,
+        created_at: now(),
+    };
+    let json = serde_json::to_vec_pretty(&batch).unwrap_or_default();
+    let signature = B64.encode(key.sign(&batch_signing_input(&json)).as_ref());
+    std::fs::write(out.join(BATCH_FILE), &json)?;
+    // Written last: a folder with its signature is complete.
+    std::fs::write(out.join(BATCH_SIGNATURE), signature)?;
+    Ok(out)
+}
+
 /// What a restore brought back.
 #[derive(Debug, Clone)]
 pub struct Restored {

@@ -803,3 +803,100 @@ async fn get_chunk(
         .ok_or_else(ApiError::not_found)?;
     Ok(([("content-type", "application/octet-stream")], data).into_response())
 }
+
+/// What importing a batch folder did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Imported {
+    /// The generation is now the hub's newest for this tenant.
+    Committed { tenant_uid: String, generation: i64 },
+    /// The hub already held this generation: nothing changed.
+    AlreadyThere { tenant_uid: String, generation: i64 },
+}
+
+/// Imports a batch folder written by `ceredis federation export` (carried by hand): the
+/// signature must be an enrolled, unrevoked site's, every chunk must match its SHA-256, and
+/// the site must own the tenant's copy. Importing the same folder again changes nothing.
+pub async fn import_batch(store: &HubStore, dir: &Path) -> Result<Imported, ApiError> {
+    use super::continuity::{
+        BATCH_FILE, BATCH_FORMAT, BATCH_SIGNATURE, Batch, batch_signing_input,
+    };
+    let bad = |why: String| ApiError::bad_request("invalid_batch", why);
+    let json = std::fs::read(dir.join(BATCH_FILE))
+        .map_err(|e| bad(format!("{}: {e}", dir.join(BATCH_FILE).display())))?;
+    let signature = std::fs::read_to_string(dir.join(BATCH_SIGNATURE)).map_err(|e| {
+        bad(format!(
+            "{}: {e} (an export that did not finish has no signature)",
+            dir.join(BATCH_SIGNATURE).display()
+        ))
+    })?;
+    let batch: Batch = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
+    if batch.format != BATCH_FORMAT {
+        return Err(bad(format!("unknown batch format `{}`", batch.format)));
+    }
+    check_uid(&batch.tenant_uid)?;
+    let site = store.site(batch.site_id.clone()).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "site_unknown",
+            format!("{} is not enrolled with this hub", batch.site_id),
+        )
+    })?;
+    let sig = B64.decode(signature.trim()).unwrap_or_default();
+    let valid =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &site.public_key)
+            .verify(&batch_signing_input(&json), &sig)
+            .is_ok();
+    if !valid {
+        return Err(bad_signature());
+    }
+    if site.revoked_at.is_some() {
+        return Err(revoked(&site.site_id));
+    }
+    if batch.chunks < 1 || batch.chunk_sha256.len() != batch.chunks as usize {
+        return Err(bad("the batch lists a wrong number of chunks".into()));
+    }
+    let uid = batch.tenant_uid.clone();
+    let (owner, latest) = store
+        .register_continuity(
+            uid.clone(),
+            site.site_id.clone(),
+            batch.verifier_hash.clone(),
+        )
+        .await?;
+    match owner {
+        Some(o) if o.site_id == site.site_id => {}
+        Some(o) => return Err(not_owner(&o.site_id)),
+        None => return Err(no_copy()),
+    }
+    if latest == Some((batch.generation, batch.chunks)) {
+        return Ok(Imported::AlreadyThere {
+            tenant_uid: uid,
+            generation: batch.generation,
+        });
+    }
+    for (idx, expected) in batch.chunk_sha256.iter().enumerate() {
+        let path = dir.join(format!("chunk-{idx:06}"));
+        let data = std::fs::read(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let sha =
+            crate::store::backup::hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
+        if &sha != expected {
+            return Err(bad(format!(
+                "{} does not match its SHA-256",
+                path.display()
+            )));
+        }
+        store
+            .put_chunk(uid.clone(), batch.generation, idx as i64, data)
+            .await?
+            .map_err(refused)?;
+    }
+    store
+        .commit_generation(uid.clone(), batch.generation, batch.chunks)
+        .await?
+        .map_err(refused)?;
+    tracing::info!(site = %site.site_id, generation = batch.generation, "batch imported");
+    Ok(Imported::Committed {
+        tenant_uid: uid,
+        generation: batch.generation,
+    })
+}

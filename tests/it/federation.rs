@@ -898,3 +898,102 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
 fn continuity_key_parses(key: &str) -> bool {
     ceredis::federation::continuity::RecoveryKey::parse(key).is_ok()
 }
+
+/// Copies a batch folder.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_site_with_no_link_carries_its_copy_to_the_hub_by_hand() {
+    for engine in ENGINES {
+        a_site_with_no_link_carries_its_copy_to_the_hub_by_hand_on(engine).await;
+    }
+}
+
+async fn a_site_with_no_link_carries_its_copy_to_the_hub_by_hand_on(engine: Engine) {
+    let hub = Hub::start(engine);
+    let mut a = Appliance::init();
+    a.start();
+    crate::assessment::school(&a).await;
+    a.kill();
+    join(&hub, &a, "École A");
+    let (ok, recovery) = federation(&a, &["enable", "--tenant", "ecole"]);
+    assert!(ok, "{recovery}");
+    let recovery = recovery.lines().next().unwrap().trim().to_string();
+
+    let usb = tempfile::tempdir().unwrap();
+    let usb_path = usb.path().to_str().unwrap();
+    let (ok, text) = federation(&a, &["export", "--to", usb_path]);
+    assert!(ok, "{text}");
+    let folder = PathBuf::from(
+        text.lines()
+            .next()
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .trim(),
+    );
+    assert!(folder.join("batch.sig").exists(), "{text}");
+
+    // Altered on the way: a batch whose manifest changed, or a chunk that changed, is
+    // refused.
+    let forged = tempfile::tempdir().unwrap();
+    copy_dir(&folder, &forged.path().join("b"));
+    let manifest = forged.path().join("b/batch.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("\"generation\": 1", "\"generation\": 7"),
+    )
+    .unwrap();
+    let out = hub.cli(&["hub", "import", forged.path().to_str().unwrap()]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("bad_signature"),
+        "{}",
+        stderr(&out)
+    );
+    let altered = tempfile::tempdir().unwrap();
+    copy_dir(&folder, &altered.path().join("b"));
+    let chunk = altered.path().join("b/chunk-000001");
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    bytes[5] ^= 1;
+    std::fs::write(&chunk, bytes).unwrap();
+    let out = hub.cli(&["hub", "import", altered.path().to_str().unwrap()]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("does not match its SHA-256"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The real one is committed; importing it again changes nothing.
+    let out = hub.cli(&["hub", "import", usb_path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("generation 1 committed"),
+        "{}",
+        stdout(&out)
+    );
+    let chunks = hub_chunks(&hub);
+    let out = hub.cli(&["hub", "import", usb_path]);
+    assert!(stdout(&out).contains("already there"), "{}", stdout(&out));
+    assert_eq!(hub_chunks(&hub), chunks);
+
+    // And it restores the school on another appliance.
+    let b = Appliance::init();
+    join(&hub, &b, "École B");
+    let (ok, text) = federation(
+        &b,
+        &["restore", "--tenant", "ecole", "--recovery-key", &recovery],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        dump(&a.data.join("tenants/ecole/tenant.db")),
+        dump(&b.data.join("tenants/ecole/tenant.db"))
+    );
+}
