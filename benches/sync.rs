@@ -1,0 +1,220 @@
+//! The continuity copy over a real link: a hub process (`ceredis hub serve`, SQLite) and a
+//! site whose school holds `SYNC_STATEMENTS` xAPI statements (default 100 000; 1 000 000
+//! for the issue's figure), sent through the LRS like any client's. A counting relay on
+//! loopback between site and hub measures the bytes on the wire (TLS included).
+//!
+//! 1. A full push: bytes on the wire per statement and statements per second.
+//! 2. Resuming after a cut: the link drops at half the push. The site is healed and pushes
+//!    again. The figure is what crossed the wire beyond a clean push, against one chunk
+//!    (1 MiB), the most a resume should re-send.
+//!
+//! `cargo bench --bench sync`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/it/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use support::{Appliance, BIN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A statement like the LRS benchmark's (about 600 bytes of JSON).
+fn statement(n: usize) -> Value {
+    let (a, v, act) = (n % 2000, (n / 7) % 40, (n * 31) % 5000);
+    json!({
+        "actor": {"objectType": "Agent", "account": {"homePage": "https://ecole.example/", "name": format!("eleve{a:05}")}},
+        "verb": {"id": format!("https://ecole.example/verbes/v{v}"), "display": {"fr-FR": format!("verbe {v}")}},
+        "object": {"objectType": "Activity", "id": format!("https://ecole.example/activites/a{act}"),
+                   "definition": {"name": {"fr-FR": format!("Activité {act}")},
+                                  "type": "http://adlnet.gov/expapi/activities/assessment"}},
+        "result": {"score": {"scaled": ((n % 100) as f64) / 100.0}, "success": !n.is_multiple_of(3), "duration": "PT1M12S"},
+        "context": {"registration": format!("6f1c2a10-0000-4000-8000-{:012}", (n * 17) % 20_000)},
+        "timestamp": "2026-11-20T09:30:00.000Z"
+    })
+}
+
+/// Relays to `target`, counting client → server bytes; past `budget` it cuts.
+struct Relay {
+    url: String,
+    sent: Arc<AtomicU64>,
+    budget: Arc<AtomicI64>,
+}
+
+async fn relay(target: String) -> Relay {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let sent = Arc::new(AtomicU64::new(0));
+    let budget = Arc::new(AtomicI64::new(i64::MAX));
+    let (s, b) = (sent.clone(), budget.clone());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (sent, budget, target) = (s.clone(), b.clone(), target.clone());
+            tokio::spawn(async move {
+                if budget.load(Ordering::SeqCst) <= 0 {
+                    return;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.split();
+                let (mut ro, mut wo) = outbound.split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = ri.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 || budget.fetch_sub(n as i64, Ordering::SeqCst) < n as i64 {
+                            return;
+                        }
+                        sent.fetch_add(n as u64, Ordering::SeqCst);
+                        if wo.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                }
+            });
+        }
+    });
+    Relay { url, sent, budget }
+}
+
+fn cli(data: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("SYNC_STATEMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut hub = Command::new(BIN)
+        .args(["hub", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(hub_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(hub.stdout.take().unwrap()).lines();
+    let hub_addr = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(url) = line.strip_prefix("ceredis hub: listening on ") {
+            break format!("127.0.0.1:{}", url.rsplit(':').next().unwrap().trim());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    // The school: n statements through the LRS, in batches of 500.
+    let mut site = Appliance::init();
+    let (ok, text) = cli(&site.data, &["tenant", "create", "ecole"]);
+    assert!(ok, "{text}");
+    site.start();
+    let (user, password) = site.credential("ecole", &["all"]);
+    let client = site.client();
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let body: Vec<Value> = chunk.iter().map(|&i| statement(i)).collect();
+        let r = client
+            .post(site.url("/t/ecole/xapi/statements"))
+            .basic_auth(&user, Some(&password))
+            .header("X-Experience-API-Version", "1.0.3")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let ingest = started.elapsed();
+    site.kill();
+    let db_bytes = std::fs::metadata(site.data.join("tenants/ecole/tenant.db"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        + std::fs::metadata(site.data.join("tenants/ecole/tenant.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+
+    let link = relay(hub_addr).await;
+    let token = cli(hub_dir.path(), &["hub", "token", "--label", "bench"]).1;
+    let token = token.lines().next().unwrap().trim().to_string();
+    let (ok, text) = cli(&site.data, &["federation", "join", &link.url, &token]);
+    assert!(ok, "{text}");
+    let (ok, text) = cli(&site.data, &["federation", "enable", "--tenant", "ecole"]);
+    assert!(ok, "{text}");
+
+    // 1. A full push.
+    let before = link.sent.load(Ordering::SeqCst);
+    let t = Instant::now();
+    let (ok, text) = cli(&site.data, &["federation", "push"]);
+    let took = t.elapsed();
+    assert!(ok, "{text}");
+    let wire = link.sent.load(Ordering::SeqCst) - before;
+    println!(
+        "continuity copy of a school with {n} statements (ingested in {:.1} s; database {:.1} MB)",
+        ingest.as_secs_f64(),
+        db_bytes as f64 / 1e6
+    );
+    println!(
+        "  full push: {:.2} MB on the wire = {:.1} B/statement (target ≤ 80), {:.2} s, {:.0} statements/s",
+        wire as f64 / 1e6,
+        wire as f64 / n as f64,
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    println!(
+        "  {}",
+        text.lines()
+            .find(|l| l.contains("committed"))
+            .unwrap_or_default()
+    );
+
+    // 2. The next generation, cut at half, then resumed.
+    let clean = wire as i64;
+    link.budget.store(clean / 2, Ordering::SeqCst);
+    let before = link.sent.load(Ordering::SeqCst);
+    let (ok, text) = cli(&site.data, &["federation", "push"]);
+    assert!(!ok, "the cut push should fail: {text}");
+    link.budget.store(i64::MAX, Ordering::SeqCst);
+    let (ok, text) = cli(&site.data, &["federation", "push"]);
+    assert!(ok, "{text}");
+    let both = (link.sent.load(Ordering::SeqCst) - before) as i64;
+    println!(
+        "  cut at {:.2} MB, resumed: {:.2} MB in both attempts, {:.1} KiB beyond a clean push \
+         (one chunk is 1024 KiB)",
+        clean as f64 / 2e6,
+        both as f64 / 1e6,
+        (both - clean) as f64 / 1024.0
+    );
+    println!(
+        "  {}",
+        text.lines()
+            .find(|l| l.contains("committed"))
+            .unwrap_or_default()
+    );
+    let _ = hub.kill();
+    let _ = hub.wait();
+}
