@@ -18,13 +18,11 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use support::{Appliance, BIN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{Appliance, BIN, relay};
 
 /// A statement like the LRS benchmark's (about 600 bytes of JSON).
 fn statement(n: usize) -> Value {
@@ -39,54 +37,6 @@ fn statement(n: usize) -> Value {
         "context": {"registration": format!("6f1c2a10-0000-4000-8000-{:012}", (n * 17) % 20_000)},
         "timestamp": "2026-11-20T09:30:00.000Z"
     })
-}
-
-/// Relays to `target`, counting client → server bytes; past `budget` it cuts.
-struct Relay {
-    url: String,
-    sent: Arc<AtomicU64>,
-    budget: Arc<AtomicI64>,
-}
-
-async fn relay(target: String) -> Relay {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let sent = Arc::new(AtomicU64::new(0));
-    let budget = Arc::new(AtomicI64::new(i64::MAX));
-    let (s, b) = (sent.clone(), budget.clone());
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let (sent, budget, target) = (s.clone(), b.clone(), target.clone());
-            tokio::spawn(async move {
-                if budget.load(Ordering::SeqCst) <= 0 {
-                    return;
-                }
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                    return;
-                };
-                let (mut ri, mut wi) = inbound.split();
-                let (mut ro, mut wo) = outbound.split();
-                let up = async {
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = ri.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 || budget.fetch_sub(n as i64, Ordering::SeqCst) < n as i64 {
-                            return;
-                        }
-                        sent.fetch_add(n as u64, Ordering::SeqCst);
-                        if wo.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = up => {}
-                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                }
-            });
-        }
-    });
-    Relay { url, sent, budget }
 }
 
 fn cli(data: &std::path::Path, args: &[&str]) -> (bool, String) {

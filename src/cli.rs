@@ -1236,18 +1236,7 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
         }
         FederationCommand::Push { tenant } => {
             let (hub, _) = client::client(&state.system, &config.data_dir).await?;
-            let enabled: Vec<String> = state
-                .system
-                .read(continuity::states)
-                .await?
-                .into_iter()
-                .map(|(slug, _)| slug)
-                .collect();
-            let slugs = match tenant {
-                Some(t) if enabled.contains(&t) => vec![t],
-                Some(t) => return Err(continuity::ContinuityError::NotEnabled(t).into()),
-                None => enabled,
-            };
+            let slugs = with_copy(&state, tenant).await?;
             let mut failed = false;
             for slug in slugs {
                 let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
@@ -1274,18 +1263,11 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
             }
         }
         FederationCommand::Export { to, tenant } => {
-            let enabled: Vec<String> = state
-                .system
-                .read(continuity::states)
-                .await?
-                .into_iter()
-                .map(|(slug, _)| slug)
-                .filter(|slug| tenant.as_ref().is_none_or(|t| t == slug))
-                .collect();
-            if enabled.is_empty() {
+            let slugs = with_copy(&state, tenant).await?;
+            if slugs.is_empty() {
                 bail!("no tenant with its continuity copy enabled to export");
             }
-            for slug in enabled {
+            for slug in slugs {
                 let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
                 let out = continuity::export(&state.system, &handle, &config.data_dir, &to).await?;
                 println!("{slug}: {}", out.display());
@@ -1315,6 +1297,24 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tenants whose continuity copy is enabled: `tenant` alone (which must be one), or all.
+async fn with_copy(state: &AppState, tenant: Option<String>) -> Result<Vec<String>> {
+    let enabled: Vec<String> = state
+        .system
+        .read(crate::federation::continuity::states)
+        .await?
+        .into_iter()
+        .map(|(slug, _)| slug)
+        .collect();
+    Ok(match tenant {
+        Some(t) if enabled.contains(&t) => vec![t],
+        Some(t) => {
+            return Err(crate::federation::continuity::ContinuityError::NotEnabled(t).into());
+        }
+        None => enabled,
+    })
 }
 
 async fn app_command(config: Config, command: AppCommand) -> Result<ExitCode> {

@@ -228,6 +228,15 @@ pub fn state(conn: &rusqlite::Connection, slug: &str) -> Result<Option<State>, S
         .optional()?)
 }
 
+/// The state of a tenant whose copy is enabled.
+async fn enabled_state(system: &Database, slug: &str) -> Result<State, ContinuityError> {
+    let owned = slug.to_string();
+    system
+        .read(move |c| state(c, &owned))
+        .await?
+        .ok_or_else(|| ContinuityError::NotEnabled(slug.to_string()))
+}
+
 /// Every tenant with its continuity copy enabled: `(slug, state)`.
 pub fn states(conn: &rusqlite::Connection) -> Result<Vec<(String, State)>, StoreError> {
     Ok(conn
@@ -421,11 +430,7 @@ async fn push_inner(
     data_dir: &Path,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<Pushed, ContinuityError> {
-    let slug = handle.slug.clone();
-    let st = system
-        .read(move |c| state(c, &slug))
-        .await?
-        .ok_or_else(|| ContinuityError::NotEnabled(handle.slug.clone()))?;
+    let st = enabled_state(system, &handle.slug).await?;
     let uid = st.tenant_uid.clone();
     let base = format!("/federation/v1/continuity/{uid}");
     let (_, body) = client
@@ -623,11 +628,7 @@ pub async fn export(
     to: &Path,
 ) -> Result<PathBuf, ContinuityError> {
     let _lock = PushLock::take(data_dir, &handle.slug)?;
-    let slug = handle.slug.clone();
-    let st = system
-        .read(move |c| state(c, &slug))
-        .await?
-        .ok_or_else(|| ContinuityError::NotEnabled(handle.slug.clone()))?;
+    let st = enabled_state(system, &handle.slug).await?;
     let dir = spool_dir(data_dir, &handle.slug);
     let (generation, chunks) = match spooled(&dir).filter(|(g, _)| *g > st.committed) {
         Some(found) => found,

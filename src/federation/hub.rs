@@ -641,10 +641,14 @@ async fn register(
         .store
         .register_continuity(uid, site.site_id.clone(), hash)
         .await?;
+    must_own(owner, &site.site_id)?;
+    Ok(axum::Json(json!({"latest": latest_json(latest)})).into_response())
+}
+
+/// Passes when `site_id` owns the copy.
+fn must_own(owner: Option<ContinuityOwner>, site_id: &str) -> Result<(), ApiError> {
     match owner {
-        Some(o) if o.site_id == site.site_id => {
-            Ok(axum::Json(json!({"latest": latest_json(latest)})).into_response())
-        }
+        Some(o) if o.site_id == site_id => Ok(()),
         Some(o) => Err(not_owner(&o.site_id)),
         None => Err(no_copy()),
     }
@@ -701,11 +705,11 @@ async fn claim(
 async fn owner_of(state: &HubState, signed: &Signed, uid: &str) -> Result<SiteRow, ApiError> {
     let site = authenticate(state, signed).await?;
     check_uid(uid)?;
-    match state.store.continuity_owner(uid.to_string()).await? {
-        Some(o) if o.site_id == site.site_id => Ok(site),
-        Some(o) => Err(not_owner(&o.site_id)),
-        None => Err(no_copy()),
-    }
+    must_own(
+        state.store.continuity_owner(uid.to_string()).await?,
+        &site.site_id,
+    )?;
+    Ok(site)
 }
 
 async fn generation_status(
@@ -863,11 +867,7 @@ pub async fn import_batch(store: &HubStore, dir: &Path) -> Result<Imported, ApiE
             batch.verifier_hash.clone(),
         )
         .await?;
-    match owner {
-        Some(o) if o.site_id == site.site_id => {}
-        Some(o) => return Err(not_owner(&o.site_id)),
-        None => return Err(no_copy()),
-    }
+    must_own(owner, &site.site_id)?;
     if latest == Some((batch.generation, batch.chunks)) {
         return Ok(Imported::AlreadyThere {
             tenant_uid: uid,

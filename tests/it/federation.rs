@@ -550,9 +550,7 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     crate::assessment::assess_lea(&s).await;
     a.kill();
     join(&hub, &a, "École A");
-    let (ok, recovery) = federation(&a, &["enable", "--tenant", crate::apps::SLUG]);
-    assert!(ok, "{recovery}");
-    let recovery = recovery.lines().next().unwrap().trim().to_string();
+    let recovery = enable_copy(&a);
     assert!(recovery.starts_with("cer1."), "{recovery}");
     let (ok, text) = federation(&a, &["push"]);
     assert!(ok && text.contains("generation 1 committed"), "{text}");
@@ -635,49 +633,6 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     assert!(ok && text.contains("generation 3 committed"), "{text}");
 }
 
-/// A TCP relay to `target` that lets `budget` bytes go from client to server, then cuts
-/// every connection and refuses new ones until the budget is raised again.
-async fn cutting_relay(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicI64>) {
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let budget = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shared = budget.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let (budget, target) = (shared.clone(), target.clone());
-            tokio::spawn(async move {
-                if budget.load(Ordering::SeqCst) <= 0 {
-                    return;
-                }
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                    return;
-                };
-                let (mut ri, mut wi) = inbound.split();
-                let (mut ro, mut wo) = outbound.split();
-                let up = async {
-                    let mut buf = vec![0u8; 16 << 10];
-                    loop {
-                        let n = ri.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 || budget.fetch_sub(n as i64, Ordering::SeqCst) < n as i64 {
-                            return;
-                        }
-                        if wo.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = up => {}
-                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                }
-            });
-        }
-    });
-    (format!("https://127.0.0.1:{}", addr.port()), budget)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks() {
     for engine in ENGINES {
@@ -688,10 +643,7 @@ async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks() {
 async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks_on(engine: Engine) {
     use std::sync::atomic::Ordering;
     let hub = Hub::start(engine);
-    let mut a = Appliance::init();
-    a.start();
-    crate::assessment::school(&a).await;
-    a.kill();
+    let a = stopped_school().await;
     // 3 MiB that do not compress: the copy takes 4 chunks and more.
     rusqlite::Connection::open(a.data.join("tenants/ecole/tenant.db"))
         .unwrap()
@@ -700,17 +652,21 @@ async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks_on(
             [],
         )
         .unwrap();
-    let (relay, budget) = cutting_relay(hub.base.replace("https://", "")).await;
+    let link = relay(hub.base.replace("https://", "")).await;
+    let (relay, budget) = (link.url.clone(), link.budget.clone());
     let (ok, text) = federation(&a, &["join", &relay, &hub.token("École A")]);
     assert!(ok, "{text}");
-    let (ok, recovery) = federation(&a, &["enable", "--tenant", "ecole"]);
-    assert!(ok, "{recovery}");
-    let recovery = recovery.lines().next().unwrap().trim().to_string();
+    let recovery = enable_copy(&a);
 
     // The link is cut after 1.5 MiB: the second data chunk never arrives whole.
     budget.store(3 << 19, Ordering::SeqCst);
+    let before = link.sent.load(Ordering::SeqCst);
     let (ok, text) = federation(&a, &["push"]);
     assert!(!ok && text.contains("cannot be reached"), "{text}");
+    assert!(
+        link.sent.load(Ordering::SeqCst) - before <= 3 << 19,
+        "the link was cut"
+    );
     let stored = hub_chunks(&hub).len();
     assert!(stored >= 1, "the hub kept what arrived before the cut");
     let (_, status) = federation(&a, &["status"]);
@@ -917,14 +873,9 @@ async fn a_site_with_no_link_carries_its_copy_to_the_hub_by_hand() {
 
 async fn a_site_with_no_link_carries_its_copy_to_the_hub_by_hand_on(engine: Engine) {
     let hub = Hub::start(engine);
-    let mut a = Appliance::init();
-    a.start();
-    crate::assessment::school(&a).await;
-    a.kill();
+    let a = stopped_school().await;
     join(&hub, &a, "École A");
-    let (ok, recovery) = federation(&a, &["enable", "--tenant", "ecole"]);
-    assert!(ok, "{recovery}");
-    let recovery = recovery.lines().next().unwrap().trim().to_string();
+    let recovery = enable_copy(&a);
 
     let usb = tempfile::tempdir().unwrap();
     let usb_path = usb.path().to_str().unwrap();
@@ -996,4 +947,20 @@ async fn a_site_with_no_link_carries_its_copy_to_the_hub_by_hand_on(engine: Engi
         dump(&a.data.join("tenants/ecole/tenant.db")),
         dump(&b.data.join("tenants/ecole/tenant.db"))
     );
+}
+
+/// A site with the test school, stopped.
+async fn stopped_school() -> Appliance {
+    let mut a = Appliance::init();
+    a.start();
+    crate::assessment::school(&a).await;
+    a.kill();
+    a
+}
+
+/// Turns the school's continuity copy on from the command line; its recovery key.
+fn enable_copy(site: &Appliance) -> String {
+    let (ok, text) = federation(site, &["enable", "--tenant", "ecole"]);
+    assert!(ok, "{text}");
+    text.lines().next().unwrap().trim().to_string()
 }

@@ -371,3 +371,65 @@ pub async fn error_code(r: Response) -> (StatusCode, String) {
             .to_string(),
     )
 }
+
+/// A TCP relay on loopback to `target` (`host:port`): it counts client → server bytes and,
+/// past `budget`, cuts the link, as a failing line would.
+pub struct Relay {
+    pub url: String,
+    /// Client → server bytes relayed so far.
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Client → server bytes still allowed; at 0 every connection is cut and new ones refused.
+    pub budget: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+pub async fn relay(target: String) -> Relay {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let budget = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let (s, b) = (sent.clone(), budget.clone());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (sent, budget, target) = (s.clone(), b.clone(), target.clone());
+            tokio::spawn(async move {
+                if budget.load(std::sync::atomic::Ordering::SeqCst) <= 0 {
+                    return;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.split();
+                let (mut ro, mut wo) = outbound.split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = tokio::io::AsyncReadExt::read(&mut ri, &mut buf)
+                            .await
+                            .unwrap_or(0);
+                        if n == 0
+                            || budget.fetch_sub(n as i64, std::sync::atomic::Ordering::SeqCst)
+                                < n as i64
+                        {
+                            return;
+                        }
+                        sent.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                        if tokio::io::AsyncWriteExt::write_all(&mut wo, &buf[..n])
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                }
+            });
+        }
+    });
+    Relay { url, sent, budget }
+}
