@@ -554,11 +554,15 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     assert!(recovery.starts_with("cer1."), "{recovery}");
     let (ok, text) = federation(&a, &["push"]);
     assert!(ok && text.contains("generation 1 committed"), "{text}");
-    // Pushing again makes a new generation; the hub keeps only the newest.
+    // Pushing again makes a new generation; the hub keeps only the newest, so what the
+    // school erases leaves the hub with the generations that held it.
+    let first = hub_chunks(&hub);
     let (ok, text) = federation(&a, &["push"]);
     assert!(ok && text.contains("generation 2 committed"), "{text}");
     let chunks = hub_chunks(&hub);
     assert!(!chunks.is_empty());
+    assert_eq!(chunks.len(), first.len(), "one generation's chunks, not two");
+    assert!(chunks.iter().all(|c| !first.contains(c)), "generation 1 is gone");
 
     // Only ciphertext at the hub: none of the school's words, in the chunks or anywhere in
     // the hub's database.
