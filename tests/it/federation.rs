@@ -561,8 +561,15 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     assert!(ok && text.contains("generation 2 committed"), "{text}");
     let chunks = hub_chunks(&hub);
     assert!(!chunks.is_empty());
-    assert_eq!(chunks.len(), first.len(), "one generation's chunks, not two");
-    assert!(chunks.iter().all(|c| !first.contains(c)), "generation 1 is gone");
+    assert_eq!(
+        chunks.len(),
+        first.len(),
+        "one generation's chunks, not two"
+    );
+    assert!(
+        chunks.iter().all(|c| !first.contains(c)),
+        "generation 1 is gone"
+    );
 
     // Only ciphertext at the hub: none of the school's words, in the chunks or anywhere in
     // the hub's database.
