@@ -1236,6 +1236,7 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
         }
         FederationCommand::Push { tenant } => {
             let (hub, _) = client::client(&state.system, &config.data_dir).await?;
+            let hub = hub.rate_limited(config.federation.max_kib_per_sec * 1024);
             let slugs = with_copy(&state, tenant).await?;
             let mut failed = false;
             for slug in slugs {

@@ -189,6 +189,8 @@ pub struct FederationConfig {
     /// Seconds before the first retry after a failed push; each failure doubles it (up to
     /// `sync_interval_secs`), with random jitter so that sites do not retry in step.
     pub retry_min_secs: u64,
+    /// Bandwidth a push may use, in KiB per second on average; 0: no cap.
+    pub max_kib_per_sec: u64,
 }
 
 impl Default for FederationConfig {
@@ -196,6 +198,7 @@ impl Default for FederationConfig {
         FederationConfig {
             sync_interval_secs: 3600,
             retry_min_secs: 30,
+            max_kib_per_sec: 0,
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct HubClient {
     site_id: String,
     /// Seconds to add to this machine's clock to get the hub's, learnt from the hub.
     offset: AtomicI64,
+    /// Bytes per second transfers may use on average (0: no cap).
+    max_bytes_per_sec: u64,
 }
 
 impl std::fmt::Debug for HubClient {
@@ -116,7 +118,18 @@ impl HubClient {
             key,
             site_id,
             offset: AtomicI64::new(0),
+            max_bytes_per_sec: 0,
         })
+    }
+
+    /// Caps transfers to `bytes_per_sec` on average (0: no cap).
+    pub fn rate_limited(mut self, bytes_per_sec: u64) -> HubClient {
+        self.max_bytes_per_sec = bytes_per_sec;
+        self
+    }
+
+    pub fn max_bytes_per_sec(&self) -> u64 {
+        self.max_bytes_per_sec
     }
 
     pub fn site_id(&self) -> &str {

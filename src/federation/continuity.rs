@@ -463,8 +463,15 @@ async fn push_inner(
         .map(|a| a.iter().filter_map(Value::as_i64).collect())
         .unwrap_or_default();
     let (mut sent, mut bytes_sent) = (0, 0u64);
+    let started = std::time::Instant::now();
     for idx in (0..chunks).filter(|i| !present.contains(i)) {
         let data = std::fs::read(chunk_path(&dir, idx))?;
+        tokio::time::sleep(pace(
+            bytes_sent,
+            started.elapsed(),
+            client.max_bytes_per_sec(),
+        ))
+        .await;
         bytes_sent += data.len() as u64;
         client
             .send(
@@ -506,6 +513,16 @@ async fn push_inner(
         bytes_sent,
         resumed,
     })
+}
+
+/// How long to wait before sending more, so that the `bytes` sent since the transfer
+/// began, `elapsed` ago, stay within `rate` bytes per second (0: no cap). The cap holds on
+/// average: each chunk leaves at full speed, and the next waits its turn.
+pub fn pace(bytes: u64, elapsed: std::time::Duration, rate: u64) -> std::time::Duration {
+    if rate == 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::from_secs_f64(bytes as f64 / rate as f64).saturating_sub(elapsed)
 }
 
 fn json_bytes(v: &Value) -> Vec<u8> {
@@ -798,6 +815,22 @@ pub async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacing_keeps_the_average_rate_under_the_cap() {
+        use std::time::Duration;
+        assert_eq!(pace(10 << 20, Duration::ZERO, 0), Duration::ZERO);
+        // 2 MiB sent at 1 MiB/s: the third chunk waits until 2 s have passed.
+        assert_eq!(
+            pace(2 << 20, Duration::from_millis(500), 1 << 20),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            pace(2 << 20, Duration::from_secs(3), 1 << 20),
+            Duration::ZERO
+        );
+        assert_eq!(pace(0, Duration::ZERO, 1 << 20), Duration::ZERO);
+    }
 
     #[test]
     fn recovery_keys_read_back_and_derive_distinct_values() {

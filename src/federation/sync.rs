@@ -84,7 +84,7 @@ pub async fn run(state: AppState) {
             continue;
         }
         let hub = match client::client(&state.system, &state.config.data_dir).await {
-            Ok((hub, _)) => hub,
+            Ok((hub, _)) => hub.rate_limited(cfg.max_kib_per_sec * 1024),
             // Not joined (yet): nothing to push to.
             Err(_) => continue,
         };
