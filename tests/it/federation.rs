@@ -975,3 +975,172 @@ fn enable_copy(site: &Appliance) -> String {
     assert!(ok, "{text}");
     text.lines().next().unwrap().trim().to_string()
 }
+
+/// A small deterministic generator for the fault schedule (xorshift64*).
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below.max(1)
+    }
+}
+
+/// Randomized faults on the continuity copy: each round the school changes, then a push
+/// meets one fault: the pushing process killed (SIGKILL) at a random moment, the hub killed
+/// and restarted mid-push, the link cut after a random number of bytes, or the same push
+/// delivered twice at once. Then the site pushes again, at most 3 times, and the hub's copy
+/// must restore to exactly the school: nothing acknowledged lost, nothing duplicated, and
+/// one generation's chunks only. `SYNC_FAULT_ROUNDS` (default 3 per engine) and
+/// `SYNC_FAULT_SEED` (printed) set the run; `benches/sync_faults.sh` runs 100 rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_continuity_copy_survives_random_crashes_cuts_and_duplicates() {
+    let rounds: u64 = std::env::var("SYNC_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("SYNC_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| now() as u64 | 1);
+    println!("SYNC_FAULT_SEED={seed}");
+    for engine in ENGINES {
+        faults_on(engine, rounds, seed).await;
+    }
+}
+
+async fn faults_on(engine: Engine, rounds: u64, seed: u64) {
+    use std::sync::atomic::Ordering;
+    let mut dice = Dice(seed);
+    let mut hub = Hub::start(engine);
+    let a = stopped_school().await;
+    let link = relay(hub.base.replace("https://", "")).await;
+    let (ok, text) = federation(&a, &["join", &link.url, &hub.token("École A")]);
+    assert!(ok, "{text}");
+    let recovery = enable_copy(&a);
+    let source = a.data.join("tenants/ecole/tenant.db");
+    let mut tally = std::collections::BTreeMap::<&str, u32>::new();
+    for round in 0..rounds {
+        // The school changes: 1 to 3 MiB that do not compress (2 to 4 chunks).
+        let size = (1 + dice.next(3)) << 20;
+        rusqlite::Connection::open(&source)
+            .unwrap()
+            .execute(
+                "INSERT OR REPLACE INTO tenant_settings (key, value) VALUES (?1, randomblob(?2))",
+                rusqlite::params![format!("round-{}", round % 4), size as i64],
+            )
+            .unwrap();
+        let fault = ["kill-site", "kill-hub", "cut-link", "twice"][dice.next(4) as usize];
+        *tally.entry(fault).or_default() += 1;
+        let push = || {
+            Command::new(BIN)
+                .args(["federation", "push", "--data-dir"])
+                .arg(&a.data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        match fault {
+            "kill-site" => {
+                let mut p = push();
+                std::thread::sleep(Duration::from_millis(dice.next(600)));
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+            "kill-hub" => {
+                let mut p = push();
+                std::thread::sleep(Duration::from_millis(dice.next(600)));
+                hub.restart();
+                let _ = p.wait();
+            }
+            "cut-link" => {
+                link.budget.store(dice.next(size) as i64, Ordering::SeqCst);
+                let _ = push().wait();
+                link.budget.store(i64::MAX, Ordering::SeqCst);
+            }
+            _ => {
+                let (mut p, mut q) = (push(), push());
+                let _ = p.wait();
+                let _ = q.wait();
+            }
+        }
+        // Healed: at most 3 pushes to converge.
+        let mut converged = false;
+        for _ in 0..3 {
+            let (ok, _) = federation(&a, &["push"]);
+            if ok {
+                converged = true;
+                break;
+            }
+        }
+        assert!(
+            converged,
+            "round {round} ({fault}, seed {seed}): no convergence in 3 pushes"
+        );
+        // The hub holds one generation, whole, and it decrypts to the school exactly.
+        let copy = decrypt_hub_copy(&hub, &recovery);
+        assert_eq!(
+            dump(&source),
+            dump(copy.path()),
+            "round {round} ({fault}, seed {seed})"
+        );
+    }
+    println!("{engine:?}: {rounds} rounds, faults {tally:?}: 0 lost, 0 duplicated");
+}
+
+/// The hub's stored copy, decrypted with the recovery key into a database file, after
+/// checking that the hub holds exactly one generation and exactly its chunks.
+fn decrypt_hub_copy(hub: &Hub, recovery: &str) -> tempfile::NamedTempFile {
+    use ceredis::federation::continuity::{RecoveryKey, open};
+    const ROWS: &str = "SELECT generation, idx FROM continuity_chunks ORDER BY generation, idx";
+    let keys: Vec<(i64, i64)> = match &hub.postgres {
+        Some(p) => crate::postgres::cluster()
+            .psql(p, ROWS)
+            .lines()
+            .map(|l| {
+                let (g, i) = l.split_once('|').unwrap();
+                (g.parse().unwrap(), i.parse().unwrap())
+            })
+            .collect(),
+        None => rusqlite::Connection::open_with_flags(
+            hub.data.join("hub.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+        .prepare(ROWS)
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap(),
+    };
+    let data = hub_chunks(hub);
+    let generation = keys[0].0;
+    assert!(
+        keys.iter().all(|(g, _)| *g == generation),
+        "one generation: {keys:?}"
+    );
+    let indexes: Vec<i64> = keys.iter().map(|(_, i)| *i).collect();
+    assert_eq!(
+        indexes,
+        (0..keys.len() as i64).collect::<Vec<_>>(),
+        "each chunk once"
+    );
+    let r = RecoveryKey::parse(recovery).unwrap();
+    let (key, uid) = (r.encryption_key(), r.tenant_uid());
+    let manifest: Value =
+        serde_json::from_slice(&open(&key, &uid, generation, 0, &data[0]).unwrap()).unwrap();
+    assert_eq!(manifest["chunks"], keys.len() as i64, "{manifest}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut decoder = zstd::stream::write::Decoder::new(file.reopen().unwrap()).unwrap();
+    for (idx, sealed) in data.iter().enumerate().skip(1) {
+        let plain = open(&key, &uid, generation, idx as i64, sealed).unwrap();
+        std::io::Write::write_all(&mut decoder, &plain).unwrap();
+    }
+    std::io::Write::flush(&mut decoder).unwrap();
+    drop(decoder);
+    file
+}
