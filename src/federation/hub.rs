@@ -512,15 +512,12 @@ struct EnrolBody {
 }
 
 async fn enrol(State(state): State<HubState>, signed: Signed) -> Result<Response, ApiError> {
-    let body: EnrolBody = serde_json::from_slice(&signed.body)
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let public_key = B64
-        .decode(&body.public_key)
-        .ok()
-        .filter(|k| k.len() == 32)
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_key", "public_key is an Ed25519 key in base64url")
-        })?;
+    let body: EnrolBody = json_body(&signed.body)?;
+    let public_key = bytes32(
+        &body.public_key,
+        "invalid_key",
+        "public_key is an Ed25519 key in base64url",
+    )?;
     if crate::identity::site_id(&public_key) != signed.site_id {
         return Err(ApiError::bad_request(
             "site_id_mismatch",
@@ -600,16 +597,26 @@ struct VerifierBody {
 }
 
 fn verifier_hash(body: &[u8]) -> Result<String, ApiError> {
-    let b: VerifierBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let v = B64
-        .decode(&b.verifier)
-        .ok()
-        .filter(|v| v.len() == 32)
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_verifier", "the verifier is 32 bytes in base64url")
-        })?;
+    let b: VerifierBody = json_body(body)?;
+    let v = bytes32(
+        &b.verifier,
+        "invalid_verifier",
+        "the verifier is 32 bytes in base64url",
+    )?;
     Ok(super::secret_hash(&B64.encode(v)))
+}
+
+/// A request body as JSON, or a clear error.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+}
+
+/// 32 bytes given in base64url, or the error `code` with `message`.
+fn bytes32(text: &str, code: &'static str, message: &'static str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(text)
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| ApiError::bad_request(code, message))
 }
 
 fn no_copy() -> ApiError {
@@ -778,8 +785,7 @@ async fn commit(
     signed: Signed,
 ) -> Result<Response, ApiError> {
     owner_of(&state, &signed, &uid).await?;
-    let body: CommitBody = serde_json::from_slice(&signed.body)
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let body: CommitBody = json_body(&signed.body)?;
     if body.chunks < 1 {
         return Err(ApiError::bad_request(
             "invalid_body",
