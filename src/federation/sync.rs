@@ -80,7 +80,17 @@ pub async fn run(state: AppState) {
         let Ok(enabled) = state.system.read(continuity::states).await else {
             continue;
         };
-        if enabled.is_empty() {
+        // Only the tenants whose turn has come; the client is built only for them.
+        let due: Vec<_> = enabled
+            .into_iter()
+            .filter(|(slug, _)| {
+                slots
+                    .get(slug)
+                    .and_then(|s| s.next)
+                    .is_none_or(|next| Instant::now() >= next)
+            })
+            .collect();
+        if due.is_empty() {
             continue;
         }
         let hub = match client::client(&state.system, &state.config.data_dir).await {
@@ -88,12 +98,9 @@ pub async fn run(state: AppState) {
             // Not joined (yet): nothing to push to.
             Err(_) => continue,
         };
-        for (slug, st) in enabled {
+        for (slug, st) in due {
             let slot = slots.entry(slug.clone()).or_default();
             let now = Instant::now();
-            if slot.next.is_some_and(|next| now < next) {
-                continue;
-            }
             let Ok(handle) = state.tenants.handle(&slug, &Authorized::console()).await else {
                 continue;
             };
