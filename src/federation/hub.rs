@@ -619,6 +619,17 @@ fn bytes32(text: &str, code: &'static str, message: &'static str) -> Result<Vec<
         .ok_or_else(|| ApiError::bad_request(code, message))
 }
 
+/// The signing site and the hash of the verifier its body carries, for tenant `uid`.
+async fn with_verifier(
+    state: &HubState,
+    signed: &Signed,
+    uid: &str,
+) -> Result<(SiteRow, String), ApiError> {
+    let site = authenticate(state, signed).await?;
+    check_uid(uid)?;
+    Ok((site, verifier_hash(&signed.body)?))
+}
+
 fn no_copy() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -641,9 +652,7 @@ async fn register(
     axum::extract::Path(uid): axum::extract::Path<String>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    let site = authenticate(&state, &signed).await?;
-    check_uid(&uid)?;
-    let hash = verifier_hash(&signed.body)?;
+    let (site, hash) = with_verifier(&state, &signed, &uid).await?;
     let (owner, latest) = state
         .store
         .register_continuity(uid, site.site_id.clone(), hash)
@@ -690,9 +699,7 @@ async fn claim(
     axum::extract::Path(uid): axum::extract::Path<String>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    let site = authenticate(&state, &signed).await?;
-    check_uid(&uid)?;
-    let hash = verifier_hash(&signed.body)?;
+    let (site, hash) = with_verifier(&state, &signed, &uid).await?;
     let latest = state
         .store
         .claim(uid, site.site_id.clone(), hash)
