@@ -146,10 +146,10 @@ async fn main() {
     let clean = wire as i64;
     link.budget.store(clean / 2, Ordering::SeqCst);
     let before = link.sent.load(Ordering::SeqCst);
-    let (ok, text) = cli(&site.data, &["federation", "push"]);
+    let (ok, text) = cli(&site.data, &["federation", "push", "--full"]);
     assert!(!ok, "the cut push should fail: {text}");
     link.budget.store(i64::MAX, Ordering::SeqCst);
-    let (ok, text) = cli(&site.data, &["federation", "push"]);
+    let (ok, text) = cli(&site.data, &["federation", "push", "--full"]);
     assert!(ok, "{text}");
     let both = (link.sent.load(Ordering::SeqCst) - before) as i64;
     println!(

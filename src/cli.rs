@@ -251,11 +251,16 @@ enum FederationCommand {
         #[arg(long)]
         tenant: String,
     },
-    /// Push a new generation of the continuity copy (of one tenant, or of every tenant that
-    /// has it enabled), or finish an interrupted one.
+    /// Push the continuity copy (of one tenant, or of every tenant that has it enabled): the
+    /// changes since the last push as batches, or a new generation when none is at the hub
+    /// or an erasure requires it; an interrupted push is finished first.
     Push {
         #[arg(long)]
         tenant: Option<String>,
+        /// Push a whole new generation even if batches would do (the hub then drops the
+        /// older generation and every batch it holds).
+        #[arg(long)]
+        full: bool,
     },
     /// Write each enabled tenant's new generation, signed, into DIR, for a hub this site
     /// cannot reach (USB stick): `ceredis hub import DIR` there.
@@ -1206,11 +1211,16 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                         |t| crate::lrs::statement::format_millis(t * 1000),
                     )
                 };
+                let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
+                let waiting = continuity::pending(&handle, c.batched).await?;
                 println!(
-                    "  {}: continuity copy generation {} committed {}{}",
+                    "  {}: continuity copy generation {} committed {}; changes through {} sent \
+                     {}, {waiting} waiting{}",
                     slug,
                     c.committed,
                     when(c.committed_at),
+                    c.batched,
+                    when(c.batched_at),
                     c.last_error
                         .map(|e| format!("; last push failed {}: {e}", when(c.last_error_at)))
                         .unwrap_or_default()
@@ -1234,7 +1244,7 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                  even the hub, can restore this school. Push with `ceredis federation push`."
             );
         }
-        FederationCommand::Push { tenant } => {
+        FederationCommand::Push { tenant, full } => {
             let (hub, _) = client::client(&state.system, &config.data_dir).await?;
             let hub = hub.rate_limited(config.federation.max_kib_per_sec * 1024);
             let slugs = with_copy(&state, tenant).await?;
@@ -1242,16 +1252,31 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
             for slug in slugs {
                 let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
                 let progress = |line: String| eprintln!("{line}");
-                match continuity::push(&hub, &state.system, &handle, &config.data_dir, &progress)
-                    .await
+                match continuity::push(
+                    &hub,
+                    &state.system,
+                    &handle,
+                    &config.data_dir,
+                    full,
+                    &progress,
+                )
+                .await
                 {
-                    Ok(p) => println!(
-                        "{slug}: generation {} committed ({} chunks, {} sent now, {} bytes{})",
+                    Ok(p) if p.chunks > 0 => println!(
+                        "{slug}: generation {} committed ({} chunks, {} sent now, {} bytes{}); \
+                         {} batches; the hub holds the changes through {}",
                         p.generation,
                         p.chunks,
                         p.sent,
                         p.bytes_sent,
-                        if p.resumed { ", resumed" } else { "" }
+                        if p.resumed { ", resumed" } else { "" },
+                        p.batches,
+                        p.batched
+                    ),
+                    Ok(p) => println!(
+                        "{slug}: {} batches sent ({} bytes) after generation {}; the hub holds \
+                         the changes through {}",
+                        p.batches, p.bytes_sent, p.generation, p.batched
                     ),
                     Err(e) => {
                         failed = true;
@@ -1291,9 +1316,9 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
             )
             .await?;
             println!(
-                "Restored `{}` ({}) from generation {} ({} bytes). This appliance now keeps its \
-                 continuity copy.",
-                r.slug, r.name, r.generation, r.bytes
+                "Restored `{}` ({}) from generation {} ({} bytes) and {} batches of later \
+                 changes. This appliance now keeps its continuity copy.",
+                r.slug, r.name, r.generation, r.bytes, r.batches
             );
         }
     }

@@ -199,10 +199,13 @@ pub struct State {
     pub committed_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
+    /// The last row of the tenant's change log the hub holds (in a generation or a batch).
+    pub batched: i64,
+    pub batched_at: Option<i64>,
 }
 
 const STATE_COLUMNS: &str = "tenant_uid, key, verifier, enabled_at, generation, committed,
-                             committed_at, last_error, last_error_at";
+                             committed_at, last_error, last_error_at, batched, batched_at";
 
 fn state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<State> {
     Ok(State {
@@ -215,6 +218,8 @@ fn state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<State> {
         committed_at: r.get(6)?,
         last_error: r.get(7)?,
         last_error_at: r.get(8)?,
+        batched: r.get(9)?,
+        batched_at: r.get(10)?,
     })
 }
 
@@ -258,10 +263,20 @@ pub fn states(conn: &rusqlite::Connection) -> Result<Vec<(String, State)>, Store
                     committed_at: r.get(7)?,
                     last_error: r.get(8)?,
                     last_error_at: r.get(9)?,
+                    batched: r.get(10)?,
+                    batched_at: r.get(11)?,
                 },
             ))
         })?
         .collect::<Result<_, _>>()?)
+}
+
+/// How many changes of the tenant wait for the hub (those after `batched`).
+pub async fn pending(handle: &TenantHandle, batched: i64) -> Result<i64, StoreError> {
+    handle
+        .db
+        .read(move |c| crate::store::replica::pending_changes(c, batched))
+        .await
 }
 
 /// Enables the tenant's continuity copy; returns the recovery key, to show once.
@@ -300,6 +315,12 @@ struct Manifest {
     sha256: String,
     /// Chunks, this one included.
     chunks: i64,
+    /// The site that made it, and the last row of its change log it holds: the batches
+    /// that follow it start there.
+    #[serde(default)]
+    origin: String,
+    #[serde(default)]
+    covers: i64,
 }
 
 /// Writes sealed chunks of what is written to it into a spool folder.
@@ -354,31 +375,62 @@ pub struct Pushed {
     pub sent: i64,
     pub bytes_sent: u64,
     pub resumed: bool,
+    /// Batches sent (changes after the last generation, or after the last batch).
+    pub batches: i64,
+    /// Changes the hub holds now, up to this row of the change log.
+    pub batched: i64,
 }
 
 fn spool_dir(data_dir: &Path, slug: &str) -> PathBuf {
     data_dir.join("spool").join("continuity").join(slug)
 }
 
-/// The spooled generation waiting for the hub, if one is complete: `(generation, chunks)`.
-fn spooled(dir: &Path) -> Option<(i64, i64)> {
-    let text = std::fs::read_to_string(dir.join("ready")).ok()?;
-    let (g, n) = text.trim().split_once(' ')?;
-    Some((g.parse().ok()?, n.parse().ok()?))
+/// A sealed generation in the spool.
+#[derive(Debug, Clone)]
+struct Sealed {
+    generation: i64,
+    chunks: i64,
+    covers: i64,
+    /// The other sites' changes it holds: `(origin, through)`.
+    merged: Vec<(String, i64)>,
 }
 
-/// Pushes a new generation of the tenant's copy (or finishes the one an interrupted push
-/// left), reporting progress through `progress`. On failure the reason is recorded in the
+/// The spooled generation waiting for the hub, if one is complete.
+fn spooled(dir: &Path) -> Option<Sealed> {
+    let text = std::fs::read_to_string(dir.join("ready")).ok()?;
+    let mut parts = text.split_whitespace();
+    let mut number = || parts.next().and_then(|p| p.parse::<i64>().ok());
+    let (generation, chunks, covers) = (number()?, number()?, number().unwrap_or(0));
+    let merged = text
+        .split_whitespace()
+        .skip(3)
+        .filter_map(|p| {
+            let (o, n) = p.split_once(':')?;
+            Some((o.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    Some(Sealed {
+        generation,
+        chunks,
+        covers,
+        merged,
+    })
+}
+
+/// Pushes the tenant's copy: finishes the generation an interrupted push left, then sends
+/// the changes after the last push as batches, or a new generation when the hub has none,
+/// an erasure requires it, or `full` asks for one. Reports progress through `progress`. On failure the reason is recorded in the
 /// tenant's continuity state, in plain words.
 pub async fn push(
     client: &HubClient,
     system: &Database,
     handle: &TenantHandle,
     data_dir: &Path,
+    full: bool,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<Pushed, ContinuityError> {
     let result = match PushLock::take(data_dir, &handle.slug) {
-        Ok(_lock) => push_inner(client, system, handle, data_dir, progress).await,
+        Ok(_lock) => push_inner(client, system, handle, data_dir, full, progress).await,
         Err(e) => Err(e),
     };
     let (error, at) = match &result {
@@ -428,11 +480,11 @@ async fn push_inner(
     system: &Database,
     handle: &TenantHandle,
     data_dir: &Path,
+    full: bool,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<Pushed, ContinuityError> {
     let st = enabled_state(system, &handle.slug).await?;
-    let uid = st.tenant_uid.clone();
-    let base = format!("/federation/v1/continuity/{uid}");
+    let base = format!("/federation/v1/continuity/{}", st.tenant_uid);
     let (_, body) = client
         .send(
             Method::PUT,
@@ -445,12 +497,84 @@ async fn push_inner(
             .as_i64()
             .unwrap_or(0);
     let dir = spool_dir(data_dir, &handle.slug);
-    let resume = spooled(&dir).filter(|(g, _)| *g > hub_latest);
-    let resumed = resume.is_some();
-    let (generation, chunks) = match resume {
-        Some(found) => found,
-        None => seal_generation(system, handle, &st, hub_latest, &dir).await?,
+    let mut pushed = Pushed {
+        generation: st.committed,
+        chunks: 0,
+        sent: 0,
+        bytes_sent: 0,
+        resumed: false,
+        batches: 0,
+        batched: st.batched,
     };
+    // A generation an interrupted push left goes first.
+    if let Some(sealed) = spooled(&dir).filter(|s| s.generation > hub_latest) {
+        pushed.resumed = true;
+        send_generation(
+            client,
+            system,
+            handle,
+            &base,
+            &dir,
+            sealed,
+            &mut pushed,
+            progress,
+        )
+        .await?;
+    }
+    // With no generation at the hub (or none since batches exist), a generation; then the
+    // changes after it as batches. An erasure, or a change a batch cannot carry, ends with
+    // a new generation: the hub then drops every older copy of what was erased.
+    let mut generation_due = !pushed.resumed && (full || hub_latest == 0 || pushed.batched == 0);
+    if !generation_due {
+        generation_due = send_batches(
+            client,
+            system,
+            handle,
+            &st,
+            &base,
+            data_dir,
+            &mut pushed,
+            progress,
+        )
+        .await?;
+    }
+    if generation_due {
+        let floor = hub_latest.max(pushed.generation);
+        let sealed = seal_generation(system, handle, &st, client.site_id(), floor, &dir).await?;
+        send_generation(
+            client,
+            system,
+            handle,
+            &base,
+            &dir,
+            sealed,
+            &mut pushed,
+            progress,
+        )
+        .await?;
+    }
+    Ok(pushed)
+}
+
+/// Sends the spooled generation `sealed` (only the chunks the hub lacks), commits it, and
+/// records what it covers.
+#[allow(clippy::too_many_arguments)]
+async fn send_generation(
+    client: &HubClient,
+    system: &Database,
+    handle: &TenantHandle,
+    base: &str,
+    dir: &Path,
+    sealed: Sealed,
+    pushed: &mut Pushed,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<(), ContinuityError> {
+    let Sealed {
+        generation,
+        chunks,
+        covers,
+        merged,
+    } = sealed;
     let (_, body) = client
         .send(
             Method::GET,
@@ -462,17 +586,16 @@ async fn push_inner(
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_i64).collect())
         .unwrap_or_default();
-    let (mut sent, mut bytes_sent) = (0, 0u64);
     let started = std::time::Instant::now();
     for idx in (0..chunks).filter(|i| !present.contains(i)) {
-        let data = std::fs::read(chunk_path(&dir, idx))?;
+        let data = std::fs::read(chunk_path(dir, idx))?;
         tokio::time::sleep(pace(
-            bytes_sent,
+            pushed.bytes_sent,
             started.elapsed(),
             client.max_bytes_per_sec(),
         ))
         .await;
-        bytes_sent += data.len() as u64;
+        pushed.bytes_sent += data.len() as u64;
         client
             .send(
                 Method::PUT,
@@ -480,7 +603,7 @@ async fn push_inner(
                 data,
             )
             .await?;
-        sent += 1;
+        pushed.sent += 1;
         progress(format!(
             "{}: generation {generation}, chunk {}/{chunks} sent",
             handle.slug,
@@ -491,7 +614,11 @@ async fn push_inner(
         .send(
             Method::POST,
             &format!("{base}/generations/{generation}/commit"),
-            json_bytes(&json!({"chunks": chunks})),
+            json_bytes(&json!({
+                "chunks": chunks,
+                "covers": covers,
+                "merged": merged.iter().map(|(o, n)| json!({"origin": o, "through": n})).collect::<Vec<_>>(),
+            })),
         )
         .await?;
     let slug = handle.slug.clone();
@@ -499,20 +626,128 @@ async fn push_inner(
         .write(move |c| {
             c.prepare_cached(
                 "UPDATE continuity SET committed = ?2, committed_at = ?3,
-                                       generation = max(generation, ?2) WHERE slug = ?1",
+                                       generation = max(generation, ?2),
+                                       batched = max(batched, ?4), batched_at = ?3
+                 WHERE slug = ?1",
             )?
-            .execute(params![slug, generation, now()])?;
+            .execute(params![slug, generation, now(), covers])?;
             Ok(())
         })
         .await?;
-    std::fs::remove_dir_all(&dir)?;
-    Ok(Pushed {
-        generation,
-        chunks,
-        sent,
-        bytes_sent,
-        resumed,
-    })
+    std::fs::remove_dir_all(dir)?;
+    pushed.generation = generation;
+    pushed.chunks = chunks;
+    pushed.batched = pushed.batched.max(covers);
+    Ok(())
+}
+
+/// Writes `data` to `path` so that it survives a crash: a temporary file, synced, renamed.
+fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let temp = path.with_extension("partial");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+/// Where a sealed batch waits until the hub has it: the same bytes are sent again after a
+/// failure, so that a batch the hub stored without our hearing it is recognised.
+fn batch_spool(data_dir: &Path, slug: &str) -> PathBuf {
+    data_dir
+        .join("spool")
+        .join("continuity")
+        .join(format!("{slug}.batch"))
+}
+
+/// Sends the changes after the last batch, one batch at a time, each recorded once the hub
+/// has it. Returns whether a new generation is due (an erasure was sent, or a change only
+/// a generation carries waits, or the hub's batches do not line up with ours).
+#[allow(clippy::too_many_arguments)]
+async fn send_batches(
+    client: &HubClient,
+    system: &Database,
+    handle: &TenantHandle,
+    st: &State,
+    base: &str,
+    data_dir: &Path,
+    pushed: &mut Pushed,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<bool, ContinuityError> {
+    let spool = batch_spool(data_dir, &handle.slug);
+    let started = std::time::Instant::now();
+    let mut erased = false;
+    loop {
+        let after = pushed.batched;
+        let waiting = std::fs::read(&spool).ok().and_then(|data| {
+            let (head, sealed) = data.split_at(data.iter().position(|b| *b == b'\n')? + 1);
+            let text = std::str::from_utf8(head).ok()?;
+            let (a, l) = text.trim().split_once(' ')?;
+            let (a, l): (i64, i64) = (a.parse().ok()?, l.parse().ok()?);
+            (a == after).then(|| (l, sealed.to_vec()))
+        });
+        let (last, sealed) = match waiting {
+            Some(found) => found,
+            None => {
+                let origin = client.site_id().to_string();
+                let built = handle
+                    .db
+                    .read(move |c| super::batch::build(c, &origin, after))
+                    .await?;
+                let batch = match built {
+                    super::batch::Built::Nothing => return Ok(erased),
+                    super::batch::Built::NeedsGeneration => return Ok(true),
+                    super::batch::Built::Batch(b) => b,
+                };
+                erased |= batch
+                    .items
+                    .iter()
+                    .any(|i| matches!(i, super::batch::Item::Erase { .. }));
+                let sealed = super::batch::seal(&st.key, &st.tenant_uid, &batch)?;
+                let mut file = format!("{} {}\n", batch.after, batch.last).into_bytes();
+                file.extend_from_slice(&sealed);
+                write_durably(&spool, &file)?;
+                (batch.last, sealed)
+            }
+        };
+        tokio::time::sleep(pace(
+            pushed.bytes_sent,
+            started.elapsed(),
+            client.max_bytes_per_sec(),
+        ))
+        .await;
+        pushed.bytes_sent += sealed.len() as u64;
+        match client
+            .send(
+                Method::PUT,
+                &format!("{base}/batches/{after}/{last}"),
+                sealed,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(FederationError::Refused { code, .. })
+                if code == "batch_gap" || code == "batch_differs" =>
+            {
+                let _ = std::fs::remove_file(&spool);
+                return Ok(true);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let slug = handle.slug.clone();
+        system
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE continuity SET batched = ?2, batched_at = ?3 WHERE slug = ?1",
+                )?
+                .execute(params![slug, last, now()])?;
+                Ok(())
+            })
+            .await?;
+        std::fs::remove_file(&spool)?;
+        pushed.batches += 1;
+        pushed.batched = last;
+        progress(format!("{}: changes through {last} sent", handle.slug));
+    }
 }
 
 /// How long to wait before sending more, so that the `bytes` sent since the transfer
@@ -534,9 +769,10 @@ async fn seal_generation(
     system: &Database,
     handle: &TenantHandle,
     st: &State,
+    origin: &str,
     hub_latest: i64,
     dir: &Path,
-) -> Result<(i64, i64), ContinuityError> {
+) -> Result<Sealed, ContinuityError> {
     let floor = st.generation.max(st.committed).max(hub_latest);
     let slug = handle.slug.clone();
     let generation = system
@@ -553,12 +789,29 @@ async fn seal_generation(
     let snapshot = dir.join("snapshot.db");
     crate::store::backup::snapshot(handle.db.path(), &snapshot)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let (key, uid, slug, name, dir) = (
+    let (covers, merged) = rusqlite::Connection::open_with_flags(
+        &snapshot,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|c| {
+        let covers: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM change_log", [], |r| {
+            r.get(0)
+        })?;
+        let merged: Vec<(String, i64)> = c
+            .prepare("SELECT origin, applied FROM sync_cursors ORDER BY origin")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok((covers, merged))
+    })
+    .map_err(StoreError::from)?;
+    let merged_text: String = merged.iter().map(|(o, n)| format!(" {o}:{n}")).collect();
+    let (key, uid, slug, name, dir, origin) = (
         st.key.clone(),
         st.tenant_uid.clone(),
         handle.slug.clone(),
         handle.name.clone(),
         dir.to_path_buf(),
+        origin.to_string(),
     );
     let chunks = tokio::task::spawn_blocking(move || -> Result<i64, ContinuityError> {
         let mut file = std::fs::File::open(&snapshot)?;
@@ -596,17 +849,27 @@ async fn seal_generation(
             bytes,
             sha256: crate::store::backup::hex(digest.finish().as_ref()),
             chunks,
+            origin,
+            covers,
         };
         let plain = serde_json::to_vec(&manifest).unwrap_or_default();
         std::fs::write(chunk_path(&dir, 0), seal(&key, &uid, generation, 0, &plain))?;
         std::fs::remove_file(&snapshot)?;
         // Written last: the spool is complete.
-        std::fs::write(dir.join("ready"), format!("{generation} {chunks}"))?;
+        std::fs::write(
+            dir.join("ready"),
+            format!("{generation} {chunks} {covers}{merged_text}"),
+        )?;
         Ok(chunks)
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))??;
-    Ok((generation, chunks))
+    Ok(Sealed {
+        generation,
+        chunks,
+        covers,
+        merged,
+    })
 }
 
 /// The manifest of a batch carried by hand (`ceredis federation export`): signed by the
@@ -626,6 +889,9 @@ pub struct Batch {
     pub chunks: i64,
     pub chunk_sha256: Vec<String>,
     pub created_at: i64,
+    /// The last change of the site the generation holds.
+    #[serde(default)]
+    pub covers: i64,
 }
 
 /// What the signature of a batch file covers.
@@ -647,9 +913,17 @@ pub async fn export(
     let _lock = PushLock::take(data_dir, &handle.slug)?;
     let st = enabled_state(system, &handle.slug).await?;
     let dir = spool_dir(data_dir, &handle.slug);
-    let (generation, chunks) = match spooled(&dir).filter(|(g, _)| *g > st.committed) {
+    let key =
+        crate::identity::key_pair(data_dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let site_id = crate::identity::site_id(ring::signature::KeyPair::public_key(&key).as_ref());
+    let Sealed {
+        generation,
+        chunks,
+        covers,
+        ..
+    } = match spooled(&dir).filter(|s| s.generation > st.committed) {
         Some(found) => found,
-        None => seal_generation(system, handle, &st, 0, &dir).await?,
+        None => seal_generation(system, handle, &st, &site_id, 0, &dir).await?,
     };
     let out = to.join(format!("{}-g{generation}", st.tenant_uid));
     std::fs::create_dir_all(&out)?;
@@ -662,17 +936,16 @@ pub async fn export(
         ));
         std::fs::write(out.join(&name), data)?;
     }
-    let key =
-        crate::identity::key_pair(data_dir).map_err(|e| std::io::Error::other(e.to_string()))?;
     let batch = Batch {
         format: BATCH_FORMAT.into(),
-        site_id: crate::identity::site_id(ring::signature::KeyPair::public_key(&key).as_ref()),
+        site_id,
         tenant_uid: st.tenant_uid.clone(),
         verifier_hash: super::secret_hash(&B64.encode(&st.verifier)),
         generation,
         chunks,
         chunk_sha256,
         created_at: now(),
+        covers,
     };
     let json = serde_json::to_vec_pretty(&batch).unwrap_or_default();
     let signature = B64.encode(key.sign(&batch_signing_input(&json)).as_ref());
@@ -689,6 +962,8 @@ pub struct Restored {
     pub name: String,
     pub generation: i64,
     pub bytes: u64,
+    /// Batches of changes after the generation, applied on top of it.
+    pub batches: usize,
 }
 
 /// Restores a tenant from the hub's continuity copy, under `slug`, with its recovery key.
@@ -782,6 +1057,14 @@ pub async fn restore(
         let _ = std::fs::remove_file(&temp);
         return Err(ContinuityError::Unsound(why));
     }
+    let batches = match replay_batches(client, &base, &key, &uid, &manifest, &temp, progress).await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
     tenants.adopt(slug, &manifest.name, &temp).await?;
     // This site keeps the copy from now on, from the generation it restored.
     let (owned, uid, verifier) = (slug.to_string(), recovery.tenant_uid(), recovery.verifier());
@@ -809,7 +1092,83 @@ pub async fn restore(
         name: manifest.name,
         generation,
         bytes: manifest.bytes,
+        batches,
     })
+}
+
+/// Applies to the restored database `path` every batch the hub holds after its generation,
+/// each origin's in order, then names what the generation held as its maker's. Returns how
+/// many batches were applied.
+async fn replay_batches(
+    client: &HubClient,
+    base: &str,
+    key: &[u8],
+    uid: &str,
+    manifest: &Manifest,
+    path: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<usize, ContinuityError> {
+    let (_, body) = client
+        .send(Method::GET, &format!("{base}/batches"), Vec::new())
+        .await?;
+    let listed: Vec<(String, i64, i64)> = serde_json::from_slice::<Value>(&body)
+        .unwrap_or_default()["batches"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| {
+                    Some((
+                        b["origin"].as_str()?.to_string(),
+                        b["after"].as_i64()?,
+                        b["last"].as_i64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut batches = Vec::with_capacity(listed.len());
+    for (i, (origin, after, last)) in listed.iter().enumerate() {
+        let (_, sealed) = client
+            .send(
+                Method::GET,
+                &format!("{base}/batch/{origin}/{last}"),
+                Vec::new(),
+            )
+            .await?;
+        let batch =
+            super::batch::open(key, uid, origin, *after, *last, &sealed).ok_or_else(|| {
+                ContinuityError::Unsound(format!(
+                    "batch {after}..{last} of {origin} does not open with this key"
+                ))
+            })?;
+        batches.push(batch);
+        progress(format!("batch {}/{} received", i + 1, listed.len()));
+    }
+    let (path, me, maker, covers) = (
+        path.to_path_buf(),
+        client.site_id().to_string(),
+        manifest.origin.clone(),
+        manifest.covers,
+    );
+    tokio::task::spawn_blocking(move || -> Result<usize, ContinuityError> {
+        let mut conn = rusqlite::Connection::open(&path).map_err(StoreError::from)?;
+        crate::store::migrate(&mut conn, &path, crate::store::tenant::MIGRATIONS)?;
+        let tx = conn.transaction().map_err(StoreError::from)?;
+        let mut applied = 0;
+        if !maker.is_empty() {
+            crate::store::replica::adopt_from(&tx, &maker)?;
+            crate::store::replica::set_cursor(&tx, &maker, covers)?;
+        }
+        for batch in &batches {
+            let done = super::batch::apply(&tx, batch, &me, now())
+                .map_err(|e| ContinuityError::Unsound(e.to_string()))?;
+            applied += usize::from(!done.known);
+        }
+        tx.commit().map_err(StoreError::from)?;
+        Ok(applied)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 #[cfg(test)]

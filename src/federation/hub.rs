@@ -38,7 +38,8 @@ use super::{
 };
 use crate::error::ApiError;
 use crate::store::federation::{
-    self as sql, ClaimRefusal, ContinuityOwner, GenerationRefusal, SiteRow, TokenRefusal,
+    self as sql, BatchInfo, BatchRefusal, ClaimRefusal, ContinuityOwner, GenerationRefusal,
+    SiteRow, TokenRefusal,
 };
 use crate::store::hub_postgres as pgsql;
 use crate::store::{Database, DbOptions, StoreError, StoreMetrics, now};
@@ -254,20 +255,66 @@ impl HubStore {
         }
     }
 
+    /// Commits a generation; `covers` says, per site (the maker first), through which
+    /// change it holds that site's changes: the batches it covers go in the same transaction.
     pub async fn commit_generation(
         &self,
         uid: String,
         generation: i64,
         chunks: i64,
+        covers: Vec<(String, i64)>,
     ) -> Result<Result<(), GenerationRefusal>, StoreError> {
         match self {
             HubStore::Sqlite(db) => {
-                db.write(move |c| sql::commit_generation(c, &uid, generation, chunks, now()))
+                db.write(move |c| {
+                    sql::commit_generation(c, &uid, generation, chunks, &covers, now())
+                })
+                .await
+            }
+            HubStore::Postgres(p) => {
+                pgsql::commit_generation(p, &uid, generation, chunks, &covers, now()).await
+            }
+        }
+    }
+
+    /// Stores a batch (acknowledged once durable); the same batch again changes nothing.
+    pub async fn put_batch(
+        &self,
+        uid: String,
+        origin: String,
+        after: i64,
+        last: i64,
+        data: Vec<u8>,
+    ) -> Result<Result<(), BatchRefusal>, StoreError> {
+        let sha =
+            crate::store::backup::hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::put_batch(c, &uid, &origin, after, last, &sha, &data, now()))
                     .await
             }
             HubStore::Postgres(p) => {
-                pgsql::commit_generation(p, &uid, generation, chunks, now()).await
+                pgsql::put_batch(p, &uid, &origin, after, last, &sha, &data, now()).await
             }
+        }
+    }
+
+    pub async fn batches(&self, uid: String) -> Result<Vec<BatchInfo>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(move |c| sql::batches(c, &uid)).await,
+            HubStore::Postgres(p) => pgsql::batches(p, &uid).await,
+        }
+    }
+
+    pub async fn batch(
+        &self,
+        uid: String,
+        origin: String,
+        last: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(move |c| sql::batch(c, &uid, &origin, last)).await,
+            HubStore::Postgres(p) => pgsql::batch(p, &uid, &origin, last).await,
         }
     }
 
@@ -362,6 +409,15 @@ pub fn router(state: HubState) -> Router {
         .route(
             "/federation/v1/continuity/{uid}/generations/{generation}/chunks/{idx}",
             get(get_chunk).put(put_chunk),
+        )
+        .route("/federation/v1/continuity/{uid}/batches", get(list_batches))
+        .route(
+            "/federation/v1/continuity/{uid}/batches/{after}/{last}",
+            axum::routing::put(put_batch),
+        )
+        .route(
+            "/federation/v1/continuity/{uid}/batch/{origin}/{last}",
+            get(get_batch),
         )
         .layer(axum::middleware::map_response(stamp_time))
         .with_state(state)
@@ -784,6 +840,18 @@ async fn put_chunk(
 #[derive(Deserialize)]
 struct CommitBody {
     chunks: i64,
+    /// The last change of the committing site the generation holds.
+    #[serde(default)]
+    covers: i64,
+    /// Other sites' changes the generation holds: their batches through there go too.
+    #[serde(default)]
+    merged: Vec<Merged>,
+}
+
+#[derive(Deserialize)]
+struct Merged {
+    origin: String,
+    through: i64,
 }
 
 async fn commit(
@@ -791,20 +859,87 @@ async fn commit(
     axum::extract::Path((uid, generation)): axum::extract::Path<(String, i64)>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    owner_of(&state, &signed, &uid).await?;
+    let site = owner_of(&state, &signed, &uid).await?;
     let body: CommitBody = json_body(&signed.body)?;
-    if body.chunks < 1 {
+    if body.chunks < 1 || body.covers < 0 {
         return Err(ApiError::bad_request(
             "invalid_body",
-            "a generation has at least one chunk",
+            "a generation has at least one chunk, and covers changes from 0",
         ));
     }
     state
         .store
-        .commit_generation(uid, generation, body.chunks)
+        .commit_generation(
+            uid,
+            generation,
+            body.chunks,
+            std::iter::once((site.site_id, body.covers))
+                .chain(body.merged.into_iter().map(|m| (m.origin, m.through)))
+                .collect(),
+        )
         .await?
         .map_err(refused)?;
     Ok(axum::Json(json!({"committed": generation})).into_response())
+}
+
+/// `PUT continuity/{uid}/batches/{after}/{last}`: the owner's changes after `after` through
+/// `last`, sealed. Answered once durable; the same batch again changes nothing.
+async fn put_batch(
+    State(state): State<HubState>,
+    axum::extract::Path((uid, after, last)): axum::extract::Path<(String, i64, i64)>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let site = owner_of(&state, &signed, &uid).await?;
+    if after < 0 || last <= after || signed.body.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            "a batch carries changes after `after` through `last` (last > after ≥ 0), and is not empty",
+        ));
+    }
+    state
+        .store
+        .put_batch(uid, site.site_id, after, last, signed.body.to_vec())
+        .await?
+        .map_err(|r| match r {
+            BatchRefusal::Differs => ApiError::new(
+                StatusCode::CONFLICT,
+                "batch_differs",
+                "the hub holds other bytes for this batch",
+            ),
+            BatchRefusal::Gap(expected) => ApiError::new(
+                StatusCode::CONFLICT,
+                "batch_gap",
+                format!(
+                    "this batch does not follow the last one the hub holds from this site: \
+                     the next must carry the changes after {expected}"
+                ),
+            ),
+        })?;
+    Ok(axum::Json(json!({"stored": last})).into_response())
+}
+
+async fn list_batches(
+    State(state): State<HubState>,
+    axum::extract::Path(uid): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    owner_of(&state, &signed, &uid).await?;
+    let batches = state.store.batches(uid).await?;
+    Ok(axum::Json(json!({"batches": batches})).into_response())
+}
+
+async fn get_batch(
+    State(state): State<HubState>,
+    axum::extract::Path((uid, origin, last)): axum::extract::Path<(String, String, i64)>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    owner_of(&state, &signed, &uid).await?;
+    let data = state
+        .store
+        .batch(uid, origin, last)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(([("content-type", "application/octet-stream")], data).into_response())
 }
 
 async fn get_chunk(
@@ -904,7 +1039,12 @@ pub async fn import_batch(store: &HubStore, dir: &Path) -> Result<Imported, ApiE
             .map_err(refused)?;
     }
     store
-        .commit_generation(uid.clone(), batch.generation, batch.chunks)
+        .commit_generation(
+            uid.clone(),
+            batch.generation,
+            batch.chunks,
+            vec![(site.site_id.clone(), batch.covers)],
+        )
         .await?
         .map_err(refused)?;
     tracing::info!(site = %site.site_id, generation = batch.generation, "batch imported");

@@ -111,7 +111,7 @@ pub async fn run(state: AppState) {
                 continue;
             }
             let board = state.sync_board.clone();
-            board.set(&slug, Some("preparing a new generation".into()));
+            board.set(&slug, Some("preparing the changes to send".into()));
             let shown = slug.clone();
             let progress = move |line: String| board.set(&shown, Some(line));
             let outcome = continuity::push(
@@ -119,6 +119,7 @@ pub async fn run(state: AppState) {
                 &state.system,
                 &handle,
                 &state.config.data_dir,
+                false,
                 &progress,
             )
             .await;
@@ -126,7 +127,8 @@ pub async fn run(state: AppState) {
             match outcome {
                 Ok(p) => {
                     tracing::info!(tenant = %slug, generation = p.generation, chunks = p.chunks,
-                        sent = p.sent, bytes = p.bytes_sent, "continuity copy pushed");
+                        sent = p.sent, batches = p.batches, through = p.batched,
+                        bytes = p.bytes_sent, "continuity copy pushed");
                     state.metrics.continuity_push("ok");
                     slot.clean_at = Some(before);
                     slot.failures = 0;

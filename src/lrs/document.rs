@@ -195,8 +195,13 @@ mod tests {
     use super::*;
 
     fn db() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(crate::store::lrs::V1).unwrap();
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrate(
+            &mut conn,
+            std::path::Path::new("test"),
+            crate::store::tenant::MIGRATIONS,
+        )
+        .unwrap();
         conn
     }
 

@@ -56,6 +56,7 @@ pub fn erase_user(
         "app_keys": app_keys,
     });
     let seq = super::competency::erasure_tombstone(conn, &user.agent_name, by, &removed, at)?;
+    super::replica::erase(conn, &user.agent_name, at)?;
     super::lrs::log_change(conn, at * 1000, "erasure", &user.agent_name)?;
     Ok(Ok(
         json!({"erased": user.username, "removed": removed, "journal_seq": seq}),

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Migrations, StoreError};
 
-pub const HUB_MIGRATIONS: Migrations = Migrations(&[HUB_V1, HUB_CONTINUITY]);
+pub const HUB_MIGRATIONS: Migrations = Migrations(&[HUB_V1, HUB_CONTINUITY, HUB_BATCHES]);
 
 const HUB_V1: &str = "
 CREATE TABLE hub (
@@ -56,6 +56,30 @@ CREATE TABLE continuity_chunks (
     data       BLOB NOT NULL,
     PRIMARY KEY (tenant_uid, generation, idx)
 );
+";
+
+/// Incremental batches between generations: each names its origin site and the range of
+/// that site's change log it carries (after `after` through `last`). A generation records
+/// which site made it and the last change it covers, so that the batches it covers go.
+const HUB_BATCHES: &str = "
+ALTER TABLE continuity_generations ADD COLUMN covers INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE continuity_generations ADD COLUMN origin TEXT;
+CREATE TABLE continuity_batches (
+    tenant_uid TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    after      INTEGER NOT NULL,
+    last       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    stored_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant_uid, origin, last)
+);
+";
+
+/// Appended to the system database's migrations: how far the tenant's batches went.
+pub const SITE_BATCHES: &str = "
+ALTER TABLE continuity ADD COLUMN batched INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE continuity ADD COLUMN batched_at INTEGER;
 ";
 
 /// Appended to the system database's migrations: each tenant's continuity copy, when
@@ -410,14 +434,18 @@ pub fn put_chunk(
 /// Commits a generation of `chunks` chunks (indexes 0..chunks) and drops every older one:
 /// what the tenant erased since is gone from the hub with them. Committing the committed
 /// generation again changes nothing.
+/// Commits a generation that holds, per site (its maker first), that site's changes
+/// through the number given.
 pub fn commit_generation(
     conn: &Connection,
     uid: &str,
     generation: i64,
     chunks: i64,
+    covers: &[(String, i64)],
     at: i64,
 ) -> Result<Result<(), GenerationRefusal>, StoreError> {
     if latest_generation(conn, uid)? == Some((generation, chunks)) {
+        generation_covers(conn, uid, generation, covers)?;
         return Ok(Ok(()));
     }
     if let Err(refusal) = check_open(conn, uid, generation)? {
@@ -443,7 +471,141 @@ pub fn commit_generation(
          WHERE tenant_uid = ?1 AND generation = ?2",
     )?
     .execute(params![uid, generation, chunks, at])?;
+    generation_covers(conn, uid, generation, covers)?;
     Ok(Ok(()))
+}
+
+/// Why the hub refuses a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchRefusal {
+    /// It holds other bytes for this origin's batch ending there.
+    Differs,
+    /// The batch does not follow the origin's last one: the hub expects `after` to be this.
+    Gap(i64),
+}
+
+/// A batch the hub holds, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BatchInfo {
+    pub origin: String,
+    pub after: i64,
+    pub last: i64,
+    pub bytes: i64,
+}
+
+/// Where `origin`'s next batch must start: its last batch's end, or the change the newest
+/// generation covers when that site made it, or 0.
+fn batch_expected(conn: &Connection, uid: &str, origin: &str) -> Result<i64, StoreError> {
+    let last: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(last) FROM continuity_batches WHERE tenant_uid = ?1 AND origin = ?2",
+        )?
+        .query_row(params![uid, origin], |r| r.get(0))?;
+    if let Some(last) = last {
+        return Ok(last);
+    }
+    Ok(conn
+        .prepare_cached(
+            "SELECT covers FROM continuity_generations
+             WHERE tenant_uid = ?1 AND committed_at IS NOT NULL AND origin = ?2
+             ORDER BY generation DESC LIMIT 1",
+        )?
+        .query_row(params![uid, origin], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Stores a batch, unless it is there already (the same bytes: nothing changes).
+#[allow(clippy::too_many_arguments)]
+pub fn put_batch(
+    conn: &Connection,
+    uid: &str,
+    origin: &str,
+    after: i64,
+    last: i64,
+    sha256: &str,
+    data: &[u8],
+    at: i64,
+) -> Result<Result<(), BatchRefusal>, StoreError> {
+    let held: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT after, sha256 FROM continuity_batches
+             WHERE tenant_uid = ?1 AND origin = ?2 AND last = ?3",
+        )?
+        .query_row(params![uid, origin, last], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((a, sha)) = held {
+        return Ok(if a == after && sha == sha256 {
+            Ok(())
+        } else {
+            Err(BatchRefusal::Differs)
+        });
+    }
+    let expected = batch_expected(conn, uid, origin)?;
+    if after != expected {
+        return Ok(Err(BatchRefusal::Gap(expected)));
+    }
+    conn.prepare_cached(
+        "INSERT INTO continuity_batches (tenant_uid, origin, after, last, sha256, data, stored_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![uid, origin, after, last, sha256, data, at])?;
+    Ok(Ok(()))
+}
+
+pub fn batches(conn: &Connection, uid: &str) -> Result<Vec<BatchInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT origin, after, last, length(data) FROM continuity_batches
+         WHERE tenant_uid = ?1 ORDER BY origin, last",
+    )?;
+    let rows = stmt
+        .query_map([uid], |r| {
+            Ok(BatchInfo {
+                origin: r.get(0)?,
+                after: r.get(1)?,
+                last: r.get(2)?,
+                bytes: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub fn batch(
+    conn: &Connection,
+    uid: &str,
+    origin: &str,
+    last: i64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT data FROM continuity_batches WHERE tenant_uid = ?1 AND origin = ?2 AND last = ?3",
+        )?
+        .query_row(params![uid, origin, last], |r| r.get(0))
+        .optional()?)
+}
+
+/// Records what a committed generation covers and drops the batches it covers.
+fn generation_covers(
+    conn: &Connection,
+    uid: &str,
+    generation: i64,
+    covers: &[(String, i64)],
+) -> Result<(), StoreError> {
+    if let Some((origin, through)) = covers.first() {
+        conn.prepare_cached(
+            "UPDATE continuity_generations SET covers = ?3, origin = ?4
+             WHERE tenant_uid = ?1 AND generation = ?2",
+        )?
+        .execute(params![uid, generation, through, origin])?;
+    }
+    for (origin, through) in covers {
+        conn.prepare_cached(
+            "DELETE FROM continuity_batches WHERE tenant_uid = ?1 AND origin = ?2 AND last <= ?3",
+        )?
+        .execute(params![uid, origin, through])?;
+    }
+    Ok(())
 }
 
 pub fn chunk(

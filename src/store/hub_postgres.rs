@@ -9,11 +9,13 @@ use tokio_postgres::NoTls;
 
 use super::StoreError;
 use super::federation::{
-    ClaimRefusal, ContinuityOwner, GenerationRefusal, SiteRow, TokenRefusal, same_secret,
+    BatchInfo, BatchRefusal, ClaimRefusal, ContinuityOwner, GenerationRefusal, SiteRow,
+    TokenRefusal, same_secret,
 };
 
 /// Schema versions, each applied once, in order, under an advisory lock.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE hub (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     hub_id      TEXT NOT NULL,
@@ -57,7 +59,22 @@ CREATE TABLE continuity_chunks (
     data       BYTEA NOT NULL,
     PRIMARY KEY (tenant_uid, generation, idx)
 );
-"];
+",
+    "
+ALTER TABLE continuity_generations ADD COLUMN covers BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE continuity_generations ADD COLUMN origin TEXT;
+CREATE TABLE continuity_batches (
+    tenant_uid TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    after      BIGINT NOT NULL,
+    last       BIGINT NOT NULL,
+    sha256     TEXT NOT NULL,
+    data       BYTEA NOT NULL,
+    stored_at  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_uid, origin, last)
+);
+",
+];
 
 fn pg(e: impl std::fmt::Display) -> StoreError {
     StoreError::Postgres(e.to_string())
@@ -425,11 +442,13 @@ pub async fn put_chunk(
     Ok(Ok(()))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn commit_generation(
     pool: &Pool,
     uid: &str,
     generation: i64,
     chunks: i64,
+    covers: &[(String, i64)],
     at: i64,
 ) -> Result<Result<(), GenerationRefusal>, StoreError> {
     let mut c = client(pool).await?;
@@ -437,6 +456,8 @@ pub async fn commit_generation(
     owner_of(&tx, uid, true).await?;
     let newest = latest(&tx, uid).await?;
     if newest == Some((generation, chunks)) {
+        covered(&tx, uid, generation, covers).await?;
+        tx.commit().await.map_err(pg)?;
         return Ok(Ok(()));
     }
     if let Some(refusal) = closed(generation, newest) {
@@ -476,6 +497,7 @@ pub async fn commit_generation(
     )
     .await
     .map_err(pg)?;
+    covered(&tx, uid, generation, covers).await?;
     tx.commit().await.map_err(pg)?;
     Ok(Ok(()))
 }
@@ -496,4 +518,135 @@ pub async fn chunk(
         .await
         .map_err(pg)?
         .map(|r| r.get(0)))
+}
+
+/// See [`super::federation::put_batch`]; the tenant's row is locked while it checks.
+#[allow(clippy::too_many_arguments)]
+pub async fn put_batch(
+    pool: &Pool,
+    uid: &str,
+    origin: &str,
+    after: i64,
+    last: i64,
+    sha256: &str,
+    data: &[u8],
+    at: i64,
+) -> Result<Result<(), BatchRefusal>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg)?;
+    owner_of(&tx, uid, true).await?;
+    let held = tx
+        .query_opt(
+            "SELECT after, sha256 FROM continuity_batches
+             WHERE tenant_uid = $1 AND origin = $2 AND last = $3",
+            &[&uid, &origin, &last],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(row) = held {
+        let (a, sha): (i64, String) = (row.get(0), row.get(1));
+        return Ok(if a == after && sha == sha256 {
+            Ok(())
+        } else {
+            Err(BatchRefusal::Differs)
+        });
+    }
+    let max_last: Option<i64> = tx
+        .query_one(
+            "SELECT max(last) FROM continuity_batches WHERE tenant_uid = $1 AND origin = $2",
+            &[&uid, &origin],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let expected = match max_last {
+        Some(l) => l,
+        None => tx
+            .query_opt(
+                "SELECT covers FROM continuity_generations
+                 WHERE tenant_uid = $1 AND committed_at IS NOT NULL AND origin = $2
+                 ORDER BY generation DESC LIMIT 1",
+                &[&uid, &origin],
+            )
+            .await
+            .map_err(pg)?
+            .map_or(0, |r| r.get(0)),
+    };
+    if after != expected {
+        return Ok(Err(BatchRefusal::Gap(expected)));
+    }
+    tx.execute(
+        "INSERT INTO continuity_batches (tenant_uid, origin, after, last, sha256, data, stored_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&uid, &origin, &after, &last, &sha256, &data, &at],
+    )
+    .await
+    .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(Ok(()))
+}
+
+pub async fn batches(pool: &Pool, uid: &str) -> Result<Vec<BatchInfo>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query(
+            "SELECT origin, after, last, length(data)::BIGINT FROM continuity_batches
+             WHERE tenant_uid = $1 ORDER BY origin, last",
+            &[&uid],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| BatchInfo {
+            origin: r.get(0),
+            after: r.get(1),
+            last: r.get(2),
+            bytes: r.get(3),
+        })
+        .collect())
+}
+
+pub async fn batch(
+    pool: &Pool,
+    uid: &str,
+    origin: &str,
+    last: i64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query_opt(
+            "SELECT data FROM continuity_batches
+             WHERE tenant_uid = $1 AND origin = $2 AND last = $3",
+            &[&uid, &origin, &last],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0)))
+}
+
+/// Records what a committed generation covers and drops the batches it covers.
+async fn covered(
+    tx: &tokio_postgres::Transaction<'_>,
+    uid: &str,
+    generation: i64,
+    covers: &[(String, i64)],
+) -> Result<(), StoreError> {
+    if let Some((origin, through)) = covers.first() {
+        tx.execute(
+            "UPDATE continuity_generations SET covers = $3, origin = $4
+             WHERE tenant_uid = $1 AND generation = $2",
+            &[&uid, &generation, through, origin],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    for (origin, through) in covers {
+        tx.execute(
+            "DELETE FROM continuity_batches WHERE tenant_uid = $1 AND origin = $2 AND last <= $3",
+            &[&uid, origin, through],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
 }

@@ -993,8 +993,20 @@ pub fn document_ids(
     Ok((rows.into_iter().map(|(id, _)| id).collect(), latest))
 }
 
-/// Writes (creates or replaces) a document.
+/// Writes (creates or replaces) a document, as a change made here: it is stamped and
+/// logged for sync.
 pub fn put_document(
+    conn: &Connection,
+    key: &DocumentKey,
+    doc_id: &str,
+    doc: &Document,
+) -> Result<(), StoreError> {
+    store_document(conn, key, doc_id, doc)?;
+    log_document(conn, key, doc_id, Some(&doc.etag), doc.updated)
+}
+
+/// Writes a document without logging it (a merged change is logged by its batch).
+pub fn store_document(
     conn: &Connection,
     key: &DocumentKey,
     doc_id: &str,
@@ -1019,45 +1031,96 @@ pub fn put_document(
         doc.etag,
         doc.updated
     ])?;
-    log_change(conn, doc.updated, key.kind, doc_id)?;
     Ok(())
 }
 
-/// Deletes one document, or (with `doc_id` `None`) every document under `key`; an empty
-/// registration then matches all registrations.
+/// The global name of a document, for sync.
+pub fn document_name(key: &DocumentKey, doc_id: &str) -> String {
+    serde_json::json!([
+        key.kind,
+        key.activity_id,
+        key.agent,
+        key.registration,
+        doc_id
+    ])
+    .to_string()
+}
+
+/// Logs a document's change (its new etag, or `None` when it was deleted) with the field
+/// operation that stamps it (see [`super::replica`]).
+fn log_document(
+    conn: &Connection,
+    key: &DocumentKey,
+    doc_id: &str,
+    etag: Option<&str>,
+    at: i64,
+) -> Result<(), StoreError> {
+    let op = super::replica::note_document(conn, &document_name(key, doc_id), etag)?;
+    let subject = serde_json::json!({
+        "activity": key.activity_id,
+        "agent": key.agent,
+        "registration": key.registration,
+        "id": doc_id,
+        "op": op,
+    });
+    log_change(conn, at, key.kind, &subject.to_string())
+}
+
+/// Deletes one document, or (with `doc_id` `None`) every document under `key` (an empty
+/// registration then matches all registrations), as a change made here.
 pub fn delete_documents(
     conn: &Connection,
     key: &DocumentKey,
     doc_id: Option<&str>,
     at: i64,
 ) -> Result<usize, StoreError> {
-    let n = match doc_id {
-        Some(d) => conn
-            .prepare_cached(
-                "DELETE FROM xapi_documents WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
-                   AND registration = ?4 AND doc_id = ?5",
-            )?
-            .execute(params![
+    let targets: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT registration, doc_id FROM xapi_documents
+             WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
+               AND (registration = ?4 OR (?5 IS NULL AND ?4 = ''))
+               AND (?5 IS NULL OR doc_id = ?5)",
+        )?
+        .query_map(
+            params![
                 key.kind,
                 key.activity_id,
                 key.agent,
                 key.registration,
-                d
-            ])?,
-        None => conn
-            .prepare_cached(
-                "DELETE FROM xapi_documents WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
-                   AND (?4 = '' OR registration = ?4)",
-            )?
-            .execute(params![
-                key.kind,
-                key.activity_id,
-                key.agent,
-                key.registration
-            ])?,
-    };
-    if n > 0 {
-        log_change(conn, at, key.kind, doc_id.unwrap_or("*"))?;
+                doc_id
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    for (registration, id) in &targets {
+        let one = DocumentKey {
+            kind: key.kind,
+            activity_id: key.activity_id.clone(),
+            agent: key.agent.clone(),
+            registration: registration.clone(),
+        };
+        remove_document(conn, &one, id)?;
+        log_document(conn, &one, id, None, at)?;
     }
-    Ok(n)
+    Ok(targets.len())
+}
+
+/// Deletes one document without logging it.
+pub fn remove_document(
+    conn: &Connection,
+    key: &DocumentKey,
+    doc_id: &str,
+) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM xapi_documents WHERE kind = ?1 AND activity_id = ?2 AND agent = ?3
+               AND registration = ?4 AND doc_id = ?5",
+        )?
+        .execute(params![
+            key.kind,
+            key.activity_id,
+            key.agent,
+            key.registration,
+            doc_id
+        ])?)
 }

@@ -24,6 +24,7 @@ pub mod erasure;
 pub mod federation;
 pub mod hub_postgres;
 pub mod lrs;
+pub mod replica;
 pub mod research;
 pub mod retention;
 pub mod shared;

@@ -11,6 +11,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     SESSIONS_AND_TOKENS,
     super::federation::SITE_V1,
     super::federation::SITE_CONTINUITY,
+    super::federation::SITE_BATCHES,
 ]);
 
 const V1: &str = "

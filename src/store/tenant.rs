@@ -17,6 +17,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::competency::V1,
     super::research::V1,
     super::apps::V1,
+    super::replica::V1,
 ]);
 
 const V1: &str = "
@@ -172,7 +173,9 @@ pub fn insert_user(
         ],
     )
     .map_err(|e| unique_to_conflict(e.into(), &format!("a user named `{}`", user.username)))?;
-    Ok(conn.last_insert_rowid())
+    let id = conn.last_insert_rowid();
+    super::replica::note_user(conn, id)?;
+    Ok(id)
 }
 
 pub fn update_user(conn: &Connection, id: i64, user: &UserFields) -> Result<(), StoreError> {
@@ -192,7 +195,7 @@ pub fn update_user(conn: &Connection, id: i64, user: &UserFields) -> Result<(), 
         ],
     )
     .map_err(|e| unique_to_conflict(e.into(), &format!("a user named `{}`", user.username)))?;
-    Ok(())
+    super::replica::note_user(conn, id)
 }
 
 pub fn user_by_id(conn: &Connection, id: i64) -> Result<Option<User>, StoreError> {
@@ -245,7 +248,7 @@ pub fn set_password(
     if n == 0 {
         return Err(StoreError::NotFound);
     }
-    Ok(())
+    super::replica::note_user(conn, user_id)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -292,7 +295,9 @@ pub fn insert_class(conn: &Connection, class: &ClassFields) -> Result<i64, Store
         ],
     )
     .map_err(|e| unique_to_conflict(e.into(), "a class with this identifier"))?;
-    Ok(conn.last_insert_rowid())
+    let id = conn.last_insert_rowid();
+    super::replica::note_class(conn, id)?;
+    Ok(id)
 }
 
 pub fn update_class(conn: &Connection, id: i64, class: &ClassFields) -> Result<(), StoreError> {
@@ -308,7 +313,7 @@ pub fn update_class(conn: &Connection, id: i64, class: &ClassFields) -> Result<(
             now()
         ],
     )?;
-    Ok(())
+    super::replica::note_class(conn, id)
 }
 
 pub fn classes(conn: &Connection) -> Result<Vec<Class>, StoreError> {
@@ -438,14 +443,16 @@ pub fn enrol(
              sourced_id = coalesce(excluded.sourced_id, enrolments.sourced_id)",
         params![sourced_id, class_id, user_id, role, now()],
     )?;
-    Ok(())
+    super::replica::note_enrolment(conn, class_id, user_id)
 }
 
 pub fn unenrol(conn: &Connection, class_id: i64, user_id: i64) -> Result<bool, StoreError> {
-    Ok(conn.execute(
+    let gone = conn.execute(
         "DELETE FROM enrolments WHERE class_id = ?1 AND user_id = ?2",
         params![class_id, user_id],
-    )? > 0)
+    )? > 0;
+    super::replica::note_enrolment(conn, class_id, user_id)?;
+    Ok(gone)
 }
 
 /// The enrolment stored under a OneRoster `sourcedId`: (class id, user id, role).
@@ -463,7 +470,10 @@ pub fn delete_enrolment_by_sourced_id(
     conn: &Connection,
     sourced_id: &str,
 ) -> Result<bool, StoreError> {
-    Ok(conn.execute("DELETE FROM enrolments WHERE sourced_id = ?1", [sourced_id])? > 0)
+    let Some((class_id, user_id, _)) = enrolment_by_sourced_id(conn, sourced_id)? else {
+        return Ok(false);
+    };
+    unenrol(conn, class_id, user_id)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

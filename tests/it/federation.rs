@@ -424,8 +424,10 @@ async fn a_token_for_another_hub_an_expired_or_malformed_token_changes_nothing_o
     assert!(joined_row(&site.data).is_some());
 }
 
-/// Every row of every table of a tenant database, as text, but the continuity state
-/// (whose generation counters move with each push and restore).
+/// Every row of every table of a tenant database, as text, but what is the appliance's own
+/// bookkeeping: the continuity state (whose counters move with each push and restore), the
+/// change log and the sync versions and cursors (a restore names which site wrote what, and
+/// logs a replayed batch as the batch), the clock, and when a user row was written here.
 fn dump(db: &Path) -> Vec<String> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -433,7 +435,8 @@ fn dump(db: &Path) -> Vec<String> {
     let tables: Vec<String> = conn
         .prepare(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
-             AND name <> 'continuity' ORDER BY name",
+             AND name NOT IN ('continuity', 'sync_cursors', 'sync_versions', 'change_log')
+             ORDER BY name",
         )
         .unwrap()
         .query_map([], |r| r.get(0))
@@ -442,7 +445,15 @@ fn dump(db: &Path) -> Vec<String> {
         .unwrap();
     let mut out = Vec::new();
     for t in tables {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let query = match t.as_str() {
+            "users" => "SELECT id, sourced_id, username, given_name, family_name, email, role,
+                               password_hash, must_change_password, active, agent_name
+                        FROM users"
+                .to_string(),
+            "tenant_settings" => "SELECT * FROM tenant_settings WHERE key <> 'sync.hlc'".into(),
+            _ => format!("SELECT * FROM \"{t}\""),
+        };
+        let mut stmt = conn.prepare(&query).unwrap();
         let n = stmt.column_count();
         let mut rows: Vec<String> = stmt
             .query_map([], |r| {
@@ -491,6 +502,24 @@ fn hub_chunks(hub: &Hub) -> Vec<Vec<u8>> {
 }
 
 /// Every byte the hub keeps: its database file, or a dump of its PostgreSQL database.
+fn hub_batches(hub: &Hub) -> i64 {
+    const COUNT: &str = "SELECT count(*) FROM continuity_batches";
+    if let Some(p) = &hub.postgres {
+        return crate::postgres::cluster()
+            .psql(p, COUNT)
+            .trim()
+            .parse()
+            .unwrap();
+    }
+    rusqlite::Connection::open_with_flags(
+        hub.data.join("hub.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row(COUNT, [], |r| r.get(0))
+    .unwrap()
+}
+
 fn hub_bytes(hub: &Hub) -> Vec<u8> {
     match &hub.postgres {
         Some(p) => crate::postgres::cluster().dump(p),
@@ -557,19 +586,32 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     // Pushing again makes a new generation; the hub keeps only the newest, so what the
     // school erases leaves the hub with the generations that held it.
     let first = hub_chunks(&hub);
+    // A change after it goes as a batch: generation 1 stays, with one batch beside it.
+    let out = a.cli(&[
+        "user",
+        "add",
+        "--tenant",
+        "ecole",
+        "--username",
+        "apres",
+        "--given-name",
+        "Camille-Apres",
+        "--family-name",
+        "Nouvelle",
+        "--role",
+        "student",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let (ok, text) = federation(&a, &["push"]);
-    assert!(ok && text.contains("generation 2 committed"), "{text}");
-    let chunks = hub_chunks(&hub);
-    assert!(!chunks.is_empty());
-    assert_eq!(
-        chunks.len(),
-        first.len(),
-        "one generation's chunks, not two"
-    );
+    assert!(ok && text.contains("1 batches sent"), "{text}");
+    assert_eq!(hub_batches(&hub), 1);
+    let (ok, text) = federation(&a, &["push"]);
     assert!(
-        chunks.iter().all(|c| !first.contains(c)),
-        "generation 1 is gone"
+        ok && text.contains("0 batches sent"),
+        "nothing new, nothing sent: {text}"
     );
+    let chunks = hub_chunks(&hub);
+    assert_eq!(chunks, first, "generation 1 is still the hub's");
 
     // Only ciphertext at the hub: none of the school's words, in the chunks or anywhere in
     // the hub's database.
@@ -577,7 +619,7 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     // The source's words, wherever SQLite keeps them (the file or its write-ahead log).
     let mut tenant_db = std::fs::read(a.data.join("tenants/ecole/tenant.db")).unwrap();
     tenant_db.extend(std::fs::read(a.data.join("tenants/ecole/tenant.db-wal")).unwrap_or_default());
-    for marker in ["chercheuse", "Prénom", "4e A"] {
+    for marker in ["chercheuse", "Prénom", "4e A", "Camille-Apres"] {
         let m = marker.as_bytes();
         assert!(
             tenant_db.windows(m.len()).any(|w| w == m),
@@ -618,9 +660,12 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     assert!(!stdout(&out).contains("ecole"));
     flip(&hub);
 
-    // The right key restores the school, row for row.
+    // The right key restores the school, row for row: the generation and the batch after it.
     let (ok, text) = federation(&b, &restore);
-    assert!(ok && text.contains("Restored `ecole`"), "{text}");
+    assert!(
+        ok && text.contains("Restored `ecole`") && text.contains("and 1 batches"),
+        "{text}"
+    );
     let source = dump(&a.data.join("tenants/ecole/tenant.db"));
     let restored = dump(&b.data.join("tenants/ecole/tenant.db"));
     assert!(source.len() > 50, "{}", source.len());
@@ -639,9 +684,11 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     assert!(!ok && text.contains("not_owner"), "{text}");
     let (_, status) = federation(&a, &["status"]);
     assert!(status.contains("last push failed"), "{status}");
-    // The new one pushes the next generation.
+    // The new one pushes the next generation, which holds the old site's batch: the hub
+    // drops it.
     let (ok, text) = federation(&b, &["push"]);
-    assert!(ok && text.contains("generation 3 committed"), "{text}");
+    assert!(ok && text.contains("generation 2 committed"), "{text}");
+    assert_eq!(hub_batches(&hub), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,6 +792,16 @@ fn committed_generation(site: &Appliance) -> (i64, String) {
     (generation, line)
 }
 
+/// The last change of the school the hub holds, as `federation status` says.
+fn sent_through(site: &Appliance) -> i64 {
+    let (_, line) = committed_generation(site);
+    line.split("changes through ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Polls `ok` for up to 60 s.
 async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -805,9 +862,14 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
     eventually("a first automatic push", || committed_generation(&a).0 >= 1).await;
 
     // A change is pushed on its own.
-    let before = committed_generation(&a).0;
+    let (generation, before) = (committed_generation(&a).0, sent_through(&a));
     add_user(&s.admin, "ecole", "nouvelle", "student").await;
-    eventually("the change pushed", || committed_generation(&a).0 > before).await;
+    eventually("the change pushed", || sent_through(&a) > before).await;
+    assert_eq!(
+        committed_generation(&a).0,
+        generation,
+        "a change goes as a batch, not as a new generation"
+    );
 
     // The hub goes away: the site says why it cannot push, in plain words, and retries.
     hub.stop();
@@ -828,12 +890,23 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
     assert!(console.contains("cannot be reached"), "{console}");
     let admin_page = s.admin.get(path).await.text().await.unwrap();
     assert!(admin_page.contains("cannot be reached"), "{admin_page}");
-    let stuck = committed_generation(&a).0;
+    let stuck = sent_through(&a);
+    let line = committed_generation(&a).1;
+    let waiting: i64 = line
+        .split(" waiting")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        waiting > 0,
+        "the change made while the hub was away waits: {line}"
+    );
     // Back: the retries catch up without anyone doing anything, and the error clears.
     hub.restart();
     eventually("caught up after the hub came back", || {
-        let (g, line) = committed_generation(&a);
-        g > stuck && !line.contains("failed")
+        let line = committed_generation(&a).1;
+        sent_through(&a) > stuck && !line.contains("failed") && line.contains(", 0 waiting")
     })
     .await;
     let console = op.get("/operator").await.text().await.unwrap();
@@ -988,8 +1061,8 @@ impl Dice {
     }
 }
 
-/// Randomized faults on the continuity copy: each round the school changes, then a push
-/// meets one fault: the pushing process killed (SIGKILL) at a random moment, the hub killed
+/// Randomized faults on the continuity copy's generations (`push --full`, the large
+/// transfers): each round the school changes, then a push meets one fault: the pushing process killed (SIGKILL) at a random moment, the hub killed
 /// and restarted mid-push, the link cut after a random number of bytes, or the same push
 /// delivered twice at once. Then the site pushes again, at most 3 times, and the hub's copy
 /// must restore to exactly the school: nothing acknowledged lost, nothing duplicated, and
@@ -1036,7 +1109,7 @@ async fn faults_on(engine: Engine, rounds: u64, seed: u64) {
         *tally.entry(fault).or_default() += 1;
         let push = || {
             Command::new(BIN)
-                .args(["federation", "push", "--data-dir"])
+                .args(["federation", "push", "--full", "--data-dir"])
                 .arg(&a.data)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -1070,7 +1143,7 @@ async fn faults_on(engine: Engine, rounds: u64, seed: u64) {
         // Healed: at most 3 pushes to converge.
         let mut converged = false;
         for _ in 0..3 {
-            let (ok, _) = federation(&a, &["push"]);
+            let (ok, _) = federation(&a, &["push", "--full"]);
             if ok {
                 converged = true;
                 break;

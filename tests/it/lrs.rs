@@ -1446,7 +1446,13 @@ async fn every_accepted_change_enters_the_change_log_in_order() {
     assert_eq!(kinds, ["statements", "statements", "state"], "{log:?}");
     assert_eq!(statements_in(&app, "ecole", &log[0].1), batch);
     assert_eq!(statements_in(&app, "ecole", &log[1].1), single);
-    assert_eq!(log[2].1, "progress");
+    let doc: serde_json::Value = serde_json::from_str(&log[2].1).unwrap();
+    assert_eq!(
+        (doc["id"].as_str(), doc["activity"].as_str()),
+        (Some("progress"), Some("http://ecole.example/quiz")),
+        "the change names the document: {doc}"
+    );
+    assert!(doc["op"]["h"].as_i64().unwrap() > 0, "and stamps it: {doc}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,545 @@
+//! The merge under random histories: two copies of a tenant write while apart, then
+//! exchange their batches, each delivered any number of times and interleaved in any order
+//! the protocol permits (one origin's batches in order). Every copy, and a third that only
+//! receives, must end with the same records and the same recorded conflicts.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use proptest::prelude::*;
+use rusqlite::Connection;
+use serde_json::json;
+
+use super::*;
+use crate::lrs::statement::Storer;
+use crate::store::tenant::{self, UserFields};
+use crate::store::{lrs as sql, migrate};
+use crate::tenant::Role;
+
+const HOME: &str = "https://ecole.example/";
+
+fn base() -> Connection {
+    let mut conn = Connection::open_in_memory().unwrap();
+    migrate(&mut conn, Path::new("test"), tenant::MIGRATIONS).unwrap();
+    tenant::seed(&conn).unwrap();
+    sql::home_page(&conn, HOME).unwrap();
+    for i in 0..3 {
+        tenant::insert_user(&conn, &fields(&format!("eleve{i}"), "Élève"), None, false).unwrap();
+    }
+    for title in ["6e A", "6e B"] {
+        tenant::insert_class(
+            &conn,
+            &tenant::ClassFields {
+                sourced_id: None,
+                title: title.into(),
+                class_code: None,
+                org_sourced_id: None,
+                active: true,
+            },
+        )
+        .unwrap();
+    }
+    conn
+}
+
+fn fields(username: &str, family: &str) -> UserFields {
+    UserFields {
+        sourced_id: None,
+        username: username.into(),
+        given_name: username.into(),
+        family_name: family.into(),
+        email: None,
+        role: Role::Student,
+        active: true,
+    }
+}
+
+/// A copy of `conn`, as a restore from its continuity copy would make.
+fn copy(conn: &Connection) -> Connection {
+    let mut out = Connection::open_in_memory().unwrap();
+    rusqlite::backup::Backup::new(conn, &mut out)
+        .unwrap()
+        .run_to_completion(64, std::time::Duration::ZERO, None)
+        .unwrap();
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Rename {
+        user: usize,
+        field: usize,
+        value: u8,
+    },
+    Enrol {
+        class: i64,
+        user: usize,
+        teacher: bool,
+    },
+    Unenrol {
+        class: i64,
+        user: usize,
+    },
+    Statement {
+        user: usize,
+    },
+    Document {
+        user: usize,
+        value: u8,
+    },
+    NewUser,
+    Erase {
+        user: usize,
+    },
+    Cut,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3usize, 0..3usize, 0..4u8).prop_map(|(user, field, value)| Op::Rename { user, field, value }),
+        2 => (1..3i64, 0..3usize, any::<bool>()).prop_map(|(class, user, teacher)| Op::Enrol { class, user, teacher }),
+        1 => (1..3i64, 0..3usize).prop_map(|(class, user)| Op::Unenrol { class, user }),
+        3 => (0..3usize).prop_map(|user| Op::Statement { user }),
+        2 => (0..3usize, 0..4u8).prop_map(|(user, value)| Op::Document { user, value }),
+        1 => Just(Op::NewUser),
+        1 => (0..3usize).prop_map(|user| Op::Erase { user }),
+        2 => Just(Op::Cut),
+    ]
+}
+
+struct Site {
+    name: &'static str,
+    conn: Connection,
+    sent: i64,
+    outbox: Vec<Batch>,
+    erased: Vec<usize>,
+    made: usize,
+}
+
+impl Site {
+    /// A copy made from the base: it holds every site's changes up to now.
+    fn new(name: &'static str, conn: Connection) -> Site {
+        // Site A made the base; the others are copies of it, restored from its
+        // continuity copy: what A wrote is A's there.
+        let through = replica::last_change(&conn).unwrap();
+        if name != "site-a" {
+            replica::adopt_from(&conn, "site-a").unwrap();
+        }
+        for other in ["site-a", "site-b"] {
+            replica::set_cursor(&conn, other, through).unwrap();
+        }
+        Site {
+            name,
+            sent: replica::last_change(&conn).unwrap(),
+            conn,
+            outbox: Vec::new(),
+            erased: Vec::new(),
+            made: 0,
+        }
+    }
+
+    fn cut(&mut self) {
+        while let Built::Batch(b) = build(&self.conn, self.name, self.sent).unwrap() {
+            self.sent = b.last;
+            self.outbox.push(b);
+        }
+    }
+
+    fn agent(&self, user: usize) -> String {
+        self.conn
+            .query_row(
+                "SELECT agent_name FROM users WHERE id = ?1",
+                [user as i64 + 1],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn run(&mut self, op: &Op) {
+        let user = match op {
+            Op::Rename { user, .. }
+            | Op::Enrol { user, .. }
+            | Op::Unenrol { user, .. }
+            | Op::Statement { user }
+            | Op::Document { user, .. }
+            | Op::Erase { user } => Some(*user),
+            _ => None,
+        };
+        if user.is_some_and(|u| self.erased.contains(&u)) {
+            return;
+        }
+        let c = &self.conn;
+        let id = user.map_or(0, |u| u as i64 + 1);
+        match op {
+            Op::Rename { field, value, .. } => {
+                let mut f = tenant::user_by_id(c, id).unwrap().unwrap();
+                let v = format!("{}{value}", ["Léa", "Martin", "l@"][*field]);
+                match field {
+                    0 => f.given_name = v,
+                    1 => f.family_name = v,
+                    _ => f.email = Some(v),
+                }
+                let fields = UserFields {
+                    sourced_id: f.sourced_id,
+                    username: f.username,
+                    given_name: f.given_name,
+                    family_name: f.family_name,
+                    email: f.email,
+                    role: f.role,
+                    active: f.active,
+                };
+                tenant::update_user(c, id, &fields).unwrap();
+            }
+            Op::Enrol { class, teacher, .. } => {
+                tenant::enrol(
+                    c,
+                    None,
+                    *class,
+                    id,
+                    if *teacher { "teacher" } else { "student" },
+                )
+                .unwrap();
+            }
+            Op::Unenrol { class, .. } => {
+                tenant::unenrol(c, *class, id).unwrap();
+            }
+            Op::Statement { .. } => {
+                let s = json!({
+                    "id": uuid::Uuid::new_v4().to_string(),
+                    "actor": crate::lrs::learner(HOME, &self.agent(id as usize - 1)),
+                    "verb": {"id": "http://adlnet.gov/expapi/verbs/answered"},
+                    "object": {"id": format!("{HOME}quiz/{}", self.name)},
+                });
+                let storer = Storer {
+                    authority: json!({"objectType": "Agent", "account": {"homePage": HOME, "name": "lrs"}}),
+                    key: "k".into(),
+                };
+                let p = prepare(s, &storer, Version::V2, String::new);
+                sql::insert_statements(c, &[p], &[], crate::lrs::now_ms())
+                    .unwrap()
+                    .unwrap();
+            }
+            Op::Document { value, .. } => {
+                let key = DocumentKey {
+                    kind: "state",
+                    activity_id: format!("{HOME}quiz"),
+                    agent: crate::lrs::statement::agent_key(&crate::lrs::learner(
+                        HOME,
+                        &self.agent(id as usize - 1),
+                    ))
+                    .unwrap(),
+                    registration: String::new(),
+                };
+                let body = format!("{{\"page\":{value},\"by\":\"{}\"}}", self.name);
+                sql::put_document(
+                    c,
+                    &key,
+                    "bookmark",
+                    &sql::Document {
+                        content_type: "application/json".into(),
+                        etag: format!("{:x}", md5_like(&body)),
+                        content: body.into_bytes(),
+                        updated: crate::lrs::now_ms(),
+                    },
+                )
+                .unwrap();
+            }
+            Op::NewUser => {
+                self.made += 1;
+                let name = format!("{}-{}", self.name, self.made);
+                tenant::insert_user(c, &fields(&name, "Nouveau"), None, false).unwrap();
+            }
+            Op::Erase { user } => {
+                let u = tenant::user_by_id(c, id).unwrap().unwrap();
+                crate::store::erasure::erase_user(c, &u, HOME, &Actor::System, 1)
+                    .unwrap()
+                    .unwrap();
+                self.erased.push(*user);
+            }
+            Op::Cut => self.cut(),
+        }
+    }
+
+    fn apply(&self, b: &Batch) {
+        let tx = self.conn.unchecked_transaction().unwrap();
+        apply(&tx, b, self.name, 1).unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+fn md5_like(text: &str) -> u64 {
+    text.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(1099511628211)
+    })
+}
+
+/// Every record the merge must agree on, keyed by global names.
+fn dump(conn: &Connection) -> Vec<String> {
+    let rows = |sql: &str| -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let mut out: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        out.sort();
+        out
+    };
+    [
+        rows("SELECT json_array(agent_name, username, given_name, family_name, email, role, active) FROM users"),
+        rows("SELECT json_array(uid, title, active) FROM classes"),
+        rows("SELECT json_array(c.uid, u.agent_name, e.role) FROM enrolments e
+              JOIN classes c ON c.id = e.class_id JOIN users u ON u.id = e.user_id"),
+        rows("SELECT id FROM xapi_statements"),
+        rows("SELECT json_array(agent, doc_id, etag, CAST(content AS TEXT)) FROM xapi_documents"),
+    ]
+    .concat()
+}
+
+fn conflicts(conn: &Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare("SELECT json_array(entity, key, field, kept, kept_origin, lost, lost_origin) FROM sync_conflicts ORDER BY 1")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The fields a conflict was recorded on.
+fn conflicted(conn: &Connection) -> BTreeSet<(String, String, String)> {
+    replica::conflicts(conn)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.entity, c.key, c.field))
+        .collect()
+}
+
+/// The fields a site's batches changed, minus those of users erased anywhere.
+fn written(batches: &[Batch]) -> BTreeSet<(String, String, String)> {
+    batches
+        .iter()
+        .flat_map(|b| b.items.iter())
+        .filter_map(|i| match i {
+            Item::Field { op } | Item::Document { op, .. } => {
+                Some((op.e.clone(), op.k.clone(), op.f.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn erased(batches: &[&Batch]) -> BTreeSet<String> {
+    batches
+        .iter()
+        .flat_map(|b| b.items.iter())
+        .filter_map(|i| match i {
+            Item::Erase { agent, .. } => Some(agent.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Delivers `batches` with repeats: each one 1 to 3 times, and now and then an older
+/// one again.
+fn with_repeats(batches: &[Batch], picks: &[u8]) -> Vec<Batch> {
+    let mut out = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        let pick = picks.get(i).copied().unwrap_or(0);
+        for _ in 0..=(pick % 3) {
+            out.push(b.clone());
+        }
+        if pick > 200 && i > 0 {
+            out.push(batches[usize::from(pick) % i].clone());
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn copies_that_exchange_their_batches_in_any_permitted_order_agree(
+        ops_a in prop::collection::vec(op(), 1..30),
+        ops_b in prop::collection::vec(op(), 1..30),
+        picks in prop::collection::vec(any::<u8>(), 64),
+        interleave in prop::collection::vec(any::<bool>(), 128),
+    ) {
+        let origin = base();
+        let mut a = Site::new("site-a", copy(&origin));
+        let mut b = Site::new("site-b", copy(&origin));
+        let c = Site::new("site-c", copy(&origin));
+        for op in &ops_a { a.run(op); }
+        for op in &ops_b { b.run(op); }
+        a.cut();
+        b.cut();
+        for x in with_repeats(&a.outbox, &picks) { b.apply(&x); }
+        for x in with_repeats(&b.outbox, &picks[32..]) { a.apply(&x); }
+        // The third copy gets both streams interleaved at random, each in its order.
+        // A fourth gets the same interleaving without the repeats.
+        let once = Site::new("site-d", copy(&origin));
+        let (mut from_a, mut from_b) = (with_repeats(&a.outbox, &picks[16..]).into_iter(), with_repeats(&b.outbox, &picks[8..]).into_iter());
+        let mut turns = interleave.iter().cycle();
+        loop {
+            let next = if *turns.next().unwrap() { from_a.next().or_else(|| from_b.next()) } else { from_b.next().or_else(|| from_a.next()) };
+            let Some(x) = next else { break };
+            c.apply(&x);
+            if replica::cursor(&once.conn, &x.origin).unwrap() < x.last {
+                once.apply(&x);
+            }
+        }
+        let (da, db, dc) = (dump(&a.conn), dump(&b.conn), dump(&c.conn));
+        prop_assert_eq!(&da, &db, "the two sites differ");
+        prop_assert_eq!(&da, &dc, "the copy that only received differs");
+        prop_assert_eq!(&dc, &dump(&once.conn), "repeats changed the result");
+        prop_assert_eq!(conflicts(&c.conn), conflicts(&once.conn), "repeats recorded conflicts again");
+        // Every field both sites changed has a conflict on record everywhere, and no other.
+        let gone = erased(&a.outbox.iter().chain(&b.outbox).collect::<Vec<_>>());
+        let both: BTreeSet<_> = written(&a.outbox)
+            .intersection(&written(&b.outbox))
+            .filter(|(_, k, _)| !gone.iter().any(|g| k.contains(g.as_str())))
+            .cloned()
+            .collect();
+        for site in [&a, &b, &c] {
+            prop_assert_eq!(&conflicted(&site.conn), &both, "conflicts recorded at {}", site.name);
+        }
+        // Nothing merged comes back out as this copy's own change.
+        prop_assert!(matches!(build(&a.conn, "site-a", a.sent).unwrap(), Built::Nothing));
+    }
+}
+
+#[test]
+fn a_field_changed_on_both_sides_keeps_the_later_value_and_records_the_loser() {
+    let origin = base();
+    let mut a = Site::new("site-a", copy(&origin));
+    let mut b = Site::new("site-b", copy(&origin));
+    a.run(&Op::Rename {
+        user: 0,
+        field: 0,
+        value: 1,
+    });
+    b.run(&Op::Rename {
+        user: 0,
+        field: 0,
+        value: 2,
+    });
+    a.run(&Op::Rename {
+        user: 1,
+        field: 1,
+        value: 3,
+    });
+    a.cut();
+    b.cut();
+    for x in &a.outbox {
+        b.apply(x);
+    }
+    for x in &b.outbox {
+        a.apply(x);
+    }
+    assert_eq!(dump(&a.conn), dump(&b.conn));
+    assert_eq!(conflicts(&a.conn), conflicts(&b.conn));
+    let given: String = a
+        .conn
+        .query_row("SELECT given_name FROM users WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(given, "Léa2", "site B wrote last");
+    let conflicts = replica::conflicts(&a.conn).unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(
+        (conflicts[0].kept.as_str(), conflicts[0].lost.as_str()),
+        (Some("Léa2"), Some("Léa1"))
+    );
+    assert_eq!(
+        (
+            conflicts[0].kept_origin.as_str(),
+            conflicts[0].lost_origin.as_str()
+        ),
+        ("site-b", "site-a")
+    );
+    assert_eq!(replica::conflicts(&b.conn).unwrap(), conflicts);
+    let family: String = b
+        .conn
+        .query_row("SELECT family_name FROM users WHERE id = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        family, "Martin3",
+        "a change made on one side only follows without a conflict"
+    );
+}
+
+#[test]
+fn a_batch_from_another_key_or_altered_or_renamed_does_not_open() {
+    let origin = base();
+    let mut a = Site::new("site-a", copy(&origin));
+    a.run(&Op::Statement { user: 0 });
+    a.cut();
+    let batch = a.outbox[0].clone();
+    let key = [7u8; 32];
+    let sealed = seal(&key, "uid", &batch).unwrap();
+    assert!(
+        !sealed.windows(5).any(|w| w == b"quiz/"),
+        "no plaintext in a sealed batch"
+    );
+    assert_eq!(
+        open(&key, "uid", "site-a", batch.after, batch.last, &sealed),
+        Some(batch.clone())
+    );
+    assert_eq!(
+        open(
+            &[8u8; 32],
+            "uid",
+            "site-a",
+            batch.after,
+            batch.last,
+            &sealed
+        ),
+        None
+    );
+    assert_eq!(
+        open(&key, "other", "site-a", batch.after, batch.last, &sealed),
+        None
+    );
+    assert_eq!(
+        open(&key, "uid", "site-b", batch.after, batch.last, &sealed),
+        None
+    );
+    assert_eq!(
+        open(&key, "uid", "site-a", batch.after, batch.last + 1, &sealed),
+        None
+    );
+    let mut altered = sealed.clone();
+    altered[20] ^= 1;
+    assert_eq!(
+        open(&key, "uid", "site-a", batch.after, batch.last, &altered),
+        None
+    );
+}
+
+#[test]
+fn a_batch_that_skips_ahead_is_refused_and_changes_nothing() {
+    let origin = base();
+    let mut a = Site::new("site-a", copy(&origin));
+    let b = Site::new("site-b", copy(&origin));
+    a.run(&Op::Statement { user: 0 });
+    a.cut();
+    a.run(&Op::Statement { user: 1 });
+    a.cut();
+    let before = dump(&b.conn);
+    let tx = b.conn.unchecked_transaction().unwrap();
+    let refused = apply(&tx, &a.outbox[1], "site-b", 1).unwrap_err();
+    drop(tx);
+    assert!(refused.to_string().contains("does not follow"), "{refused}");
+    assert_eq!(dump(&b.conn), before);
+    b.apply(&a.outbox[0]);
+    b.apply(&a.outbox[1]);
+    let held: i64 = b
+        .conn
+        .query_row("SELECT count(*) FROM xapi_statements", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(held, 2);
+}

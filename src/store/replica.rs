@@ -1,0 +1,663 @@
+//! SQL of replication: what a tenant database keeps so that its changes can be sent as
+//! batches and the batches of another copy merged into it.
+//!
+//! Mutable records (users, classes, enrolments) change field by field. Each local change
+//! of a field is an operation in the change log (kind `field`) stamped with the tenant's
+//! hybrid logical clock (HLC: milliseconds × 2¹⁶ + a counter, never behind a clock it
+//! has seen) and with the stamp of the value it replaced. `sync_versions` holds the
+//! current stamp of every field. The merge rule is per-field last-writer-wins: of two
+//! versions, the one with the larger `(hlc, origin)` stays. An operation whose previous
+//! stamp is the current one follows it; any other is concurrent with it, and the pair is
+//! recorded in `sync_conflicts` whichever wins. Local versions have origin `''`; the
+//! batch that carries them names the site.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::StoreError;
+
+/// Appended to the tenant migrations.
+pub const V1: &str = "
+ALTER TABLE change_log ADD COLUMN origin TEXT;
+ALTER TABLE classes ADD COLUMN uid TEXT;
+UPDATE classes SET uid = lower(hex(randomblob(16)));
+CREATE UNIQUE INDEX classes_by_uid ON classes(uid);
+CREATE TRIGGER classes_uid AFTER INSERT ON classes WHEN NEW.uid IS NULL
+BEGIN
+    UPDATE classes SET uid = lower(hex(randomblob(16))) WHERE id = NEW.id;
+END;
+CREATE TABLE sync_versions (
+    entity TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    field  TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    hlc    INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    PRIMARY KEY (entity, key, field)
+) WITHOUT ROWID;
+CREATE TABLE sync_conflicts (
+    id          INTEGER PRIMARY KEY,
+    entity      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    field       TEXT NOT NULL,
+    kept        TEXT NOT NULL,
+    kept_hlc    INTEGER NOT NULL,
+    kept_origin TEXT NOT NULL,
+    lost        TEXT NOT NULL,
+    lost_hlc    INTEGER NOT NULL,
+    lost_origin TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    UNIQUE (entity, key, field, kept_hlc, kept_origin, lost_hlc, lost_origin)
+);
+CREATE TABLE sync_cursors (
+    origin  TEXT PRIMARY KEY,
+    applied INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE sync_tombstones (
+    agent_name TEXT PRIMARY KEY,
+    at         INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+const HLC_SETTING: &str = "sync.hlc";
+
+fn wall_ms() -> i64 {
+    crate::lrs::now_ms()
+}
+
+/// The next stamp of the tenant's clock.
+pub fn tick(conn: &Connection) -> Result<i64, StoreError> {
+    let last: i64 = super::lrs::setting(conn, HLC_SETTING)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let next = (last + 1).max(wall_ms() << 16);
+    set_clock(conn, next)?;
+    Ok(next)
+}
+
+/// Moves the clock past a stamp seen in another copy's batch.
+pub fn observe(conn: &Connection, hlc: i64) -> Result<(), StoreError> {
+    let last: i64 = super::lrs::setting(conn, HLC_SETTING)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if hlc > last {
+        set_clock(conn, hlc)?;
+    }
+    Ok(())
+}
+
+fn set_clock(conn: &Connection, hlc: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![HLC_SETTING, hlc.to_string()])?;
+    Ok(())
+}
+
+/// One change of one field, as the change log keeps it and a batch carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldOp {
+    /// `user`, `class` or `enrolment`.
+    pub e: String,
+    /// The record's global key: a user's agent name, a class's uid, `class uid/agent name`.
+    pub k: String,
+    pub f: String,
+    /// The new value (`null` for an enrolment that ended).
+    pub v: Value,
+    pub h: i64,
+    /// The stamp and origin of the value it replaced (`0`, `""` for none).
+    pub p: i64,
+    #[serde(default)]
+    pub po: String,
+}
+
+/// The fields a mutable record syncs, and how to read them by its local id.
+struct Shape {
+    entity: &'static str,
+    fields: &'static [&'static str],
+    /// Selects the key then the fields, by local id `?1` (and `?2`).
+    select: &'static str,
+}
+
+const USER: Shape = Shape {
+    entity: "user",
+    fields: &[
+        "sourced_id",
+        "username",
+        "given_name",
+        "family_name",
+        "email",
+        "role",
+        "password_hash",
+        "must_change_password",
+        "active",
+    ],
+    select: "SELECT agent_name, sourced_id, username, given_name, family_name, email, role,
+                    password_hash, must_change_password, active FROM users WHERE id = ?1",
+};
+
+const CLASS: Shape = Shape {
+    entity: "class",
+    fields: &[
+        "sourced_id",
+        "title",
+        "class_code",
+        "org_sourced_id",
+        "active",
+    ],
+    select: "SELECT uid, sourced_id, title, class_code, org_sourced_id, active
+             FROM classes WHERE id = ?1",
+};
+
+const ENROLMENT: Shape = Shape {
+    entity: "enrolment",
+    fields: &["role", "sourced_id"],
+    select: "SELECT c.uid || '/' || u.agent_name, e.role, e.sourced_id
+             FROM classes c JOIN users u ON u.id = ?2
+             LEFT JOIN enrolments e ON e.class_id = c.id AND e.user_id = u.id
+             WHERE c.id = ?1",
+};
+
+fn sql_value(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => Value::from(f),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Value::from(String::from_utf8_lossy(t)),
+    }
+}
+
+/// Records, as field operations, how the record read by `shape` with `ids` differs from
+/// the versions last recorded for it.
+fn note(conn: &Connection, shape: &Shape, ids: &[i64]) -> Result<(), StoreError> {
+    let row: Option<(String, Vec<Value>)> = conn
+        .prepare_cached(shape.select)?
+        .query_row(rusqlite::params_from_iter(ids), |r| {
+            let key: String = r.get(0)?;
+            let values = (1..=shape.fields.len())
+                .map(|i| r.get_ref(i).map(sql_value))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((key, values))
+        })
+        .optional()?;
+    let Some((key, values)) = row else {
+        return Ok(());
+    };
+    for (field, value) in shape.fields.iter().zip(values) {
+        let current = version(conn, shape.entity, &key, field)?;
+        if current.as_ref().is_some_and(|c| c.value == value)
+            || (current.is_none() && value.is_null())
+        {
+            continue;
+        }
+        let (p, po) = current.map_or((0, String::new()), |c| (c.hlc, c.origin));
+        let op = FieldOp {
+            e: shape.entity.into(),
+            k: key.clone(),
+            f: (*field).into(),
+            v: value,
+            h: tick(conn)?,
+            p,
+            po,
+        };
+        set_version(conn, &op, "")?;
+        super::lrs::log_change(
+            conn,
+            wall_ms(),
+            "field",
+            &serde_json::to_string(&op).unwrap_or_default(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Records the changes of user `id`'s synced fields.
+pub fn note_user(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    note(conn, &USER, &[id])
+}
+
+pub fn note_class(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    note(conn, &CLASS, &[id])
+}
+
+/// Records the enrolment of `user_id` in `class_id` (or its end).
+pub fn note_enrolment(conn: &Connection, class_id: i64, user_id: i64) -> Result<(), StoreError> {
+    note(conn, &ENROLMENT, &[class_id, user_id])
+}
+
+/// Stamps a document's change made here (its new etag, `None` when deleted): returns the
+/// operation its change-log row carries.
+pub fn note_document(
+    conn: &Connection,
+    name: &str,
+    etag: Option<&str>,
+) -> Result<FieldOp, StoreError> {
+    let (p, po) =
+        version(conn, "doc", name, "etag")?.map_or((0, String::new()), |c| (c.hlc, c.origin));
+    let op = FieldOp {
+        e: "doc".into(),
+        k: name.into(),
+        f: "etag".into(),
+        v: etag.map_or(Value::Null, Value::from),
+        h: tick(conn)?,
+        p,
+        po,
+    };
+    set_version(conn, &op, "")?;
+    Ok(op)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub value: Value,
+    pub hlc: i64,
+    pub origin: String,
+}
+
+pub fn version(
+    conn: &Connection,
+    entity: &str,
+    key: &str,
+    field: &str,
+) -> Result<Option<Version>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT value, hlc, origin FROM sync_versions
+             WHERE entity = ?1 AND key = ?2 AND field = ?3",
+        )?
+        .query_row(params![entity, key, field], |r| {
+            let text: String = r.get(0)?;
+            Ok(Version {
+                value: serde_json::from_str(&text).unwrap_or(Value::Null),
+                hlc: r.get(1)?,
+                origin: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+fn set_version(conn: &Connection, op: &FieldOp, origin: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO sync_versions (entity, key, field, value, hlc, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (entity, key, field) DO UPDATE SET
+             value = excluded.value, hlc = excluded.hlc, origin = excluded.origin",
+    )?
+    .execute(params![op.e, op.k, op.f, op.v.to_string(), op.h, origin])?;
+    Ok(())
+}
+
+/// What merging one operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merged {
+    /// It was the current version already.
+    Known,
+    /// It followed the current version.
+    Followed,
+    /// It was concurrent with the current version and won.
+    Won,
+    /// It was concurrent with the current version and lost.
+    Lost,
+}
+
+/// Merges a field operation from copy `origin` (`me`: this copy's own name, for versions
+/// stored with origin `''`). The caller writes the winning value into its table.
+pub fn merge_field(
+    conn: &Connection,
+    op: &FieldOp,
+    origin: &str,
+    me: &str,
+    at: i64,
+) -> Result<Merged, StoreError> {
+    observe(conn, op.h)?;
+    let current = version(conn, &op.e, &op.k, &op.f)?;
+    let named = |o: &str| {
+        if o.is_empty() {
+            me.to_string()
+        } else {
+            o.to_string()
+        }
+    };
+    let Some(current) = current else {
+        set_version(conn, op, origin)?;
+        return Ok(Merged::Followed);
+    };
+    let current_origin = named(&current.origin);
+    if current.hlc == op.h && current_origin == origin {
+        return Ok(Merged::Known);
+    }
+    if current.hlc == op.p && current_origin == named(&op.po) {
+        set_version(conn, op, origin)?;
+        return Ok(Merged::Followed);
+    }
+    let wins = (op.h, origin) > (current.hlc, current_origin.as_str());
+    let (kept, lost) = if wins {
+        (
+            (&op.v, op.h, origin),
+            (&current.value, current.hlc, current_origin.as_str()),
+        )
+    } else {
+        (
+            (&current.value, current.hlc, current_origin.as_str()),
+            (&op.v, op.h, origin),
+        )
+    };
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO sync_conflicts
+             (entity, key, field, kept, kept_hlc, kept_origin, lost, lost_hlc, lost_origin, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        op.e,
+        op.k,
+        op.f,
+        kept.0.to_string(),
+        kept.1,
+        kept.2,
+        lost.0.to_string(),
+        lost.1,
+        lost.2,
+        at
+    ])?;
+    if wins {
+        set_version(conn, op, origin)?;
+        Ok(Merged::Won)
+    } else {
+        Ok(Merged::Lost)
+    }
+}
+
+/// A recorded conflict: which value stayed and which lost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Conflict {
+    pub entity: String,
+    pub key: String,
+    pub field: String,
+    pub kept: Value,
+    pub kept_origin: String,
+    pub lost: Value,
+    pub lost_origin: String,
+    pub at: i64,
+}
+
+pub fn conflicts(conn: &Connection) -> Result<Vec<Conflict>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT entity, key, field, kept, kept_origin, lost, lost_origin, at
+         FROM sync_conflicts ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            let json = |i: usize| -> rusqlite::Result<Value> {
+                let t: String = r.get(i)?;
+                Ok(serde_json::from_str(&t).unwrap_or(Value::Null))
+            };
+            Ok(Conflict {
+                entity: r.get(0)?,
+                key: r.get(1)?,
+                field: r.get(2)?,
+                kept: json(3)?,
+                kept_origin: r.get(4)?,
+                lost: json(5)?,
+                lost_origin: r.get(6)?,
+                at: r.get(7)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A row of the change log written here (not merged from another copy).
+#[derive(Debug, Clone)]
+pub struct LocalChange {
+    pub seq: i64,
+    pub kind: String,
+    pub subject: String,
+}
+
+/// Local changes after `after`, at most `limit`.
+pub fn local_changes(
+    conn: &Connection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<LocalChange>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, kind, subject FROM change_log WHERE seq > ?1 AND origin IS NULL
+         ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![after, limit], |r| {
+            Ok(LocalChange {
+                seq: r.get(0)?,
+                kind: r.get(1)?,
+                subject: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// How many local changes wait after `after`.
+pub fn pending_changes(conn: &Connection, after: i64) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM change_log WHERE seq > ?1 AND origin IS NULL")?
+        .query_row([after], |r| r.get(0))?)
+}
+
+/// The last row of the change log.
+pub fn last_change(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM change_log")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Marks the change log rows after `after` as merged from `origin`: what applying its
+/// batch wrote is not this copy's to send.
+pub fn mark_merged(conn: &Connection, after: i64, origin: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE change_log SET origin = ?2 WHERE seq > ?1")?
+        .execute(params![after, origin])?;
+    Ok(())
+}
+
+/// Makes the local changes and versions of this database those of `origin`: a copy
+/// adopted from another site keeps its history under that site's name.
+pub fn adopt_from(conn: &Connection, origin: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE change_log SET origin = ?1 WHERE origin IS NULL")?
+        .execute([origin])?;
+    conn.prepare_cached("UPDATE sync_versions SET origin = ?1 WHERE origin = ''")?
+        .execute([origin])?;
+    Ok(())
+}
+
+/// The last change of `origin` merged here.
+pub fn cursor(conn: &Connection, origin: &str) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT applied FROM sync_cursors WHERE origin = ?1")?
+        .query_row([origin], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+pub fn set_cursor(conn: &Connection, origin: &str, applied: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO sync_cursors (origin, applied) VALUES (?1, ?2)
+         ON CONFLICT (origin) DO UPDATE SET applied = max(applied, excluded.applied)",
+    )?
+    .execute(params![origin, applied])?;
+    Ok(())
+}
+
+/// Forgets the field versions and logged operations of an erased user (and their
+/// enrolments), and remembers that they were erased: a batch that still names them
+/// brings nothing of theirs back.
+pub fn erase(conn: &Connection, agent_name: &str, at: i64) -> Result<(), StoreError> {
+    let enrolment_keys = format!("%/{agent_name}");
+    conn.prepare_cached(
+        "DELETE FROM sync_versions WHERE (entity = 'user' AND key = ?1)
+                                      OR (entity = 'enrolment' AND key LIKE ?2)",
+    )?
+    .execute(params![agent_name, enrolment_keys])?;
+    conn.prepare_cached(
+        "DELETE FROM change_log WHERE kind = 'field'
+           AND (json_extract(subject, '$.e') = 'user' AND json_extract(subject, '$.k') = ?1
+             OR json_extract(subject, '$.e') = 'enrolment'
+                AND json_extract(subject, '$.k') LIKE ?2)",
+    )?
+    .execute(params![agent_name, enrolment_keys])?;
+    conn.prepare_cached(
+        "DELETE FROM sync_conflicts WHERE (entity = 'user' AND key = ?1)
+                                       OR (entity = 'enrolment' AND key LIKE ?2)
+                                       OR (entity = 'doc' AND instr(key, ?1) > 0)",
+    )?
+    .execute(params![agent_name, enrolment_keys])?;
+    conn.prepare_cached("DELETE FROM sync_versions WHERE entity = 'doc' AND instr(key, ?1) > 0")?
+        .execute([agent_name])?;
+    conn.prepare_cached("INSERT OR IGNORE INTO sync_tombstones (agent_name, at) VALUES (?1, ?2)")?
+        .execute(params![agent_name, at])?;
+    Ok(())
+}
+
+pub fn is_erased(conn: &Connection, agent_name: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sync_tombstones WHERE agent_name = ?1")?
+        .query_row([agent_name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn sql_param(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        Value::Null => V::Null,
+        Value::Bool(b) => V::Integer(i64::from(*b)),
+        Value::Number(n) => n
+            .as_i64()
+            .map_or(V::Real(n.as_f64().unwrap_or(0.0)), V::Integer),
+        Value::String(s) => V::Text(s.clone()),
+        other => V::Text(other.to_string()),
+    }
+}
+
+/// Merges a field operation from copy `origin` and, when it wins, writes its value into
+/// the record (creating the record when this is its first field here). Returns what the
+/// merge did.
+pub fn apply_field(
+    conn: &Connection,
+    op: &FieldOp,
+    origin: &str,
+    me: &str,
+    at: i64,
+) -> Result<Merged, StoreError> {
+    let shape = match op.e.as_str() {
+        "user" => &USER,
+        "class" => &CLASS,
+        "enrolment" => &ENROLMENT,
+        _ => {
+            return Err(StoreError::Conflict(format!(
+                "unknown record kind `{}`",
+                op.e
+            )));
+        }
+    };
+    if !shape.fields.contains(&op.f.as_str()) {
+        return Err(StoreError::Conflict(format!(
+            "`{}` is not a field of a {}",
+            op.f, op.e
+        )));
+    }
+    if op.e == "user" && is_erased(conn, &op.k)?
+        || op.e == "enrolment"
+            && op
+                .k
+                .rsplit('/')
+                .next()
+                .map(|a| is_erased(conn, a))
+                .transpose()?
+                == Some(true)
+    {
+        return Ok(Merged::Lost);
+    }
+    let merged = merge_field(conn, op, origin, me, at)?;
+    if matches!(merged, Merged::Followed | Merged::Won) {
+        write_field(conn, op, at)?;
+    }
+    Ok(merged)
+}
+
+fn write_field(conn: &Connection, op: &FieldOp, at: i64) -> Result<(), StoreError> {
+    let value = sql_param(&op.v);
+    match op.e.as_str() {
+        "user" => {
+            conn.prepare_cached(
+                "INSERT INTO users (agent_name, username, given_name, family_name, role,
+                                    created_at, updated_at)
+                 VALUES (?1, ?1, '', '', 'student', ?2, ?2) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![op.k, at])?;
+            conn.execute(
+                &format!(
+                    "UPDATE users SET {} = ?2, updated_at = ?3 WHERE agent_name = ?1",
+                    op.f
+                ),
+                params![op.k, value, at],
+            )?;
+        }
+        "class" => {
+            conn.prepare_cached(
+                "INSERT INTO classes (uid, title, created_at, updated_at)
+                 VALUES (?1, '', ?2, ?2) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![op.k, at])?;
+            conn.execute(
+                &format!(
+                    "UPDATE classes SET {} = ?2, updated_at = ?3 WHERE uid = ?1",
+                    op.f
+                ),
+                params![op.k, value, at],
+            )?;
+        }
+        _ => {
+            let Some((class_uid, agent)) = op.k.split_once('/') else {
+                return Err(StoreError::Conflict(format!(
+                    "`{}` names no enrolment",
+                    op.k
+                )));
+            };
+            let ids: Option<(i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT c.id, u.id FROM classes c, users u
+                     WHERE c.uid = ?1 AND u.agent_name = ?2",
+                )?
+                .query_row(params![class_uid, agent], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((class_id, user_id)) = ids else {
+                return Ok(());
+            };
+            match (op.f.as_str(), &op.v) {
+                ("role", Value::Null) => {
+                    conn.prepare_cached(
+                        "DELETE FROM enrolments WHERE class_id = ?1 AND user_id = ?2",
+                    )?
+                    .execute(params![class_id, user_id])?;
+                }
+                ("role", _) => {
+                    conn.prepare_cached(
+                        "INSERT INTO enrolments (class_id, user_id, role, created_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (class_id, user_id) DO UPDATE SET role = excluded.role",
+                    )?
+                    .execute(params![class_id, user_id, value, at])?;
+                }
+                _ => {
+                    conn.prepare_cached(
+                        "UPDATE enrolments SET sourced_id = ?3 WHERE class_id = ?1 AND user_id = ?2",
+                    )?
+                    .execute(params![class_id, user_id, value])?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
