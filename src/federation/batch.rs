@@ -380,10 +380,7 @@ fn apply_document(
     if op.e != "doc" || op.k != sql::document_name(key, id) {
         return Err(bad("a document's stamp names another document".into()));
     }
-    let erased: Vec<String> = conn
-        .prepare_cached("SELECT agent_name FROM sync_tombstones")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let erased = replica::erased_agents(conn)?;
     if erased.iter().any(|a| key.agent.contains(a.as_str())) {
         return Ok(replica::Merged::Lost);
     }
@@ -440,10 +437,7 @@ fn apply_statements(
     blobs: &[Attachment],
     at: i64,
 ) -> Result<usize, StoreError> {
-    let erased: HashSet<String> = conn
-        .prepare_cached("SELECT agent_name FROM sync_tombstones")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?
+    let erased: HashSet<String> = replica::erased_agents(conn)?
         .into_iter()
         .map(|a| crate::lrs::learner_key(home, &a).0)
         .collect();

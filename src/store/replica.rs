@@ -519,6 +519,14 @@ pub fn erase(conn: &Connection, agent_name: &str, at: i64) -> Result<(), StoreEr
     Ok(())
 }
 
+/// The agent names of every user erased in any copy of the tenant.
+pub fn erased_agents(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT agent_name FROM sync_tombstones")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
 pub fn is_erased(conn: &Connection, agent_name: &str) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM sync_tombstones WHERE agent_name = ?1")?
