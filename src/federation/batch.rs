@@ -97,8 +97,9 @@ pub enum Built {
     /// Nothing changed here after `after`.
     Nothing,
     Batch(Batch),
-    /// A change only a new generation carries (a retention deletion, whose statements are
-    /// gone, or a row written before batches existed): the next push is a generation.
+    /// A change only a new generation carries (a table of `replica::GENERATION_ONLY`, a
+    /// retention deletion whose statements are gone, a row written before batches
+    /// existed): the next push is a generation.
     NeedsGeneration,
 }
 
@@ -138,6 +139,8 @@ pub fn build(conn: &Connection, origin: &str, after: i64) -> Result<Built, Store
                 }
                 items.push(Item::Field { op });
             }
+            // A table only a generation carries changed (see `replica::V2`).
+            replica::GENERATION_KIND => return Ok(Built::NeedsGeneration),
             "erasure" => items.push(Item::Erase {
                 agent: row.subject.clone(),
                 at: crate::store::now(),

@@ -543,3 +543,90 @@ fn a_batch_that_skips_ahead_is_refused_and_changes_nothing() {
         .unwrap();
     assert_eq!(held, 2);
 }
+
+#[test]
+fn every_table_of_a_tenant_database_is_carried_derived_local_or_marks_a_generation() {
+    let conn = base();
+    let tables: BTreeSet<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let lists = [
+        replica::CARRIED,
+        replica::DERIVED,
+        replica::LOCAL,
+        replica::GENERATION_ONLY,
+    ];
+    let mut classified = BTreeSet::new();
+    for t in lists.concat() {
+        assert!(classified.insert(t.to_string()), "{t} is in two lists");
+    }
+    assert_eq!(
+        tables, classified,
+        "each table says how it reaches another copy of the tenant"
+    );
+    for t in replica::GENERATION_ONLY {
+        let triggers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1
+                 AND name LIKE '%needs_generation%'",
+                [t],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(triggers >= 2, "{t} marks the change log on its changes");
+    }
+}
+
+#[test]
+fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
+    let conn = base();
+    let mut site = Site::new("site-a", copy(&conn));
+    let after = |s: &Site| build(&s.conn, s.name, s.sent).unwrap();
+    assert!(matches!(after(&site), Built::Nothing));
+    // The sync clock moves with every stamp: not a change of the tenant's.
+    replica::tick(&site.conn).unwrap();
+    assert!(matches!(after(&site), Built::Nothing));
+    // A statement, and the evidence derived from it, go in a batch.
+    site.run(&Op::Statement { user: 0 });
+    assert!(matches!(after(&site), Built::Batch(_)));
+    site.cut();
+    assert!(matches!(after(&site), Built::Nothing));
+    // A teacher's observation does not (yet): the next push seals a generation.
+    let (pupil, competency): (i64, i64) = site
+        .conn
+        .query_row(
+            "SELECT (SELECT id FROM users LIMIT 1), (SELECT id FROM competencies LIMIT 1)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    crate::store::competency::add_evidence(
+        &site.conn,
+        &crate::competency::NewEvidence {
+            pupil_id: pupil,
+            competency_id: competency,
+            source: crate::competency::Source::Observation,
+            value_bp: 7500,
+            scale_level: Some(3),
+            comment: "lit seule".into(),
+            statement_id: None,
+            actor: Actor::System,
+        },
+        1,
+    )
+    .unwrap();
+    assert!(matches!(after(&site), Built::NeedsGeneration));
+    // So do a framework's alignment and a setting of the tenant.
+    for change in [
+        "INSERT INTO activity_alignments VALUES ('https://ecole.example/quiz', 1)",
+        "INSERT INTO tenant_settings (key, value) VALUES ('retention.statements_days', '400')",
+    ] {
+        let fresh = Site::new("site-a", copy(&conn));
+        fresh.conn.execute(change, []).unwrap();
+        assert!(matches!(after(&fresh), Built::NeedsGeneration), "{change}");
+    }
+}

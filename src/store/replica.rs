@@ -60,6 +60,136 @@ CREATE TABLE sync_tombstones (
 ) WITHOUT ROWID;
 ";
 
+/// A change-log row that says "a change here that only a generation carries": written by
+/// triggers on the tables of [`GENERATION_ONLY`], once per run of changes to one table.
+pub const GENERATION_KIND: &str = "generation";
+
+/// Writes, after each insert, update and delete on a table, a change-log row of kind
+/// [`GENERATION_KIND`] naming the table, unless the last row already says so.
+macro_rules! needs_generation {
+    ($($table:literal),* $(,)?) => {
+        concat!($(
+            "CREATE TRIGGER ", $table, "_needs_generation_insert AFTER INSERT ON ", $table,
+            " BEGIN ", needs_generation!(@mark $table), " END;\n",
+            "CREATE TRIGGER ", $table, "_needs_generation_update AFTER UPDATE ON ", $table,
+            " BEGIN ", needs_generation!(@mark $table), " END;\n",
+            "CREATE TRIGGER ", $table, "_needs_generation_delete AFTER DELETE ON ", $table,
+            " BEGIN ", needs_generation!(@mark $table), " END;\n",
+        )*)
+    };
+    (@mark $table:literal) => {
+        concat!(
+            "INSERT INTO change_log (at, kind, subject) ",
+            "SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER), 'generation', '", $table, "' ",
+            "WHERE NOT EXISTS (SELECT 1 FROM change_log WHERE seq = (SELECT max(seq) FROM change_log) ",
+            "AND kind = 'generation' AND subject = '", $table, "' AND origin IS NULL);"
+        )
+    };
+}
+
+/// Appended to the tenant migrations: every change that batches do not carry marks the
+/// change log, so that the next push seals a generation and the hub's copy misses nothing.
+/// Evidence marks it unless derived from a statement (the statement carries it); the
+/// tenant's settings unless it is the sync clock.
+pub const V2: &str = concat!(
+    needs_generation!(
+        "orgs",
+        "api_credentials",
+        "frameworks",
+        "competencies",
+        "competency_relations",
+        "competency_levels",
+        "activity_alignments",
+        "level_suggestions",
+        "level_decisions",
+        "research_projects",
+        "research_members",
+        "apps",
+        "app_kv",
+        "app_history",
+    ),
+    "CREATE TRIGGER evidence_needs_generation_insert AFTER INSERT ON evidence
+     WHEN NEW.source <> 'xapi' OR NEW.kind <> 'record'
+     BEGIN ",
+    needs_generation!(@mark "evidence"),
+    " END;
+     CREATE TRIGGER evidence_needs_generation_delete AFTER DELETE ON evidence BEGIN ",
+    needs_generation!(@mark "evidence"),
+    " END;
+     CREATE TRIGGER tenant_settings_needs_generation_insert AFTER INSERT ON tenant_settings
+     WHEN NEW.key <> 'sync.hlc' BEGIN ",
+    needs_generation!(@mark "tenant_settings"),
+    " END;
+     CREATE TRIGGER tenant_settings_needs_generation_update AFTER UPDATE ON tenant_settings
+     WHEN NEW.key <> 'sync.hlc' BEGIN ",
+    needs_generation!(@mark "tenant_settings"),
+    " END;
+     CREATE TRIGGER tenant_settings_needs_generation_delete AFTER DELETE ON tenant_settings
+     WHEN OLD.key <> 'sync.hlc' BEGIN ",
+    needs_generation!(@mark "tenant_settings"),
+    " END;"
+);
+
+/// How each table of a tenant database reaches another copy of the tenant. Every table is
+/// in exactly one of these lists (a test checks it, so a new table cannot be forgotten).
+///
+/// Carried by batches: statements with their attachments, documents, users, classes and
+/// enrolments (field by field).
+pub const CARRIED: &[&str] = &[
+    "xapi_statements",
+    "xapi_attachments",
+    "xapi_statement_attachments",
+    "xapi_documents",
+    "users",
+    "classes",
+    "enrolments",
+];
+/// Derived where a batch is applied, from what it carries: the statement index, activity
+/// definitions, evidence from statements, estimates, each copy's own journal of its
+/// recalculations, the AI principal's pseudonymised tables.
+pub const DERIVED: &[&str] = &[
+    "xapi_keys",
+    "xapi_index",
+    "xapi_index_recent",
+    "xapi_activities",
+    "scores",
+    "assessment_journal",
+    "ai_features",
+    "ai_levels",
+    "ai_competencies",
+];
+/// This appliance's own: sign-in sessions and one-time links, and the bookkeeping of sync.
+pub const LOCAL: &[&str] = &[
+    "sessions",
+    "setup_tokens",
+    "change_log",
+    "sync_versions",
+    "sync_conflicts",
+    "sync_cursors",
+    "sync_tombstones",
+];
+/// Carried only by a generation: each change marks the change log (see [`V2`]). Evidence
+/// from a statement is derived; other evidence (observations, self-assessments,
+/// corrections) marks it, as do the tenant's settings but the sync clock.
+pub const GENERATION_ONLY: &[&str] = &[
+    "orgs",
+    "api_credentials",
+    "frameworks",
+    "competencies",
+    "competency_relations",
+    "competency_levels",
+    "activity_alignments",
+    "level_suggestions",
+    "level_decisions",
+    "research_projects",
+    "research_members",
+    "apps",
+    "app_kv",
+    "app_history",
+    "evidence",
+    "tenant_settings",
+];
+
 const HLC_SETTING: &str = "sync.hlc";
 
 fn wall_ms() -> i64 {

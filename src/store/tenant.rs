@@ -18,6 +18,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::research::V1,
     super::apps::V1,
     super::replica::V1,
+    super::replica::V2,
 ]);
 
 const V1: &str = "
