@@ -262,6 +262,12 @@ enum FederationCommand {
         #[arg(long)]
         full: bool,
     },
+    /// Apply the changes of the other sites that hold a tenant (of one tenant, or of every
+    /// tenant that has its copy enabled), then tell the hub how far this site went.
+    Pull {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Write each enabled tenant's new generation, signed, into DIR, for a hub this site
     /// cannot reach (USB stick): `ceredis hub import DIR` there.
     Export {
@@ -278,6 +284,10 @@ enum FederationCommand {
         /// The recovery key shown when the copy was enabled (`cer1.…`).
         #[arg(long, env = "RECOVERY_KEY", hide_env_values = true)]
         recovery_key: String,
+        /// Hold the tenant beside the sites that hold it (a second campus) instead of
+        /// replacing them: the sites then exchange their changes through the hub.
+        #[arg(long)]
+        alongside: bool,
     },
 }
 
@@ -1215,14 +1225,18 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 let waiting = continuity::pending(&handle, c.batched).await?;
                 println!(
                     "  {}: continuity copy generation {} committed {}; changes through {} sent \
-                     {}, {waiting} waiting{}",
+                     {}, {waiting} waiting; other sites' changes pulled {}{}{}",
                     slug,
                     c.committed,
                     when(c.committed_at),
                     c.batched,
                     when(c.batched_at),
+                    when(c.pulled_at),
+                    c.lacking
+                        .map(|l| format!("; not here (only in a generation): {l}"))
+                        .unwrap_or_default(),
                     c.last_error
-                        .map(|e| format!("; last push failed {}: {e}", when(c.last_error_at)))
+                        .map(|e| format!("; last sync failed {}: {e}", when(c.last_error_at)))
                         .unwrap_or_default()
                 );
             }
@@ -1288,6 +1302,39 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 return Ok(ExitCode::FAILURE);
             }
         }
+        FederationCommand::Pull { tenant } => {
+            let (hub, _) = client::client(&state.system, &config.data_dir).await?;
+            let mut failed = false;
+            for slug in with_copy(&state, tenant).await? {
+                let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
+                let progress = |line: String| eprintln!("{line}");
+                match continuity::pull(&hub, &state.system, &handle, &config.data_dir, &progress)
+                    .await
+                {
+                    Ok(p) => {
+                        println!(
+                            "{slug}: {} batches from other sites applied: {} statements, {} \
+                             field changes ({} conflicts recorded), {} documents, {} erasures",
+                            p.batches, p.statements, p.fields, p.conflicts, p.documents, p.erasures
+                        );
+                        if !p.lacking.is_empty() {
+                            println!(
+                                "{slug}: changes that only a generation carries were made at \
+                                 {}; they are in the hub's copy, not here",
+                                p.lacking.join("; ")
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("{slug}: pull failed: {e}");
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         FederationCommand::Export { to, tenant } => {
             let slugs = with_copy(&state, tenant).await?;
             if slugs.is_empty() {
@@ -1302,6 +1349,7 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
         FederationCommand::Restore {
             tenant,
             recovery_key,
+            alongside,
         } => {
             let recovery = continuity::RecoveryKey::parse(&recovery_key)?;
             let (hub, _) = client::client(&state.system, &config.data_dir).await?;
@@ -1312,13 +1360,24 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 &config.data_dir,
                 &recovery,
                 &tenant,
+                alongside,
                 &progress,
             )
             .await?;
             println!(
                 "Restored `{}` ({}) from generation {} ({} bytes) and {} batches of later \
-                 changes. This appliance now keeps its continuity copy.",
-                r.slug, r.name, r.generation, r.bytes, r.batches
+                 changes. {}",
+                r.slug,
+                r.name,
+                r.generation,
+                r.bytes,
+                r.batches,
+                if alongside {
+                    "This appliance holds the school beside the other sites that hold it: \
+                     each pull brings their changes."
+                } else {
+                    "This appliance now keeps its continuity copy."
+                }
             );
         }
     }

@@ -74,6 +74,12 @@ pub enum Item {
         agent: String,
         at: i64,
     },
+    /// A change at the origin that only a generation carries (`what`: the table, or the
+    /// kind of change, e.g. a retention run): the copy that applies the batch does not
+    /// have it, and says so.
+    Generation {
+        what: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,56 +97,58 @@ pub struct Doc {
     pub updated: i64,
 }
 
-/// What the pending local changes make.
-#[derive(Debug)]
-pub enum Built {
-    /// Nothing changed here after `after`.
-    Nothing,
-    Batch(Batch),
-    /// A change only a new generation carries (a table of `replica::GENERATION_ONLY`, a
-    /// retention deletion whose statements are gone, a row written before batches
-    /// existed): the next push is a generation.
-    NeedsGeneration,
-}
-
 fn doc_kind(kind: &str) -> Option<&'static str> {
     ["state", "activity_profile", "agent_profile"]
         .into_iter()
         .find(|k| *k == kind)
 }
 
-/// Builds the batch of the local changes after `after` (at most a few thousand rows).
-pub fn build(conn: &Connection, origin: &str, after: i64) -> Result<Built, StoreError> {
-    let rows = replica::local_changes(conn, after, ROWS_PER_BATCH)?;
+/// Builds the batch of the local changes after `after` through `through` at most (at
+/// most a few thousand rows of the change log); `None` when the log has no row there.
+pub fn build(
+    conn: &Connection,
+    origin: &str,
+    after: i64,
+    through: i64,
+) -> Result<Option<Batch>, StoreError> {
+    let rows = replica::changes(conn, after, through, ROWS_PER_BATCH)?;
     let Some(first) = rows.first().map(|r| r.seq) else {
-        return Ok(Built::Nothing);
+        return Ok(None);
     };
     let mut items = Vec::new();
     let (mut statements, mut last) = (0usize, first);
     for row in rows {
         last = row.seq;
+        // Another copy's change: the batch only steps over it, so that the next one
+        // follows on (a batch may carry nothing but that step).
+        if row.merged {
+            continue;
+        }
+        let only_generation = || Item::Generation {
+            what: row.kind.clone(),
+        };
         match row.kind.as_str() {
-            "statements" => {
-                let Some((a, b)) = row
-                    .subject
-                    .split_once('-')
-                    .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
-                else {
-                    return Ok(Built::NeedsGeneration);
-                };
-                statements += statement_items(conn, a, b, &mut items)?;
-            }
-            "field" => {
-                let Ok(mut op) = serde_json::from_str::<FieldOp>(&row.subject) else {
-                    return Ok(Built::NeedsGeneration);
-                };
-                if op.po.is_empty() && op.p != 0 {
-                    op.po = origin.to_string();
+            "statements" => match row
+                .subject
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
+            {
+                Some((a, b)) => statements += statement_items(conn, a, b, &mut items)?,
+                None => items.push(only_generation()),
+            },
+            "field" => match serde_json::from_str::<FieldOp>(&row.subject) {
+                Ok(mut op) => {
+                    if op.po.is_empty() && op.p != 0 {
+                        op.po = origin.to_string();
+                    }
+                    items.push(Item::Field { op });
                 }
-                items.push(Item::Field { op });
-            }
+                Err(_) => items.push(only_generation()),
+            },
             // A table only a generation carries changed (see `replica::V2`).
-            replica::GENERATION_KIND => return Ok(Built::NeedsGeneration),
+            replica::GENERATION_KIND => items.push(Item::Generation {
+                what: row.subject.clone(),
+            }),
             "erasure" => items.push(Item::Erase {
                 agent: row.subject.clone(),
                 at: crate::store::now(),
@@ -150,23 +158,33 @@ pub fn build(conn: &Connection, origin: &str, after: i64) -> Result<Built, Store
                     (Some(kind), Ok(subject)) => document_item(conn, kind, &subject, origin)?,
                     _ => None,
                 };
-                let Some(item) = item else {
-                    return Ok(Built::NeedsGeneration);
-                };
-                items.push(item);
+                items.push(item.unwrap_or_else(only_generation));
             }
         }
         if statements >= STATEMENTS_PER_BATCH {
             break;
         }
     }
-    Ok(Built::Batch(Batch {
+    // Consecutive marks of one table are one.
+    items.dedup_by(|a, b| matches!((a, b), (Item::Generation { what: x }, Item::Generation { what: y }) if x == y));
+    Ok(Some(Batch {
         format: FORMAT,
         origin: origin.to_string(),
         after,
         last,
         items,
     }))
+}
+
+impl Batch {
+    /// Whether the copy at the hub needs a new generation once this batch is there: it
+    /// carries an erasure (older generations hold what was erased) or marks a change only
+    /// a generation carries.
+    pub fn needs_generation(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(i, Item::Erase { .. } | Item::Generation { .. }))
+    }
 }
 
 /// Appends the statements stored with `seq` in `a..=b` (those still held), grouped by
@@ -277,6 +295,8 @@ pub struct Applied {
     pub conflicts: usize,
     pub documents: usize,
     pub erasures: usize,
+    /// Changes at the origin that only a generation carries, by table or kind.
+    pub only_in_generation: Vec<String>,
 }
 
 fn bad(why: String) -> StoreError {
@@ -344,6 +364,11 @@ pub fn apply(conn: &Connection, batch: &Batch, me: &str, at: i64) -> Result<Appl
             Item::Erase { agent, at: when } => {
                 done.erasures += 1;
                 erase(conn, &home, agent, *when)?;
+            }
+            Item::Generation { what } => {
+                if !done.only_in_generation.contains(what) {
+                    done.only_in_generation.push(what.clone());
+                }
             }
         }
     }

@@ -8,14 +8,20 @@
 //!
 //! Generations. A push takes a consistent snapshot of the tenant's database, compresses it
 //! with zstd and cuts it into chunks of [`CHUNK`] bytes, each sealed with
-//! ChaCha20-Poly1305. The nonce is the generation and the chunk's index; the associated
+//! ChaCha20-Poly1305 under the site's generation key ([`generation_key`]: the tenant's key
+//! and the site's id). The nonce is the generation and the chunk's index; the associated
 //! data is the tenant id, generation and index. Chunk 0 is a sealed manifest: name, size
-//! and SHA-256 of the database. A generation number is reserved durably before its first
-//! chunk is sealed, and it is never reused: a nonce never seals two plaintexts. The sealed
-//! chunks wait in `spool/continuity/<slug>/` until the hub commits them. An interrupted
-//! push resumes there and re-sends only what the hub lacks. The hub acknowledges a commit
-//! after its durable write, then drops every older generation, and with them whatever the
-//! tenant erased since.
+//! and SHA-256 of the database, its maker and the last change it holds. A generation number
+//! is reserved durably before its first chunk is sealed, and a site never reuses one: a
+//! nonce never seals two plaintexts under one key. The sealed chunks wait in
+//! `spool/continuity/<slug>/` until the hub commits them. An interrupted push resumes there
+//! and re-sends only what the hub lacks. The hub acknowledges a commit after its durable
+//! write, then drops every older generation, and with them whatever the tenant erased since.
+//!
+//! Batches and holders. Between generations a push sends the changes as batches
+//! ([`super::batch`]). Several sites may hold a tenant (`restore --alongside`): each
+//! [`pull`]s the others' batches and applies them, and before a generation a site sends as
+//! batches every change up to its snapshot, so that the other holders get them all.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,6 +74,15 @@ pub enum ContinuityError {
     Damaged(i64),
     #[error("the restored database is not sound ({0}); nothing was restored")]
     Unsound(String),
+    #[error(
+        "the hub no longer holds the changes of {origin} after {cursor} (its batches start \
+         after {after}): restore this school from the hub again to catch up"
+    )]
+    Gap {
+        origin: String,
+        cursor: i64,
+        after: i64,
+    },
     #[error(transparent)]
     Tenant(#[from] crate::tenant::TenantError),
 }
@@ -131,6 +146,19 @@ impl std::fmt::Display for RecoveryKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{RECOVERY_PREFIX}.{}", B64.encode(self.0))
     }
+}
+
+/// The key that seals the generations a site makes: derived from the tenant's key and the
+/// site's id, so that two sites holding one tenant never seal with the same key and nonce.
+pub fn generation_key(tenant_key: &[u8], origin: &str) -> [u8; 32] {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, CONTEXT).extract(tenant_key);
+    let mut out = [0u8; 32];
+    let info = format!("generation|{origin}");
+    // Both calls fail only for outputs longer than 255 hash lengths.
+    if let Ok(okm) = prk.expand(&[info.as_bytes()], hkdf::HKDF_SHA256) {
+        let _ = okm.fill(&mut out);
+    }
+    out
 }
 
 fn sealing_key(key: &[u8]) -> Option<LessSafeKey> {
@@ -202,25 +230,40 @@ pub struct State {
     /// The last row of the tenant's change log the hub holds (in a generation or a batch).
     pub batched: i64,
     pub batched_at: Option<i64>,
+    /// The next push seals a generation (an erasure came from another site).
+    pub generation_due: bool,
+    /// When the other sites' batches were last pulled.
+    pub pulled_at: Option<i64>,
+    /// What the last pull could not bring: changes that only a generation carries.
+    pub lacking: Option<String>,
 }
 
 const STATE_COLUMNS: &str = "tenant_uid, key, verifier, enabled_at, generation, committed,
-                             committed_at, last_error, last_error_at, batched, batched_at";
+                             committed_at, last_error, last_error_at, batched, batched_at,
+                             generation_due, pulled_at, lacking";
+
+/// The state in the row's columns from `at` on.
+fn state_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<State> {
+    Ok(State {
+        tenant_uid: r.get(at)?,
+        key: r.get(at + 1)?,
+        verifier: r.get(at + 2)?,
+        enabled_at: r.get(at + 3)?,
+        generation: r.get(at + 4)?,
+        committed: r.get(at + 5)?,
+        committed_at: r.get(at + 6)?,
+        last_error: r.get(at + 7)?,
+        last_error_at: r.get(at + 8)?,
+        batched: r.get(at + 9)?,
+        batched_at: r.get(at + 10)?,
+        generation_due: r.get(at + 11)?,
+        pulled_at: r.get(at + 12)?,
+        lacking: r.get(at + 13)?,
+    })
+}
 
 fn state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<State> {
-    Ok(State {
-        tenant_uid: r.get(0)?,
-        key: r.get(1)?,
-        verifier: r.get(2)?,
-        enabled_at: r.get(3)?,
-        generation: r.get(4)?,
-        committed: r.get(5)?,
-        committed_at: r.get(6)?,
-        last_error: r.get(7)?,
-        last_error_at: r.get(8)?,
-        batched: r.get(9)?,
-        batched_at: r.get(10)?,
-    })
+    state_from(r, 0)
 }
 
 /// The continuity state of tenant `slug` (in the system database).
@@ -248,26 +291,7 @@ pub fn states(conn: &rusqlite::Connection) -> Result<Vec<(String, State)>, Store
         .prepare_cached(&format!(
             "SELECT slug, {STATE_COLUMNS} FROM continuity ORDER BY slug"
         ))?
-        .query_map([], |r| {
-            let slug: String = r.get(0)?;
-            // The state's columns follow the slug.
-            Ok((
-                slug,
-                State {
-                    tenant_uid: r.get(1)?,
-                    key: r.get(2)?,
-                    verifier: r.get(3)?,
-                    enabled_at: r.get(4)?,
-                    generation: r.get(5)?,
-                    committed: r.get(6)?,
-                    committed_at: r.get(7)?,
-                    last_error: r.get(8)?,
-                    last_error_at: r.get(9)?,
-                    batched: r.get(10)?,
-                    batched_at: r.get(11)?,
-                },
-            ))
-        })?
+        .query_map([], |r| Ok((r.get(0)?, state_from(r, 1)?)))?
         .collect::<Result<_, _>>()?)
 }
 
@@ -379,6 +403,8 @@ pub struct Pushed {
     pub batches: i64,
     /// Changes the hub holds now, up to this row of the change log.
     pub batched: i64,
+    /// How many sites hold the tenant's copy (this one included).
+    pub holders: usize,
 }
 
 fn spool_dir(data_dir: &Path, slug: &str) -> PathBuf {
@@ -433,11 +459,20 @@ pub async fn push(
         Ok(_lock) => push_inner(client, system, handle, data_dir, full, progress).await,
         Err(e) => Err(e),
     };
+    record_outcome(system, &handle.slug, result).await
+}
+
+/// Records why a push or a pull failed, in plain words (or that it did not).
+async fn record_outcome<T>(
+    system: &Database,
+    slug: &str,
+    result: Result<T, ContinuityError>,
+) -> Result<T, ContinuityError> {
     let (error, at) = match &result {
         Ok(_) => (None, None),
         Err(e) => (Some(e.to_string()), Some(now())),
     };
-    let slug = handle.slug.clone();
+    let slug = slug.to_string();
     system
         .write(move |c| {
             c.prepare_cached(
@@ -475,6 +510,39 @@ impl Drop for PushLock {
     }
 }
 
+/// What the hub says of a tenant's copy when its holder registers it.
+struct HubCopy {
+    latest: i64,
+    holders: Vec<String>,
+}
+
+async fn register(client: &HubClient, base: &str, st: &State) -> Result<HubCopy, ContinuityError> {
+    let (_, body) = client
+        .send(
+            Method::PUT,
+            base,
+            json_bytes(&json!({"verifier": B64.encode(&st.verifier)})),
+        )
+        .await?;
+    let v = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+    Ok(HubCopy {
+        latest: v["latest"]["generation"].as_i64().unwrap_or(0),
+        holders: v["holders"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| h.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+fn is_taken(e: &ContinuityError) -> bool {
+    matches!(e, ContinuityError::Federation(FederationError::Refused { code, .. })
+        if code == "generation_taken")
+}
+
 async fn push_inner(
     client: &HubClient,
     system: &Database,
@@ -485,17 +553,7 @@ async fn push_inner(
 ) -> Result<Pushed, ContinuityError> {
     let st = enabled_state(system, &handle.slug).await?;
     let base = format!("/federation/v1/continuity/{}", st.tenant_uid);
-    let (_, body) = client
-        .send(
-            Method::PUT,
-            &base,
-            json_bytes(&json!({"verifier": B64.encode(&st.verifier)})),
-        )
-        .await?;
-    let hub_latest =
-        serde_json::from_slice::<Value>(&body).unwrap_or_default()["latest"]["generation"]
-            .as_i64()
-            .unwrap_or(0);
+    let hub = register(client, &base, &st).await?;
     let dir = spool_dir(data_dir, &handle.slug);
     let mut pushed = Pushed {
         generation: st.committed,
@@ -505,55 +563,130 @@ async fn push_inner(
         resumed: false,
         batches: 0,
         batched: st.batched,
+        holders: hub.holders.len(),
     };
-    // A generation an interrupted push left goes first.
-    if let Some(sealed) = spooled(&dir).filter(|s| s.generation > hub_latest) {
-        pushed.resumed = true;
-        send_generation(
-            client,
-            system,
-            handle,
-            &base,
-            &dir,
-            sealed,
-            &mut pushed,
-            progress,
-        )
-        .await?;
-    }
-    // With no generation at the hub (or none since batches exist), a generation; then the
-    // changes after it as batches. An erasure, or a change a batch cannot carry, ends with
-    // a new generation: the hub then drops every older copy of what was erased.
-    let mut generation_due = !pushed.resumed && (full || hub_latest == 0 || pushed.batched == 0);
-    if !generation_due {
-        generation_due = send_batches(
+    let mut due = full || hub.latest == 0 || st.generation_due;
+    let mut floor = hub.latest;
+    // A generation an interrupted push left goes first (unless another site took its
+    // number meanwhile: then a new one is sealed).
+    if let Some(sealed) = spooled(&dir).filter(|s| s.generation > hub.latest) {
+        let generation = sealed.generation;
+        let sent = send_with_batches(
             client,
             system,
             handle,
             &st,
             &base,
             data_dir,
+            &dir,
+            sealed,
+            hub.latest > 0,
             &mut pushed,
             progress,
         )
-        .await?;
+        .await;
+        match sent {
+            Ok(()) => {
+                pushed.resumed = true;
+                due = full;
+            }
+            Err(e) if is_taken(&e) => {
+                floor = floor.max(generation);
+                due = true;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    if generation_due {
-        let floor = hub_latest.max(pushed.generation);
-        let sealed = seal_generation(system, handle, &st, client.site_id(), floor, &dir).await?;
-        send_generation(
+    // With a generation at the hub, the changes since go as batches. An erasure, or a
+    // change only a generation carries, ends with a new generation: the hub then drops
+    // every older copy of what was erased.
+    if hub.latest > 0 || pushed.resumed {
+        due |= send_batches(
             client,
             system,
             handle,
+            &st,
             &base,
-            &dir,
-            sealed,
+            data_dir,
+            i64::MAX,
             &mut pushed,
             progress,
         )
         .await?;
     }
+    // A new generation; if another site is sending one of the same number, the next.
+    let mut tries = 0;
+    while due {
+        tries += 1;
+        let sealed = seal_generation(
+            system,
+            handle,
+            &st,
+            client.site_id(),
+            floor.max(pushed.generation),
+            &dir,
+        )
+        .await?;
+        let generation = sealed.generation;
+        match send_with_batches(
+            client,
+            system,
+            handle,
+            &st,
+            &base,
+            data_dir,
+            &dir,
+            sealed,
+            hub.latest > 0 || pushed.generation > 0,
+            &mut pushed,
+            progress,
+        )
+        .await
+        {
+            Ok(()) => due = false,
+            Err(e) if is_taken(&e) && tries < 3 => floor = floor.max(generation),
+            Err(e) => return Err(e),
+        }
+    }
     Ok(pushed)
+}
+
+/// Sends a sealed generation; first, when the hub holds a generation already, the changes
+/// up to the snapshot as batches, so that the other sites holding the tenant can apply
+/// every change of this one (the new generation holds them, but they do not restore it).
+#[allow(clippy::too_many_arguments)]
+async fn send_with_batches(
+    client: &HubClient,
+    system: &Database,
+    handle: &TenantHandle,
+    st: &State,
+    base: &str,
+    data_dir: &Path,
+    dir: &Path,
+    sealed: Sealed,
+    batches_first: bool,
+    pushed: &mut Pushed,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<(), ContinuityError> {
+    if batches_first {
+        send_batches(
+            client,
+            system,
+            handle,
+            st,
+            base,
+            data_dir,
+            sealed.covers,
+            pushed,
+            progress,
+        )
+        .await?;
+    }
+    let result = send_generation(client, system, handle, base, dir, sealed, pushed, progress).await;
+    if result.as_ref().is_err_and(is_taken) {
+        std::fs::remove_dir_all(dir)?;
+    }
+    result
 }
 
 /// Sends the spooled generation `sealed` (only the chunks the hub lacks), commits it, and
@@ -627,7 +760,8 @@ async fn send_generation(
             c.prepare_cached(
                 "UPDATE continuity SET committed = ?2, committed_at = ?3,
                                        generation = max(generation, ?2),
-                                       batched = max(batched, ?4), batched_at = ?3
+                                       batched = max(batched, ?4), batched_at = ?3,
+                                       generation_due = 0
                  WHERE slug = ?1",
             )?
             .execute(params![slug, generation, now(), covers])?;
@@ -659,9 +793,10 @@ fn batch_spool(data_dir: &Path, slug: &str) -> PathBuf {
         .join(format!("{slug}.batch"))
 }
 
-/// Sends the changes after the last batch, one batch at a time, each recorded once the hub
-/// has it. Returns whether a new generation is due (an erasure was sent, or a change only
-/// a generation carries waits, or the hub's batches do not line up with ours).
+/// Sends the changes after the last batch through `through`, one batch at a time, each
+/// recorded once the hub has it. Returns whether a new generation is due (a batch carried
+/// an erasure or a change only a generation carries, or the hub's batches do not line up
+/// with ours).
 #[allow(clippy::too_many_arguments)]
 async fn send_batches(
     client: &HubClient,
@@ -670,45 +805,49 @@ async fn send_batches(
     st: &State,
     base: &str,
     data_dir: &Path,
+    through: i64,
     pushed: &mut Pushed,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<bool, ContinuityError> {
     let spool = batch_spool(data_dir, &handle.slug);
     let started = std::time::Instant::now();
-    let mut erased = false;
-    loop {
+    let mut due = false;
+    while pushed.batched < through {
         let after = pushed.batched;
         let waiting = std::fs::read(&spool).ok().and_then(|data| {
             let (head, sealed) = data.split_at(data.iter().position(|b| *b == b'\n')? + 1);
             let text = std::str::from_utf8(head).ok()?;
-            let (a, l) = text.trim().split_once(' ')?;
-            let (a, l): (i64, i64) = (a.parse().ok()?, l.parse().ok()?);
-            (a == after).then(|| (l, sealed.to_vec()))
+            let mut parts = text.split_whitespace();
+            let (a, l): (i64, i64) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+            let needs = parts.next() == Some("generation");
+            (a == after).then(|| (l, needs, sealed.to_vec()))
         });
-        let (last, sealed) = match waiting {
+        let (last, needs, sealed) = match waiting {
             Some(found) => found,
             None => {
                 let origin = client.site_id().to_string();
                 let built = handle
                     .db
-                    .read(move |c| super::batch::build(c, &origin, after))
+                    .read(move |c| super::batch::build(c, &origin, after, through))
                     .await?;
-                let batch = match built {
-                    super::batch::Built::Nothing => return Ok(erased),
-                    super::batch::Built::NeedsGeneration => return Ok(true),
-                    super::batch::Built::Batch(b) => b,
+                let Some(batch) = built else {
+                    break;
                 };
-                erased |= batch
-                    .items
-                    .iter()
-                    .any(|i| matches!(i, super::batch::Item::Erase { .. }));
+                let needs = batch.needs_generation();
                 let sealed = super::batch::seal(&st.key, &st.tenant_uid, &batch)?;
-                let mut file = format!("{} {}\n", batch.after, batch.last).into_bytes();
+                let mut file = format!(
+                    "{} {}{}\n",
+                    batch.after,
+                    batch.last,
+                    if needs { " generation" } else { "" }
+                )
+                .into_bytes();
                 file.extend_from_slice(&sealed);
                 write_durably(&spool, &file)?;
-                (batch.last, sealed)
+                (batch.last, needs, sealed)
             }
         };
+        due |= needs;
         tokio::time::sleep(pace(
             pushed.bytes_sent,
             started.elapsed(),
@@ -748,6 +887,7 @@ async fn send_batches(
         pushed.batched = last;
         progress(format!("{}: changes through {last} sent", handle.slug));
     }
+    Ok(due)
 }
 
 /// How long to wait before sending more, so that the `bytes` sent since the transfer
@@ -806,7 +946,7 @@ async fn seal_generation(
     .map_err(StoreError::from)?;
     let merged_text: String = merged.iter().map(|(o, n)| format!(" {o}:{n}")).collect();
     let (key, uid, slug, name, dir, origin) = (
-        st.key.clone(),
+        generation_key(&st.key, origin).to_vec(),
         st.tenant_uid.clone(),
         handle.slug.clone(),
         handle.name.clone(),
@@ -967,7 +1107,9 @@ pub struct Restored {
 }
 
 /// Restores a tenant from the hub's continuity copy, under `slug`, with its recovery key.
-/// This site becomes the copy's owner. Nothing is created unless every chunk decrypts and
+/// This site becomes the copy's holder: its only one (the appliance it replaces is refused
+/// from then on), or, `alongside`, one more beside those that hold it (a second campus):
+/// they then exchange their changes. Nothing is created unless every chunk decrypts and
 /// the database passes its integrity check.
 pub async fn restore(
     client: &HubClient,
@@ -975,6 +1117,7 @@ pub async fn restore(
     data_dir: &Path,
     recovery: &RecoveryKey,
     slug: &str,
+    alongside: bool,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<Restored, ContinuityError> {
     crate::tenant::validate_slug(slug)?;
@@ -989,13 +1132,18 @@ pub async fn restore(
         .send(
             Method::POST,
             &format!("{base}/claim"),
-            json_bytes(&json!({"verifier": B64.encode(recovery.verifier())})),
+            json_bytes(&json!({
+                "verifier": B64.encode(recovery.verifier()),
+                "alongside": alongside,
+            })),
         )
         .await?;
     let latest = serde_json::from_slice::<Value>(&body).unwrap_or_default()["latest"].clone();
-    let (Some(generation), Some(chunks)) =
-        (latest["generation"].as_i64(), latest["chunks"].as_i64())
-    else {
+    let (Some(generation), Some(chunks), Some(maker)) = (
+        latest["generation"].as_i64(),
+        latest["chunks"].as_i64(),
+        latest["origin"].as_str(),
+    ) else {
         return Err(FederationError::Refused {
             status: 404,
             code: "no_generation".into(),
@@ -1003,17 +1151,18 @@ pub async fn restore(
         }
         .into());
     };
+    let chunk_key = generation_key(&key, maker);
     let fetch = |idx: i64| {
         let path = format!("{base}/generations/{generation}/chunks/{idx}");
         let uid = uid.clone();
         async move {
             let (_, sealed) = client.send(Method::GET, &path, Vec::new()).await?;
-            open(&key, &uid, generation, idx, &sealed).ok_or(ContinuityError::Damaged(idx))
+            open(&chunk_key, &uid, generation, idx, &sealed).ok_or(ContinuityError::Damaged(idx))
         }
     };
     let manifest: Manifest =
         serde_json::from_slice(&fetch(0).await?).map_err(|_| ContinuityError::Damaged(0))?;
-    if manifest.chunks != chunks {
+    if manifest.chunks != chunks || manifest.origin != maker {
         return Err(ContinuityError::Damaged(0));
     }
     let spool = data_dir.join("spool");
@@ -1065,7 +1214,18 @@ pub async fn restore(
             return Err(e);
         }
     };
+    let applied = {
+        let path = temp.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<(String, i64)>, StoreError> {
+            let conn = rusqlite::Connection::open(&path)?;
+            crate::store::replica::cursors(&conn)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??
+    };
     tenants.adopt(slug, &manifest.name, &temp).await?;
+    // What it applied of each site's changes: the hub keeps no batch for it beyond that.
+    let _ = acknowledge(client, &base, &applied).await;
     // This site keeps the copy from now on, from the generation it restored.
     let (owned, uid, verifier) = (slug.to_string(), recovery.tenant_uid(), recovery.verifier());
     tenants
@@ -1111,21 +1271,7 @@ async fn replay_batches(
     let (_, body) = client
         .send(Method::GET, &format!("{base}/batches"), Vec::new())
         .await?;
-    let listed: Vec<(String, i64, i64)> = serde_json::from_slice::<Value>(&body)
-        .unwrap_or_default()["batches"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| {
-                    Some((
-                        b["origin"].as_str()?.to_string(),
-                        b["after"].as_i64()?,
-                        b["last"].as_i64()?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let listed = listed_batches(&body);
     let mut batches = Vec::with_capacity(listed.len());
     for (i, (origin, after, last)) in listed.iter().enumerate() {
         let (_, sealed) = client
@@ -1169,6 +1315,176 @@ async fn replay_batches(
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+/// Tells the hub how far this site applied each other site's batches.
+async fn acknowledge(
+    client: &HubClient,
+    base: &str,
+    cursors: &[(String, i64)],
+) -> Result<(), ContinuityError> {
+    let cursors: Vec<Value> = cursors
+        .iter()
+        .map(|(o, n)| json!({"origin": o, "through": n}))
+        .collect();
+    client
+        .send(
+            Method::PUT,
+            &format!("{base}/pulled"),
+            json_bytes(&json!({ "cursors": cursors })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// What a pull brought from the other sites that hold the tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Pulled {
+    /// Batches applied now (those applied before are skipped).
+    pub batches: usize,
+    pub statements: usize,
+    pub fields: usize,
+    pub conflicts: usize,
+    pub documents: usize,
+    pub erasures: usize,
+    /// Changes made at another site that only a generation carries: `site: what, …`.
+    pub lacking: Vec<String>,
+}
+
+/// Applies the batches of the other sites that hold the tenant, each site's in order, each
+/// in one transaction of the tenant's database that also records how far it went; then
+/// tells the hub. An erasure that arrives makes the next push a generation, so that the
+/// hub drops the older copies of what was erased.
+pub async fn pull(
+    client: &HubClient,
+    system: &Database,
+    handle: &TenantHandle,
+    data_dir: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Pulled, ContinuityError> {
+    let result = match PushLock::take(data_dir, &handle.slug) {
+        Ok(_lock) => pull_inner(client, system, handle, progress).await,
+        Err(e) => Err(e),
+    };
+    record_outcome(system, &handle.slug, result).await
+}
+
+async fn pull_inner(
+    client: &HubClient,
+    system: &Database,
+    handle: &TenantHandle,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Pulled, ContinuityError> {
+    let st = enabled_state(system, &handle.slug).await?;
+    let base = format!("/federation/v1/continuity/{}", st.tenant_uid);
+    let me = client.site_id().to_string();
+    let mut pulled = Pulled::default();
+    // Registering tells which sites hold the tenant: alone, there is nothing to pull.
+    if register(client, &base, &st)
+        .await?
+        .holders
+        .iter()
+        .all(|h| *h == me)
+    {
+        return Ok(pulled);
+    }
+    let (_, body) = client
+        .send(Method::GET, &format!("{base}/batches"), Vec::new())
+        .await?;
+    let mut listed = listed_batches(&body);
+    listed.retain(|(origin, _, _)| *origin != me);
+    for (i, (origin, after, last)) in listed.iter().enumerate() {
+        let owned = origin.clone();
+        let cursor = handle
+            .db
+            .read(move |c| crate::store::replica::cursor(c, &owned))
+            .await?;
+        if *last <= cursor {
+            continue;
+        }
+        if *after != cursor {
+            return Err(ContinuityError::Gap {
+                origin: origin.clone(),
+                cursor,
+                after: *after,
+            });
+        }
+        let (_, sealed) = client
+            .send(
+                Method::GET,
+                &format!("{base}/batch/{origin}/{last}"),
+                Vec::new(),
+            )
+            .await?;
+        let batch = super::batch::open(&st.key, &st.tenant_uid, origin, *after, *last, &sealed)
+            .ok_or_else(|| {
+                ContinuityError::Unsound(format!(
+                    "batch {after}..{last} of {origin} does not open with this tenant's key"
+                ))
+            })?;
+        let me = me.clone();
+        let done = handle
+            .db
+            .write(move |c| super::batch::apply(c, &batch, &me, now()))
+            .await?;
+        if done.known {
+            continue;
+        }
+        pulled.batches += 1;
+        pulled.statements += done.statements;
+        pulled.fields += done.fields;
+        pulled.conflicts += done.conflicts;
+        pulled.documents += done.documents;
+        pulled.erasures += done.erasures;
+        if !done.only_in_generation.is_empty() {
+            pulled
+                .lacking
+                .push(format!("{origin}: {}", done.only_in_generation.join(", ")));
+        }
+        progress(format!(
+            "{}: batch {}/{} from {origin} applied",
+            handle.slug,
+            i + 1,
+            listed.len()
+        ));
+    }
+    let cursors = handle.db.read(crate::store::replica::cursors).await?;
+    acknowledge(client, &base, &cursors).await?;
+    let (slug, erased, lacking) = (
+        handle.slug.clone(),
+        pulled.erasures > 0,
+        (!pulled.lacking.is_empty()).then(|| pulled.lacking.join("; ")),
+    );
+    system
+        .write(move |c| {
+            c.prepare_cached(
+                "UPDATE continuity SET pulled_at = ?2, generation_due = generation_due OR ?3,
+                                       lacking = coalesce(?4, lacking)
+                 WHERE slug = ?1",
+            )?
+            .execute(params![slug, now(), erased, lacking])?;
+            Ok(())
+        })
+        .await?;
+    Ok(pulled)
+}
+
+/// The batches the hub lists: `(origin, after, last)`, each origin's in order.
+fn listed_batches(body: &[u8]) -> Vec<(String, i64, i64)> {
+    serde_json::from_slice::<Value>(body).unwrap_or_default()["batches"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| {
+                    Some((
+                        b["origin"].as_str()?.to_string(),
+                        b["after"].as_i64()?,
+                        b["last"].as_i64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -11,10 +11,15 @@
 //! - `GET site`: what the hub knows of the signed-in site (a signed request).
 //! - `continuity/{uid}`: a tenant's encrypted continuity copy (see
 //!   [`super::continuity`]). `PUT` registers it to the signing site, and `POST …/claim`
-//!   hands it to a site that proves it holds the recovery key. Under
-//!   `…/generations/{g}`, the owner site can `GET` the chunks the hub holds, `PUT` and
-//!   `GET …/chunks/{i}` to store or fetch one (idempotent), and `POST …/commit` to commit
-//!   the generation and drop older ones. The hub stores only what it cannot read.
+//!   hands it to a site that proves it holds the recovery key, as its only holder or
+//!   alongside the others. Under `…/generations/{g}`, a holder can `GET` the chunks the hub
+//!   holds, `PUT` and `GET …/chunks/{i}` to store or fetch one (idempotent; a generation
+//!   belongs to the site that sent its first chunk), and `POST …/commit` to commit the
+//!   generation and drop older ones. `PUT …/batches/{after}/{last}` stores the signing
+//!   site's changes in that range, `GET …/batches` lists every site's, `GET
+//!   …/batch/{origin}/{last}` returns one, and `PUT …/pulled` records how far a holder
+//!   applied the others'; a batch goes once the newest generation holds it and every other
+//!   holder applied it. The hub stores only what it cannot read.
 //!
 //! Every response carries the hub's clock ([`HUB_TIME_HEADER`]).
 
@@ -38,8 +43,8 @@ use super::{
 };
 use crate::error::ApiError;
 use crate::store::federation::{
-    self as sql, BatchInfo, BatchRefusal, ClaimRefusal, ContinuityOwner, GenerationRefusal,
-    SiteRow, TokenRefusal,
+    self as sql, BatchInfo, BatchRefusal, ClaimRefusal, ContinuityCopy, Generation,
+    GenerationRefusal, SiteRow, TokenRefusal,
 };
 use crate::store::hub_postgres as pgsql;
 use crate::store::{Database, DbOptions, StoreError, StoreMetrics, now};
@@ -64,8 +69,8 @@ impl std::fmt::Debug for HubStore {
     }
 }
 
-/// The newest committed generation of a copy: `(generation, chunks)`.
-pub type Latest = Option<(i64, i64)>;
+/// The newest committed generation of a copy.
+pub type Latest = Option<Generation>;
 
 impl HubStore {
     pub fn open_sqlite(data_dir: &Path) -> Result<HubStore, StoreError> {
@@ -169,30 +174,27 @@ impl HubStore {
         }
     }
 
-    pub async fn continuity_owner(
-        &self,
-        uid: String,
-    ) -> Result<Option<ContinuityOwner>, StoreError> {
+    pub async fn continuity_copy(&self, uid: String) -> Result<Option<ContinuityCopy>, StoreError> {
         match self {
-            HubStore::Sqlite(db) => db.read(move |c| sql::continuity_owner(c, &uid)).await,
-            HubStore::Postgres(p) => pgsql::continuity_owner(p, &uid).await,
+            HubStore::Sqlite(db) => db.read(move |c| sql::continuity_copy(c, &uid)).await,
+            HubStore::Postgres(p) => pgsql::continuity_copy(p, &uid).await,
         }
     }
 
-    /// Registers `uid`'s copy to `site_id` unless it is registered; returns its owner and
-    /// newest generation.
+    /// Registers `uid`'s copy to `site_id` unless it is registered; returns the copy and
+    /// its newest generation.
     pub async fn register_continuity(
         &self,
         uid: String,
         site_id: String,
         verifier_hash: String,
-    ) -> Result<(Option<ContinuityOwner>, Latest), StoreError> {
+    ) -> Result<(Option<ContinuityCopy>, Latest), StoreError> {
         match self {
             HubStore::Sqlite(db) => {
                 db.write(move |c| {
                     sql::register_continuity(c, &uid, &site_id, &verifier_hash, now())?;
                     Ok((
-                        sql::continuity_owner(c, &uid)?,
+                        sql::continuity_copy(c, &uid)?,
                         sql::latest_generation(c, &uid)?,
                     ))
                 })
@@ -204,18 +206,40 @@ impl HubStore {
         }
     }
 
+    /// Gives the copy to a site that proves it holds the recovery key: as its only holder,
+    /// or `alongside` the others.
     pub async fn claim(
         &self,
         uid: String,
         site_id: String,
         verifier_hash: String,
+        alongside: bool,
     ) -> Result<Result<Latest, ClaimRefusal>, StoreError> {
         match self {
             HubStore::Sqlite(db) => {
-                db.write(move |c| sql::claim(c, &uid, &site_id, &verifier_hash, now()))
+                db.write(move |c| sql::claim(c, &uid, &site_id, &verifier_hash, alongside, now()))
                     .await
             }
-            HubStore::Postgres(p) => pgsql::claim(p, &uid, &site_id, &verifier_hash, now()).await,
+            HubStore::Postgres(p) => {
+                pgsql::claim(p, &uid, &site_id, &verifier_hash, alongside, now()).await
+            }
+        }
+    }
+
+    /// Records how far `holder` applied each origin's batches (and drops those nobody
+    /// needs any more).
+    pub async fn record_pulled(
+        &self,
+        uid: String,
+        holder: String,
+        cursors: Vec<(String, i64)>,
+    ) -> Result<(), StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::record_pulled(c, &uid, &holder, &cursors, now()))
+                    .await
+            }
+            HubStore::Postgres(p) => pgsql::record_pulled(p, &uid, &holder, &cursors).await,
         }
     }
 
@@ -239,27 +263,33 @@ impl HubStore {
         }
     }
 
+    /// Stores a chunk of `origin`'s generation (idempotent).
     pub async fn put_chunk(
         &self,
         uid: String,
+        origin: String,
         generation: i64,
         idx: i64,
         data: Vec<u8>,
     ) -> Result<Result<(), GenerationRefusal>, StoreError> {
         match self {
             HubStore::Sqlite(db) => {
-                db.write(move |c| sql::put_chunk(c, &uid, generation, idx, &data))
+                db.write(move |c| sql::put_chunk(c, &uid, &origin, generation, idx, &data))
                     .await
             }
-            HubStore::Postgres(p) => pgsql::put_chunk(p, &uid, generation, idx, &data).await,
+            HubStore::Postgres(p) => {
+                pgsql::put_chunk(p, &uid, &origin, generation, idx, &data).await
+            }
         }
     }
 
-    /// Commits a generation; `covers` says, per site (the maker first), through which
-    /// change it holds that site's changes: the batches it covers go in the same transaction.
+    /// Commits `origin`'s generation; `covers` says, per site (the maker first), through
+    /// which change it holds that site's changes: the batches no holder needs any more go
+    /// in the same transaction.
     pub async fn commit_generation(
         &self,
         uid: String,
+        origin: String,
         generation: i64,
         chunks: i64,
         covers: Vec<(String, i64)>,
@@ -267,12 +297,12 @@ impl HubStore {
         match self {
             HubStore::Sqlite(db) => {
                 db.write(move |c| {
-                    sql::commit_generation(c, &uid, generation, chunks, &covers, now())
+                    sql::commit_generation(c, &uid, &origin, generation, chunks, &covers, now())
                 })
                 .await
             }
             HubStore::Postgres(p) => {
-                pgsql::commit_generation(p, &uid, generation, chunks, &covers, now()).await
+                pgsql::commit_generation(p, &uid, &origin, generation, chunks, &covers, now()).await
             }
         }
     }
@@ -411,6 +441,10 @@ pub fn router(state: HubState) -> Router {
             get(get_chunk).put(put_chunk),
         )
         .route("/federation/v1/continuity/{uid}/batches", get(list_batches))
+        .route(
+            "/federation/v1/continuity/{uid}/pulled",
+            axum::routing::put(put_pulled),
+        )
         .route(
             "/federation/v1/continuity/{uid}/batches/{after}/{last}",
             axum::routing::put(put_batch),
@@ -694,45 +728,54 @@ fn no_copy() -> ApiError {
     )
 }
 
-fn latest_json(latest: Option<(i64, i64)>) -> serde_json::Value {
-    latest.map_or(
+fn latest_json(latest: &Latest) -> serde_json::Value {
+    latest.as_ref().map_or(
         serde_json::Value::Null,
-        |(g, n)| json!({"generation": g, "chunks": n}),
+        |g| json!({"generation": g.generation, "chunks": g.chunks, "origin": g.origin}),
     )
 }
 
 /// `PUT continuity/{uid}`: the site that enabled a tenant's continuity copy registers it
-/// (or finds it registered to itself).
+/// (or finds it registered to itself, with the other sites that hold it).
 async fn register(
     State(state): State<HubState>,
     axum::extract::Path(uid): axum::extract::Path<String>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
     let (site, hash) = with_verifier(&state, &signed, &uid).await?;
-    let (owner, latest) = state
+    let (copy, latest) = state
         .store
         .register_continuity(uid, site.site_id.clone(), hash)
         .await?;
-    must_own(owner, &site.site_id)?;
-    Ok(axum::Json(json!({"latest": latest_json(latest)})).into_response())
+    let copy = must_hold(copy, &site.site_id)?;
+    Ok(axum::Json(json!({
+        "latest": latest_json(&latest),
+        "holders": copy.holders,
+    }))
+    .into_response())
 }
 
-/// Passes when `site_id` owns the copy.
-fn must_own(owner: Option<ContinuityOwner>, site_id: &str) -> Result<(), ApiError> {
-    match owner {
-        Some(o) if o.site_id == site_id => Ok(()),
-        Some(o) => Err(not_owner(&o.site_id)),
+/// The copy, when `site_id` is one of its holders.
+fn must_hold(copy: Option<ContinuityCopy>, site_id: &str) -> Result<ContinuityCopy, ApiError> {
+    match copy {
+        Some(c) if c.held_by(site_id) => Ok(c),
+        Some(c) => Err(not_owner(&c.holders)),
         None => Err(no_copy()),
     }
 }
 
-fn not_owner(owner: &str) -> ApiError {
+fn not_owner(holders: &[String]) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "not_owner",
         format!(
-            "this tenant's continuity copy belongs to {owner} (it was restored there): this \
-             appliance's copy of the tenant is no longer the one the federation keeps"
+            "this tenant's continuity copy is held by {} (it was restored there): this \
+             appliance's copy of the tenant is no longer one the federation keeps",
+            if holders.is_empty() {
+                "no site".to_string()
+            } else {
+                holders.join(", ")
+            }
         ),
     )
 }
@@ -748,17 +791,25 @@ fn check_uid(uid: &str) -> Result<(), ApiError> {
     }
 }
 
+#[derive(Deserialize)]
+struct ClaimBody {
+    /// Hold the copy beside the sites that hold it, instead of replacing them.
+    #[serde(default)]
+    alongside: bool,
+}
+
 /// `POST continuity/{uid}/claim`: a site restoring the tenant with its recovery key takes
-/// the copy over.
+/// the copy over, or holds it alongside the others.
 async fn claim(
     State(state): State<HubState>,
     axum::extract::Path(uid): axum::extract::Path<String>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
     let (site, hash) = with_verifier(&state, &signed, &uid).await?;
+    let body: ClaimBody = json_body(&signed.body)?;
     let latest = state
         .store
-        .claim(uid, site.site_id.clone(), hash)
+        .claim(uid, site.site_id.clone(), hash, body.alongside)
         .await?
         .map_err(|r| match r {
             ClaimRefusal::NoCopy => no_copy(),
@@ -767,16 +818,17 @@ async fn claim(
                 "this is not the tenant's recovery key",
             ),
         })?;
-    tracing::info!(site = %site.site_id, "continuity copy claimed for a restore");
-    Ok(axum::Json(json!({"latest": latest_json(latest)})).into_response())
+    tracing::info!(site = %site.site_id, alongside = body.alongside,
+        "continuity copy claimed for a restore");
+    Ok(axum::Json(json!({"latest": latest_json(&latest)})).into_response())
 }
 
-/// The signed site, if it owns `uid`'s copy.
-async fn owner_of(state: &HubState, signed: &Signed, uid: &str) -> Result<SiteRow, ApiError> {
+/// The signed site, if it holds `uid`'s copy.
+async fn holder_of(state: &HubState, signed: &Signed, uid: &str) -> Result<SiteRow, ApiError> {
     let site = authenticate(state, signed).await?;
     check_uid(uid)?;
-    must_own(
-        state.store.continuity_owner(uid.to_string()).await?,
+    must_hold(
+        state.store.continuity_copy(uid.to_string()).await?,
         &site.site_id,
     )?;
     Ok(site)
@@ -787,9 +839,9 @@ async fn generation_status(
     axum::extract::Path((uid, generation)): axum::extract::Path<(String, i64)>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    owner_of(&state, &signed, &uid).await?;
+    holder_of(&state, &signed, &uid).await?;
     let (present, latest) = state.store.generation_status(uid, generation).await?;
-    Ok(axum::Json(json!({"present": present, "latest": latest_json(latest)})).into_response())
+    Ok(axum::Json(json!({"present": present, "latest": latest_json(&latest)})).into_response())
 }
 
 fn refused(r: GenerationRefusal) -> ApiError {
@@ -814,6 +866,11 @@ fn refused(r: GenerationRefusal) -> ApiError {
             "chunks_missing",
             format!("the hub does not hold chunks {missing:?} of this generation"),
         ),
+        GenerationRefusal::Taken(other) => ApiError::new(
+            StatusCode::CONFLICT,
+            "generation_taken",
+            format!("{other} is sending a generation of this number: seal the next one"),
+        ),
     }
 }
 
@@ -822,7 +879,7 @@ async fn put_chunk(
     axum::extract::Path((uid, generation, idx)): axum::extract::Path<(String, i64, i64)>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    owner_of(&state, &signed, &uid).await?;
+    let site = holder_of(&state, &signed, &uid).await?;
     if generation < 1 || idx < 0 || signed.body.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_chunk",
@@ -831,7 +888,7 @@ async fn put_chunk(
     }
     state
         .store
-        .put_chunk(uid, generation, idx, signed.body.to_vec())
+        .put_chunk(uid, site.site_id, generation, idx, signed.body.to_vec())
         .await?
         .map_err(refused)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -859,7 +916,7 @@ async fn commit(
     axum::extract::Path((uid, generation)): axum::extract::Path<(String, i64)>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    let site = owner_of(&state, &signed, &uid).await?;
+    let site = holder_of(&state, &signed, &uid).await?;
     let body: CommitBody = json_body(&signed.body)?;
     if body.chunks < 1 || body.covers < 0 {
         return Err(ApiError::bad_request(
@@ -871,6 +928,7 @@ async fn commit(
         .store
         .commit_generation(
             uid,
+            site.site_id.clone(),
             generation,
             body.chunks,
             std::iter::once((site.site_id, body.covers))
@@ -889,7 +947,7 @@ async fn put_batch(
     axum::extract::Path((uid, after, last)): axum::extract::Path<(String, i64, i64)>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    let site = owner_of(&state, &signed, &uid).await?;
+    let site = holder_of(&state, &signed, &uid).await?;
     if after < 0 || last <= after || signed.body.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_batch",
@@ -923,9 +981,46 @@ async fn list_batches(
     axum::extract::Path(uid): axum::extract::Path<String>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    owner_of(&state, &signed, &uid).await?;
+    holder_of(&state, &signed, &uid).await?;
     let batches = state.store.batches(uid).await?;
     Ok(axum::Json(json!({"batches": batches})).into_response())
+}
+
+#[derive(Deserialize)]
+struct PulledBody {
+    /// How far this holder applied each other origin's batches.
+    cursors: Vec<Merged>,
+}
+
+/// `PUT continuity/{uid}/pulled`: a holder says how far it applied the others' batches;
+/// those that no holder needs any more go.
+async fn put_pulled(
+    State(state): State<HubState>,
+    axum::extract::Path(uid): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let site = holder_of(&state, &signed, &uid).await?;
+    let body: PulledBody = json_body(&signed.body)?;
+    if body
+        .cursors
+        .iter()
+        .any(|c| c.through < 0 || c.origin.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "each cursor names an origin and a change number from 0",
+        ));
+    }
+    let cursors: Vec<(String, i64)> = body
+        .cursors
+        .into_iter()
+        .map(|c| (c.origin, c.through))
+        .collect();
+    state
+        .store
+        .record_pulled(uid, site.site_id, cursors)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_batch(
@@ -933,7 +1028,7 @@ async fn get_batch(
     axum::extract::Path((uid, origin, last)): axum::extract::Path<(String, String, i64)>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    owner_of(&state, &signed, &uid).await?;
+    holder_of(&state, &signed, &uid).await?;
     let data = state
         .store
         .batch(uid, origin, last)
@@ -947,7 +1042,7 @@ async fn get_chunk(
     axum::extract::Path((uid, generation, idx)): axum::extract::Path<(String, i64, i64)>,
     signed: Signed,
 ) -> Result<Response, ApiError> {
-    owner_of(&state, &signed, &uid).await?;
+    holder_of(&state, &signed, &uid).await?;
     let data = state
         .store
         .chunk(uid, generation, idx)
@@ -1008,15 +1103,15 @@ pub async fn import_batch(store: &HubStore, dir: &Path) -> Result<Imported, ApiE
         return Err(bad("the batch lists a wrong number of chunks".into()));
     }
     let uid = batch.tenant_uid.clone();
-    let (owner, latest) = store
+    let (copy, latest) = store
         .register_continuity(
             uid.clone(),
             site.site_id.clone(),
             batch.verifier_hash.clone(),
         )
         .await?;
-    must_own(owner, &site.site_id)?;
-    if latest == Some((batch.generation, batch.chunks)) {
+    must_hold(copy, &site.site_id)?;
+    if latest.is_some_and(|g| g.generation == batch.generation && g.chunks == batch.chunks) {
         return Ok(Imported::AlreadyThere {
             tenant_uid: uid,
             generation: batch.generation,
@@ -1034,13 +1129,20 @@ pub async fn import_batch(store: &HubStore, dir: &Path) -> Result<Imported, ApiE
             )));
         }
         store
-            .put_chunk(uid.clone(), batch.generation, idx as i64, data)
+            .put_chunk(
+                uid.clone(),
+                site.site_id.clone(),
+                batch.generation,
+                idx as i64,
+                data,
+            )
             .await?
             .map_err(refused)?;
     }
     store
         .commit_generation(
             uid.clone(),
+            site.site_id.clone(),
             batch.generation,
             batch.chunks,
             vec![(site.site_id.clone(), batch.covers)],

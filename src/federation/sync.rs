@@ -1,6 +1,6 @@
 //! Automatic sync, run by `ceredis serve`: once the site has joined a hub, each tenant whose
-//! continuity copy is enabled is pushed when it changed, every
-//! `federation.sync_interval_secs`. A failed push is retried after `retry_min_secs`,
+//! continuity copy is enabled pulls the batches of the other sites that hold it, then is
+//! pushed when it changed, every `federation.sync_interval_secs`. A failed push is retried after `retry_min_secs`,
 //! doubled at each failure up to the interval, each wait drawn between half and one and a
 //! half times its value so that sites cut off together do not come back in step. What a
 //! push did or why it failed is in `ceredis federation status`, the log and `/metrics`.
@@ -104,28 +104,54 @@ pub async fn run(state: AppState) {
             let Ok(handle) = state.tenants.handle(&slug, &Authorized::console()).await else {
                 continue;
             };
-            let before = handle.db.commits();
-            let pending = st.last_error.is_some() || st.committed == 0;
-            if slot.clean_at == Some(before) && !pending {
-                slot.next = Some(now + interval.mul_f64(jitter()));
-                continue;
-            }
             let board = state.sync_board.clone();
-            board.set(&slug, Some("preparing the changes to send".into()));
             let shown = slug.clone();
             let progress = move |line: String| board.set(&shown, Some(line));
-            let outcome = continuity::push(
+            // The other sites' changes first: what they erased is not sent back.
+            state
+                .sync_board
+                .set(&slug, Some("fetching the other sites' changes".into()));
+            let pulled = continuity::pull(
                 &hub,
                 &state.system,
                 &handle,
                 &state.config.data_dir,
-                false,
                 &progress,
             )
             .await;
+            let outcome = match pulled {
+                Err(e) => Err(e),
+                Ok(p) => {
+                    if p.batches > 0 {
+                        tracing::info!(tenant = %slug, batches = p.batches,
+                            statements = p.statements, conflicts = p.conflicts,
+                            erasures = p.erasures, "other sites' changes applied");
+                    }
+                    let before = handle.db.commits();
+                    let pending = st.last_error.is_some() || st.committed == 0 || p.erasures > 0;
+                    if slot.clean_at == Some(before) && !pending {
+                        state.sync_board.set(&slug, None);
+                        slot.next = Some(now + interval.mul_f64(jitter()));
+                        continue;
+                    }
+                    state
+                        .sync_board
+                        .set(&slug, Some("preparing the changes to send".into()));
+                    continuity::push(
+                        &hub,
+                        &state.system,
+                        &handle,
+                        &state.config.data_dir,
+                        false,
+                        &progress,
+                    )
+                    .await
+                    .map(|pushed| (pushed, before))
+                }
+            };
             state.sync_board.set(&slug, None);
             match outcome {
-                Ok(p) => {
+                Ok((p, before)) => {
                     tracing::info!(tenant = %slug, generation = p.generation, chunks = p.chunks,
                         sent = p.sent, batches = p.batches, through = p.batched,
                         bytes = p.bytes_sent, "continuity copy pushed");

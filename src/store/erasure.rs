@@ -36,6 +36,7 @@ pub fn erase_user(
             ),
         )));
     }
+    let before = super::replica::last_change(conn)?;
     let (index_key, _) = crate::lrs::learner_key(home_page, &user.agent_name);
     let ifi = crate::lrs::statement::agent_key(&crate::lrs::learner(home_page, &user.agent_name))
         .unwrap_or_default();
@@ -57,6 +58,7 @@ pub fn erase_user(
     });
     let seq = super::competency::erasure_tombstone(conn, &user.agent_name, by, &removed, at)?;
     super::replica::erase(conn, &user.agent_name, at)?;
+    super::replica::forget_generation_marks(conn, before)?;
     super::lrs::log_change(conn, at * 1000, "erasure", &user.agent_name)?;
     Ok(Ok(
         json!({"erased": user.username, "removed": removed, "journal_seq": seq}),

@@ -5,7 +5,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Migrations, StoreError};
 
-pub const HUB_MIGRATIONS: Migrations = Migrations(&[HUB_V1, HUB_CONTINUITY, HUB_BATCHES]);
+pub const HUB_MIGRATIONS: Migrations =
+    Migrations(&[HUB_V1, HUB_CONTINUITY, HUB_BATCHES, HUB_HOLDERS]);
 
 const HUB_V1: &str = "
 CREATE TABLE hub (
@@ -74,6 +75,49 @@ CREATE TABLE continuity_batches (
     stored_at  INTEGER NOT NULL,
     PRIMARY KEY (tenant_uid, origin, last)
 );
+";
+
+/// Several sites may hold one tenant (two campuses of a school, a restored appliance beside
+/// the one it replaces): each is a holder, may push generations and batches, and pulls the
+/// others' batches. A generation records, per origin, through which change it holds that
+/// origin's changes (`continuity_covers`); each holder reports how far it applied each
+/// origin's batches (`continuity_pulled`). A batch goes once the newest generation holds it
+/// and every other unrevoked holder has applied it.
+const HUB_HOLDERS: &str = "
+CREATE TABLE continuity_holders (
+    tenant_uid TEXT NOT NULL,
+    site_id    TEXT NOT NULL,
+    added_at   INTEGER NOT NULL,
+    PRIMARY KEY (tenant_uid, site_id)
+) WITHOUT ROWID;
+INSERT INTO continuity_holders (tenant_uid, site_id, added_at)
+    SELECT tenant_uid, site_id, coalesce(claimed_at, created_at) FROM continuity_tenants;
+CREATE TABLE continuity_pulled (
+    tenant_uid TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    through    INTEGER NOT NULL,
+    PRIMARY KEY (tenant_uid, holder, origin)
+) WITHOUT ROWID;
+CREATE TABLE continuity_covers (
+    tenant_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    origin     TEXT NOT NULL,
+    through    INTEGER NOT NULL,
+    PRIMARY KEY (tenant_uid, generation, origin)
+) WITHOUT ROWID;
+INSERT INTO continuity_covers (tenant_uid, generation, origin, through)
+    SELECT tenant_uid, generation, origin, covers FROM continuity_generations
+    WHERE origin IS NOT NULL AND committed_at IS NOT NULL;
+";
+
+/// Appended to the system database's migrations: whether a new generation is due (an
+/// erasure arrived from another site), when the other sites' batches were last pulled, and
+/// what the last pull could not bring (changes only a generation carries).
+pub const SITE_PULL: &str = "
+ALTER TABLE continuity ADD COLUMN generation_due INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE continuity ADD COLUMN pulled_at INTEGER;
+ALTER TABLE continuity ADD COLUMN lacking TEXT;
 ";
 
 /// Appended to the system database's migrations: how far the tenant's batches went.
@@ -287,31 +331,41 @@ pub fn set_membership(conn: &Connection, m: &Membership) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Who owns a tenant's continuity copy at the hub.
+/// A tenant's continuity copy as the hub knows it: the hash of its restore verifier and the
+/// sites that hold it.
 #[derive(Debug, Clone)]
-pub struct ContinuityOwner {
-    pub site_id: String,
+pub struct ContinuityCopy {
     pub verifier_hash: String,
+    pub holders: Vec<String>,
 }
 
-pub fn continuity_owner(
-    conn: &Connection,
-    uid: &str,
-) -> Result<Option<ContinuityOwner>, StoreError> {
-    Ok(conn
+impl ContinuityCopy {
+    pub fn held_by(&self, site_id: &str) -> bool {
+        self.holders.iter().any(|h| h == site_id)
+    }
+}
+
+pub fn continuity_copy(conn: &Connection, uid: &str) -> Result<Option<ContinuityCopy>, StoreError> {
+    let verifier_hash: Option<String> = conn
+        .prepare_cached("SELECT verifier_hash FROM continuity_tenants WHERE tenant_uid = ?1")?
+        .query_row([uid], |r| r.get(0))
+        .optional()?;
+    let Some(verifier_hash) = verifier_hash else {
+        return Ok(None);
+    };
+    let holders = conn
         .prepare_cached(
-            "SELECT site_id, verifier_hash FROM continuity_tenants WHERE tenant_uid = ?1",
+            "SELECT site_id FROM continuity_holders WHERE tenant_uid = ?1 ORDER BY added_at, site_id",
         )?
-        .query_row([uid], |r| {
-            Ok(ContinuityOwner {
-                site_id: r.get(0)?,
-                verifier_hash: r.get(1)?,
-            })
-        })
-        .optional()?)
+        .query_map([uid], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(ContinuityCopy {
+        verifier_hash,
+        holders,
+    }))
 }
 
-/// Records `site_id` as the owner of a new tenant copy (nothing if it exists).
+/// Records `site_id` as the first holder of a new tenant copy (nothing if it exists).
 pub fn register_continuity(
     conn: &Connection,
     uid: &str,
@@ -319,36 +373,49 @@ pub fn register_continuity(
     verifier_hash: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO continuity_tenants (tenant_uid, site_id, verifier_hash, created_at)
-         VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![uid, site_id, verifier_hash, at])?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO continuity_tenants (tenant_uid, site_id, verifier_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![uid, site_id, verifier_hash, at])?;
+    if inserted > 0 {
+        add_holder(conn, uid, site_id, at)?;
+    }
     Ok(())
 }
 
-pub fn claim_continuity(
-    conn: &Connection,
-    uid: &str,
-    site_id: &str,
-    at: i64,
-) -> Result<(), StoreError> {
+fn add_holder(conn: &Connection, uid: &str, site_id: &str, at: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE continuity_tenants SET site_id = ?2, claimed_at = ?3 WHERE tenant_uid = ?1",
+        "INSERT OR IGNORE INTO continuity_holders (tenant_uid, site_id, added_at) VALUES (?1, ?2, ?3)",
     )?
     .execute(params![uid, site_id, at])?;
     Ok(())
 }
 
-/// The newest committed generation: `(generation, chunks)`.
-pub fn latest_generation(conn: &Connection, uid: &str) -> Result<Option<(i64, i64)>, StoreError> {
+/// The newest committed generation of a copy, and the site that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub generation: i64,
+    pub chunks: i64,
+    pub origin: String,
+}
+
+/// The newest committed generation.
+pub fn latest_generation(conn: &Connection, uid: &str) -> Result<Option<Generation>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT generation, chunks FROM continuity_generations
+            "SELECT generation, chunks, coalesce(origin, '') FROM continuity_generations
              WHERE tenant_uid = ?1 AND committed_at IS NOT NULL
              ORDER BY generation DESC LIMIT 1",
         )?
-        .query_row([uid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([uid], |r| {
+            Ok(Generation {
+                generation: r.get(0)?,
+                chunks: r.get(1)?,
+                origin: r.get(2)?,
+            })
+        })
         .optional()?)
 }
 
@@ -377,6 +444,8 @@ pub enum GenerationRefusal {
     Different,
     /// The commit names chunks the hub does not hold.
     Missing(Vec<i64>),
+    /// Another site (named) is sending a generation of this number.
+    Taken(String),
 }
 
 fn check_open(
@@ -384,7 +453,9 @@ fn check_open(
     uid: &str,
     generation: i64,
 ) -> Result<Result<(), GenerationRefusal>, StoreError> {
-    if let Some((latest, _)) = latest_generation(conn, uid)?
+    if let Some(Generation {
+        generation: latest, ..
+    }) = latest_generation(conn, uid)?
         && generation <= latest
     {
         return Ok(Err(if generation == latest {
@@ -396,14 +467,35 @@ fn check_open(
     Ok(Ok(()))
 }
 
-/// Stores one chunk; storing the same bytes again changes nothing.
+/// The site sending generation `generation`, if it was begun.
+fn generation_origin(
+    conn: &Connection,
+    uid: &str,
+    generation: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT origin FROM continuity_generations WHERE tenant_uid = ?1 AND generation = ?2",
+        )?
+        .query_row(params![uid, generation], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+        .flatten())
+}
+
+/// Stores one chunk of `origin`'s generation; storing the same bytes again changes nothing.
 pub fn put_chunk(
     conn: &Connection,
     uid: &str,
+    origin: &str,
     generation: i64,
     idx: i64,
     data: &[u8],
 ) -> Result<Result<(), GenerationRefusal>, StoreError> {
+    if let Some(other) = generation_origin(conn, uid, generation)?
+        && other != origin
+    {
+        return Ok(Err(GenerationRefusal::Taken(other)));
+    }
     let existing: Option<Vec<u8>> = conn
         .prepare_cached(
             "SELECT data FROM continuity_chunks WHERE tenant_uid = ?1 AND generation = ?2 AND idx = ?3",
@@ -421,9 +513,10 @@ pub fn put_chunk(
         return Ok(Err(refusal));
     }
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO continuity_generations (tenant_uid, generation) VALUES (?1, ?2)",
+        "INSERT INTO continuity_generations (tenant_uid, generation, origin) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO UPDATE SET origin = excluded.origin",
     )?
-    .execute(params![uid, generation])?;
+    .execute(params![uid, generation, origin])?;
     conn.prepare_cached(
         "INSERT INTO continuity_chunks (tenant_uid, generation, idx, data) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -431,21 +524,31 @@ pub fn put_chunk(
     Ok(Ok(()))
 }
 
-/// Commits a generation of `chunks` chunks (indexes 0..chunks) and drops every older one:
-/// what the tenant erased since is gone from the hub with them. Committing the committed
+/// Commits `origin`'s generation of `chunks` chunks (indexes 0..chunks) and drops every
+/// older one: what the tenant erased since is gone from the hub with them. `covers` says,
+/// per site (the maker first), through which change the generation holds that site's
+/// changes; what it holds of the others, the maker has applied. Committing the committed
 /// generation again changes nothing.
-/// Commits a generation that holds, per site (its maker first), that site's changes
-/// through the number given.
 pub fn commit_generation(
     conn: &Connection,
     uid: &str,
+    origin: &str,
     generation: i64,
     chunks: i64,
     covers: &[(String, i64)],
     at: i64,
 ) -> Result<Result<(), GenerationRefusal>, StoreError> {
-    if latest_generation(conn, uid)? == Some((generation, chunks)) {
-        generation_covers(conn, uid, generation, covers)?;
+    if let Some(other) = generation_origin(conn, uid, generation)?
+        && other != origin
+    {
+        return Ok(Err(GenerationRefusal::Taken(other)));
+    }
+    let latest = latest_generation(conn, uid)?;
+    if latest
+        .as_ref()
+        .is_some_and(|g| g.generation == generation && g.chunks == chunks)
+    {
+        generation_covers(conn, uid, origin, generation, covers, at)?;
         return Ok(Ok(()));
     }
     if let Err(refusal) = check_open(conn, uid, generation)? {
@@ -466,12 +569,14 @@ pub fn commit_generation(
         "DELETE FROM continuity_generations WHERE tenant_uid = ?1 AND generation < ?2",
     )?
     .execute(params![uid, generation])?;
+    conn.prepare_cached("DELETE FROM continuity_covers WHERE tenant_uid = ?1 AND generation < ?2")?
+        .execute(params![uid, generation])?;
     conn.prepare_cached(
         "UPDATE continuity_generations SET chunks = ?3, committed_at = ?4
          WHERE tenant_uid = ?1 AND generation = ?2",
     )?
     .execute(params![uid, generation, chunks, at])?;
-    generation_covers(conn, uid, generation, covers)?;
+    generation_covers(conn, uid, origin, generation, covers, at)?;
     Ok(Ok(()))
 }
 
@@ -493,26 +598,20 @@ pub struct BatchInfo {
     pub bytes: i64,
 }
 
-/// Where `origin`'s next batch must start: its last batch's end, or the change the newest
-/// generation covers when that site made it, or 0.
+/// Where `origin`'s next batch must start: its last batch's end, or what the newest
+/// generation holds of it, or 0.
 fn batch_expected(conn: &Connection, uid: &str, origin: &str) -> Result<i64, StoreError> {
-    let last: Option<i64> = conn
-        .prepare_cached(
-            "SELECT max(last) FROM continuity_batches WHERE tenant_uid = ?1 AND origin = ?2",
-        )?
-        .query_row(params![uid, origin], |r| r.get(0))?;
-    if let Some(last) = last {
-        return Ok(last);
-    }
     Ok(conn
         .prepare_cached(
-            "SELECT covers FROM continuity_generations
-             WHERE tenant_uid = ?1 AND committed_at IS NOT NULL AND origin = ?2
-             ORDER BY generation DESC LIMIT 1",
+            "SELECT max(
+                 coalesce((SELECT max(last) FROM continuity_batches
+                           WHERE tenant_uid = ?1 AND origin = ?2), 0),
+                 coalesce((SELECT c.through FROM continuity_covers c
+                           WHERE c.tenant_uid = ?1 AND c.origin = ?2 AND c.generation =
+                               (SELECT max(generation) FROM continuity_generations
+                                WHERE tenant_uid = ?1 AND committed_at IS NOT NULL)), 0))",
         )?
-        .query_row(params![uid, origin], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
+        .query_row(params![uid, origin], |r| r.get(0))?)
 }
 
 /// Stores a batch, unless it is there already (the same bytes: nothing changes).
@@ -585,28 +684,77 @@ pub fn batch(
         .optional()?)
 }
 
-/// Records what a committed generation covers and drops the batches it covers.
+/// Records what a committed generation covers (and, for its maker, what it has applied of
+/// the others), then drops the batches no holder needs any more.
 fn generation_covers(
     conn: &Connection,
     uid: &str,
+    origin: &str,
     generation: i64,
     covers: &[(String, i64)],
+    at: i64,
 ) -> Result<(), StoreError> {
-    if let Some((origin, through)) = covers.first() {
+    if let Some((_, through)) = covers.first() {
         conn.prepare_cached(
             "UPDATE continuity_generations SET covers = ?3, origin = ?4
              WHERE tenant_uid = ?1 AND generation = ?2",
         )?
         .execute(params![uid, generation, through, origin])?;
     }
-    for (origin, through) in covers {
+    for (o, through) in covers {
         conn.prepare_cached(
-            "DELETE FROM continuity_batches WHERE tenant_uid = ?1 AND origin = ?2 AND last <= ?3",
+            "INSERT INTO continuity_covers (tenant_uid, generation, origin, through)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO UPDATE SET through = max(through, excluded.through)",
         )?
-        .execute(params![uid, origin, through])?;
+        .execute(params![uid, generation, o, through])?;
     }
+    let applied: Vec<(String, i64)> = covers
+        .iter()
+        .filter(|(o, _)| o != origin)
+        .cloned()
+        .collect();
+    record_pulled(conn, uid, origin, &applied, at)
+}
+
+/// Records how far `holder` applied each origin's batches, then drops every batch that the
+/// newest generation holds and every other unrevoked holder applied.
+pub fn record_pulled(
+    conn: &Connection,
+    uid: &str,
+    holder: &str,
+    cursors: &[(String, i64)],
+    _at: i64,
+) -> Result<(), StoreError> {
+    for (origin, through) in cursors {
+        conn.prepare_cached(
+            "INSERT INTO continuity_pulled (tenant_uid, holder, origin, through)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO UPDATE SET through = max(through, excluded.through)",
+        )?
+        .execute(params![uid, holder, origin, through])?;
+    }
+    conn.prepare_cached(COMPACT)?.execute([uid])?;
     Ok(())
 }
+
+/// The batches of a tenant that no one needs: the newest generation holds them, and every
+/// other unrevoked holder has applied them. The same text runs on PostgreSQL.
+pub const COMPACT: &str = "
+DELETE FROM continuity_batches AS b
+WHERE b.tenant_uid = $1
+  AND b.last <= coalesce((
+        SELECT c.through FROM continuity_covers c
+        WHERE c.tenant_uid = b.tenant_uid AND c.origin = b.origin AND c.generation = (
+            SELECT max(g.generation) FROM continuity_generations g
+            WHERE g.tenant_uid = b.tenant_uid AND g.committed_at IS NOT NULL)), 0)
+  AND NOT EXISTS (
+        SELECT 1 FROM continuity_holders h
+        JOIN sites s ON s.site_id = h.site_id AND s.revoked_at IS NULL
+        WHERE h.tenant_uid = b.tenant_uid AND h.site_id <> b.origin
+          AND coalesce((SELECT p.through FROM continuity_pulled p
+                        WHERE p.tenant_uid = h.tenant_uid AND p.holder = h.site_id
+                          AND p.origin = b.origin), 0) < b.last)";
 
 pub fn chunk(
     conn: &Connection,
@@ -629,23 +777,48 @@ pub enum ClaimRefusal {
     WrongKey,
 }
 
-/// Hands `uid`'s copy to `site_id` if `verifier_hash` is the copy's; returns the newest
-/// committed generation.
+/// Gives `uid`'s copy to `site_id` if `verifier_hash` is the copy's: as its only holder
+/// (a restore that replaces the appliance that held it), or `alongside` the others. The
+/// new holder restores the newest generation, so it has applied what that holds. Returns
+/// the newest committed generation.
 pub fn claim(
     conn: &Connection,
     uid: &str,
     site_id: &str,
     verifier_hash: &str,
+    alongside: bool,
     at: i64,
-) -> Result<Result<Option<(i64, i64)>, ClaimRefusal>, StoreError> {
-    let Some(owner) = continuity_owner(conn, uid)? else {
+) -> Result<Result<Option<Generation>, ClaimRefusal>, StoreError> {
+    let Some(copy) = continuity_copy(conn, uid)? else {
         return Ok(Err(ClaimRefusal::NoCopy));
     };
-    if !same_secret(&owner.verifier_hash, verifier_hash) {
+    if !same_secret(&copy.verifier_hash, verifier_hash) {
         return Ok(Err(ClaimRefusal::WrongKey));
     }
-    claim_continuity(conn, uid, site_id, at)?;
-    Ok(Ok(latest_generation(conn, uid)?))
+    if !alongside {
+        conn.prepare_cached("DELETE FROM continuity_holders WHERE tenant_uid = ?1")?
+            .execute([uid])?;
+        conn.prepare_cached("DELETE FROM continuity_pulled WHERE tenant_uid = ?1")?
+            .execute([uid])?;
+        conn.prepare_cached(
+            "UPDATE continuity_tenants SET site_id = ?2, claimed_at = ?3 WHERE tenant_uid = ?1",
+        )?
+        .execute(params![uid, site_id, at])?;
+    }
+    add_holder(conn, uid, site_id, at)?;
+    let latest = latest_generation(conn, uid)?;
+    let held: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT origin, through FROM continuity_covers
+             WHERE tenant_uid = ?1 AND generation = ?2",
+        )?
+        .query_map(
+            params![uid, latest.as_ref().map_or(0, |g| g.generation)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    record_pulled(conn, uid, site_id, &held, at)?;
+    Ok(Ok(latest))
 }
 
 /// Constant-time comparison of two secret digests.

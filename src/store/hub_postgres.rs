@@ -9,8 +9,8 @@ use tokio_postgres::NoTls;
 
 use super::StoreError;
 use super::federation::{
-    BatchInfo, BatchRefusal, ClaimRefusal, ContinuityOwner, GenerationRefusal, SiteRow,
-    TokenRefusal, same_secret,
+    BatchInfo, BatchRefusal, COMPACT, ClaimRefusal, ContinuityCopy, Generation, GenerationRefusal,
+    SiteRow, TokenRefusal, same_secret,
 };
 
 /// Schema versions, each applied once, in order, under an advisory lock.
@@ -73,6 +73,33 @@ CREATE TABLE continuity_batches (
     stored_at  BIGINT NOT NULL,
     PRIMARY KEY (tenant_uid, origin, last)
 );
+",
+    "
+CREATE TABLE continuity_holders (
+    tenant_uid TEXT NOT NULL,
+    site_id    TEXT NOT NULL,
+    added_at   BIGINT NOT NULL,
+    PRIMARY KEY (tenant_uid, site_id)
+);
+INSERT INTO continuity_holders (tenant_uid, site_id, added_at)
+    SELECT tenant_uid, site_id, coalesce(claimed_at, created_at) FROM continuity_tenants;
+CREATE TABLE continuity_pulled (
+    tenant_uid TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    through    BIGINT NOT NULL,
+    PRIMARY KEY (tenant_uid, holder, origin)
+);
+CREATE TABLE continuity_covers (
+    tenant_uid TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    origin     TEXT NOT NULL,
+    through    BIGINT NOT NULL,
+    PRIMARY KEY (tenant_uid, generation, origin)
+);
+INSERT INTO continuity_covers (tenant_uid, generation, origin, through)
+    SELECT tenant_uid, generation, origin, covers FROM continuity_generations
+    WHERE origin IS NOT NULL AND committed_at IS NOT NULL;
 ",
 ];
 
@@ -279,45 +306,59 @@ pub async fn touch(pool: &Pool, site_id: &str, at: i64) -> Result<(), StoreError
     Ok(())
 }
 
-async fn owner_of(
+/// Locks the tenant's row (chunks, commits, batches and claims of one tenant are decided
+/// one at a time) and reads its copy.
+async fn copy_of(
     c: &impl deadpool_postgres::GenericClient,
     uid: &str,
     lock: bool,
-) -> Result<Option<ContinuityOwner>, StoreError> {
+) -> Result<Option<ContinuityCopy>, StoreError> {
     let sql = if lock {
-        "SELECT site_id, verifier_hash FROM continuity_tenants WHERE tenant_uid = $1 FOR UPDATE"
+        "SELECT verifier_hash FROM continuity_tenants WHERE tenant_uid = $1 FOR UPDATE"
     } else {
-        "SELECT site_id, verifier_hash FROM continuity_tenants WHERE tenant_uid = $1"
+        "SELECT verifier_hash FROM continuity_tenants WHERE tenant_uid = $1"
     };
-    Ok(c.query_opt(sql, &[&uid])
+    let Some(row) = c.query_opt(sql, &[&uid]).await.map_err(pg)? else {
+        return Ok(None);
+    };
+    let holders = c
+        .query(
+            "SELECT site_id FROM continuity_holders WHERE tenant_uid = $1
+             ORDER BY added_at, site_id",
+            &[&uid],
+        )
         .await
         .map_err(pg)?
-        .map(|r| ContinuityOwner {
-            site_id: r.get(0),
-            verifier_hash: r.get(1),
-        }))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Some(ContinuityCopy {
+        verifier_hash: row.get(0),
+        holders,
+    }))
 }
 
 async fn latest(
     c: &impl deadpool_postgres::GenericClient,
     uid: &str,
-) -> Result<Option<(i64, i64)>, StoreError> {
+) -> Result<Option<Generation>, StoreError> {
     Ok(c.query_opt(
-        "SELECT generation, chunks FROM continuity_generations
+        "SELECT generation, chunks, coalesce(origin, '') FROM continuity_generations
          WHERE tenant_uid = $1 AND committed_at IS NOT NULL
          ORDER BY generation DESC LIMIT 1",
         &[&uid],
     )
     .await
     .map_err(pg)?
-    .map(|r| (r.get(0), r.get(1))))
+    .map(|r| Generation {
+        generation: r.get(0),
+        chunks: r.get(1),
+        origin: r.get(2),
+    }))
 }
 
-pub async fn continuity_owner(
-    pool: &Pool,
-    uid: &str,
-) -> Result<Option<ContinuityOwner>, StoreError> {
-    owner_of(&client(pool).await?, uid, false).await
+pub async fn continuity_copy(pool: &Pool, uid: &str) -> Result<Option<ContinuityCopy>, StoreError> {
+    copy_of(&client(pool).await?, uid, false).await
 }
 
 pub async fn register(
@@ -326,49 +367,131 @@ pub async fn register(
     site_id: &str,
     verifier_hash: &str,
     at: i64,
-) -> Result<(Option<ContinuityOwner>, Option<(i64, i64)>), StoreError> {
-    let c = client(pool).await?;
-    c.execute(
-        "INSERT INTO continuity_tenants (tenant_uid, site_id, verifier_hash, created_at)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        &[&uid, &site_id, &verifier_hash, &at],
+) -> Result<(Option<ContinuityCopy>, Option<Generation>), StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg)?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO continuity_tenants (tenant_uid, site_id, verifier_hash, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&uid, &site_id, &verifier_hash, &at],
+        )
+        .await
+        .map_err(pg)?;
+    if inserted > 0 {
+        add_holder(&tx, uid, site_id, at).await?;
+    }
+    let found = (copy_of(&tx, uid, false).await?, latest(&tx, uid).await?);
+    tx.commit().await.map_err(pg)?;
+    Ok(found)
+}
+
+async fn add_holder(
+    tx: &tokio_postgres::Transaction<'_>,
+    uid: &str,
+    site_id: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO continuity_holders (tenant_uid, site_id, added_at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        &[&uid, &site_id, &at],
     )
     .await
     .map_err(pg)?;
-    Ok((owner_of(&c, uid, false).await?, latest(&c, uid).await?))
+    Ok(())
 }
 
+/// See [`super::federation::claim`].
 pub async fn claim(
     pool: &Pool,
     uid: &str,
     site_id: &str,
     verifier_hash: &str,
+    alongside: bool,
     at: i64,
-) -> Result<Result<Option<(i64, i64)>, ClaimRefusal>, StoreError> {
+) -> Result<Result<Option<Generation>, ClaimRefusal>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(pg)?;
-    let Some(owner) = owner_of(&tx, uid, true).await? else {
+    let Some(copy) = copy_of(&tx, uid, true).await? else {
         return Ok(Err(ClaimRefusal::NoCopy));
     };
-    if !same_secret(&owner.verifier_hash, verifier_hash) {
+    if !same_secret(&copy.verifier_hash, verifier_hash) {
         return Ok(Err(ClaimRefusal::WrongKey));
     }
-    tx.execute(
-        "UPDATE continuity_tenants SET site_id = $2, claimed_at = $3 WHERE tenant_uid = $1",
-        &[&uid, &site_id, &at],
-    )
-    .await
-    .map_err(pg)?;
+    if !alongside {
+        for sql in [
+            "DELETE FROM continuity_holders WHERE tenant_uid = $1",
+            "DELETE FROM continuity_pulled WHERE tenant_uid = $1",
+        ] {
+            tx.execute(sql, &[&uid]).await.map_err(pg)?;
+        }
+        tx.execute(
+            "UPDATE continuity_tenants SET site_id = $2, claimed_at = $3 WHERE tenant_uid = $1",
+            &[&uid, &site_id, &at],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    add_holder(&tx, uid, site_id, at).await?;
     let newest = latest(&tx, uid).await?;
+    let held: Vec<(String, i64)> = tx
+        .query(
+            "SELECT origin, through FROM continuity_covers
+             WHERE tenant_uid = $1 AND generation = $2",
+            &[&uid, &newest.as_ref().map_or(0, |g| g.generation)],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    pulled(&tx, uid, site_id, &held).await?;
     tx.commit().await.map_err(pg)?;
     Ok(Ok(newest))
+}
+
+/// Records `holder`'s cursors and drops the batches nobody needs any more.
+async fn pulled(
+    tx: &tokio_postgres::Transaction<'_>,
+    uid: &str,
+    holder: &str,
+    cursors: &[(String, i64)],
+) -> Result<(), StoreError> {
+    for (origin, through) in cursors {
+        tx.execute(
+            "INSERT INTO continuity_pulled (tenant_uid, holder, origin, through)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_uid, holder, origin)
+             DO UPDATE SET through = GREATEST(continuity_pulled.through, excluded.through)",
+            &[&uid, &holder, origin, through],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    tx.execute(COMPACT, &[&uid]).await.map_err(pg)?;
+    Ok(())
+}
+
+pub async fn record_pulled(
+    pool: &Pool,
+    uid: &str,
+    holder: &str,
+    cursors: &[(String, i64)],
+) -> Result<(), StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg)?;
+    copy_of(&tx, uid, true).await?;
+    pulled(&tx, uid, holder, cursors).await?;
+    tx.commit().await.map_err(pg)?;
+    Ok(())
 }
 
 pub async fn generation_status(
     pool: &Pool,
     uid: &str,
     generation: i64,
-) -> Result<(Vec<i64>, Option<(i64, i64)>), StoreError> {
+) -> Result<(Vec<i64>, Option<Generation>), StoreError> {
     let c = client(pool).await?;
     let present = c
         .query(
@@ -386,25 +509,46 @@ pub async fn generation_status(
 
 /// The same rule as the SQLite hub: a generation not newer than the last committed one is
 /// closed.
-fn closed(generation: i64, newest: Option<(i64, i64)>) -> Option<GenerationRefusal> {
-    match newest {
-        Some((latest, _)) if generation == latest => Some(GenerationRefusal::Committed),
-        Some((latest, _)) if generation < latest => Some(GenerationRefusal::Stale(latest)),
+fn closed(generation: i64, newest: &Option<Generation>) -> Option<GenerationRefusal> {
+    match newest.as_ref().map(|g| g.generation) {
+        Some(latest) if generation == latest => Some(GenerationRefusal::Committed),
+        Some(latest) if generation < latest => Some(GenerationRefusal::Stale(latest)),
         _ => None,
     }
+}
+
+/// Refuses a generation that another site began.
+async fn taken(
+    tx: &tokio_postgres::Transaction<'_>,
+    uid: &str,
+    origin: &str,
+    generation: i64,
+) -> Result<Option<GenerationRefusal>, StoreError> {
+    let other: Option<String> = tx
+        .query_opt(
+            "SELECT origin FROM continuity_generations WHERE tenant_uid = $1 AND generation = $2",
+            &[&uid, &generation],
+        )
+        .await
+        .map_err(pg)?
+        .and_then(|r| r.get(0));
+    Ok(other.filter(|o| o != origin).map(GenerationRefusal::Taken))
 }
 
 pub async fn put_chunk(
     pool: &Pool,
     uid: &str,
+    origin: &str,
     generation: i64,
     idx: i64,
     data: &[u8],
 ) -> Result<Result<(), GenerationRefusal>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(pg)?;
-    // Chunks and commits of one tenant are decided one at a time.
-    owner_of(&tx, uid, true).await?;
+    copy_of(&tx, uid, true).await?;
+    if let Some(refusal) = taken(&tx, uid, origin, generation).await? {
+        return Ok(Err(refusal));
+    }
     let existing = tx
         .query_opt(
             "SELECT data FROM continuity_chunks
@@ -421,13 +565,13 @@ pub async fn put_chunk(
             Err(GenerationRefusal::Different)
         });
     }
-    if let Some(refusal) = closed(generation, latest(&tx, uid).await?) {
+    if let Some(refusal) = closed(generation, &latest(&tx, uid).await?) {
         return Ok(Err(refusal));
     }
     tx.execute(
-        "INSERT INTO continuity_generations (tenant_uid, generation) VALUES ($1, $2)
-         ON CONFLICT DO NOTHING",
-        &[&uid, &generation],
+        "INSERT INTO continuity_generations (tenant_uid, generation, origin) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_uid, generation) DO UPDATE SET origin = excluded.origin",
+        &[&uid, &generation, &origin],
     )
     .await
     .map_err(pg)?;
@@ -446,6 +590,7 @@ pub async fn put_chunk(
 pub async fn commit_generation(
     pool: &Pool,
     uid: &str,
+    origin: &str,
     generation: i64,
     chunks: i64,
     covers: &[(String, i64)],
@@ -453,14 +598,20 @@ pub async fn commit_generation(
 ) -> Result<Result<(), GenerationRefusal>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(pg)?;
-    owner_of(&tx, uid, true).await?;
+    copy_of(&tx, uid, true).await?;
+    if let Some(refusal) = taken(&tx, uid, origin, generation).await? {
+        return Ok(Err(refusal));
+    }
     let newest = latest(&tx, uid).await?;
-    if newest == Some((generation, chunks)) {
-        covered(&tx, uid, generation, covers).await?;
+    if newest
+        .as_ref()
+        .is_some_and(|g| g.generation == generation && g.chunks == chunks)
+    {
+        covered(&tx, uid, origin, generation, covers).await?;
         tx.commit().await.map_err(pg)?;
         return Ok(Ok(()));
     }
-    if let Some(refusal) = closed(generation, newest) {
+    if let Some(refusal) = closed(generation, &newest) {
         return Ok(Err(refusal));
     }
     let present: Vec<i64> = tx
@@ -484,12 +635,12 @@ pub async fn commit_generation(
     )
     .await
     .map_err(pg)?;
-    tx.execute(
+    for sql in [
         "DELETE FROM continuity_generations WHERE tenant_uid = $1 AND generation < $2",
-        &[&uid, &generation],
-    )
-    .await
-    .map_err(pg)?;
+        "DELETE FROM continuity_covers WHERE tenant_uid = $1 AND generation < $2",
+    ] {
+        tx.execute(sql, &[&uid, &generation]).await.map_err(pg)?;
+    }
     tx.execute(
         "UPDATE continuity_generations SET chunks = $3, committed_at = $4
          WHERE tenant_uid = $1 AND generation = $2",
@@ -497,7 +648,7 @@ pub async fn commit_generation(
     )
     .await
     .map_err(pg)?;
-    covered(&tx, uid, generation, covers).await?;
+    covered(&tx, uid, origin, generation, covers).await?;
     tx.commit().await.map_err(pg)?;
     Ok(Ok(()))
 }
@@ -534,7 +685,7 @@ pub async fn put_batch(
 ) -> Result<Result<(), BatchRefusal>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(pg)?;
-    owner_of(&tx, uid, true).await?;
+    copy_of(&tx, uid, true).await?;
     let held = tx
         .query_opt(
             "SELECT after, sha256 FROM continuity_batches
@@ -551,27 +702,20 @@ pub async fn put_batch(
             Err(BatchRefusal::Differs)
         });
     }
-    let max_last: Option<i64> = tx
+    let expected: i64 = tx
         .query_one(
-            "SELECT max(last) FROM continuity_batches WHERE tenant_uid = $1 AND origin = $2",
+            "SELECT GREATEST(
+                 coalesce((SELECT max(last) FROM continuity_batches
+                           WHERE tenant_uid = $1 AND origin = $2), 0),
+                 coalesce((SELECT c.through FROM continuity_covers c
+                           WHERE c.tenant_uid = $1 AND c.origin = $2 AND c.generation =
+                               (SELECT max(generation) FROM continuity_generations
+                                WHERE tenant_uid = $1 AND committed_at IS NOT NULL)), 0))",
             &[&uid, &origin],
         )
         .await
         .map_err(pg)?
         .get(0);
-    let expected = match max_last {
-        Some(l) => l,
-        None => tx
-            .query_opt(
-                "SELECT covers FROM continuity_generations
-                 WHERE tenant_uid = $1 AND committed_at IS NOT NULL AND origin = $2
-                 ORDER BY generation DESC LIMIT 1",
-                &[&uid, &origin],
-            )
-            .await
-            .map_err(pg)?
-            .map_or(0, |r| r.get(0)),
-    };
     if after != expected {
         return Ok(Err(BatchRefusal::Gap(expected)));
     }
@@ -624,29 +768,39 @@ pub async fn batch(
         .map(|r| r.get(0)))
 }
 
-/// Records what a committed generation covers and drops the batches it covers.
+/// Records what a committed generation covers (and, for its maker, what it applied of the
+/// others), then drops the batches nobody needs any more.
 async fn covered(
     tx: &tokio_postgres::Transaction<'_>,
     uid: &str,
+    origin: &str,
     generation: i64,
     covers: &[(String, i64)],
 ) -> Result<(), StoreError> {
-    if let Some((origin, through)) = covers.first() {
+    if let Some((_, through)) = covers.first() {
         tx.execute(
             "UPDATE continuity_generations SET covers = $3, origin = $4
              WHERE tenant_uid = $1 AND generation = $2",
-            &[&uid, &generation, through, origin],
+            &[&uid, &generation, through, &origin],
         )
         .await
         .map_err(pg)?;
     }
-    for (origin, through) in covers {
+    for (o, through) in covers {
         tx.execute(
-            "DELETE FROM continuity_batches WHERE tenant_uid = $1 AND origin = $2 AND last <= $3",
-            &[&uid, origin, through],
+            "INSERT INTO continuity_covers (tenant_uid, generation, origin, through)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_uid, generation, origin)
+             DO UPDATE SET through = GREATEST(continuity_covers.through, excluded.through)",
+            &[&uid, &generation, o, through],
         )
         .await
         .map_err(pg)?;
     }
-    Ok(())
+    let applied: Vec<(String, i64)> = covers
+        .iter()
+        .filter(|(o, _)| o != origin)
+        .cloned()
+        .collect();
+    pulled(tx, uid, origin, &applied).await
 }

@@ -61,11 +61,13 @@ CREATE TABLE sync_tombstones (
 ";
 
 /// A change-log row that says "a change here that only a generation carries": written by
-/// triggers on the tables of [`GENERATION_ONLY`], once per run of changes to one table.
+/// triggers on the tables of [`GENERATION_ONLY`], one per row changed (a batch carries one
+/// mark per run of them). The triggers cannot skip a mark when the last row is the same
+/// mark: that row may already be at the hub.
 pub const GENERATION_KIND: &str = "generation";
 
 /// Writes, after each insert, update and delete on a table, a change-log row of kind
-/// [`GENERATION_KIND`] naming the table, unless the last row already says so.
+/// [`GENERATION_KIND`] naming the table.
 macro_rules! needs_generation {
     ($($table:literal),* $(,)?) => {
         concat!($(
@@ -80,9 +82,7 @@ macro_rules! needs_generation {
     (@mark $table:literal) => {
         concat!(
             "INSERT INTO change_log (at, kind, subject) ",
-            "SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER), 'generation', '", $table, "' ",
-            "WHERE NOT EXISTS (SELECT 1 FROM change_log WHERE seq = (SELECT max(seq) FROM change_log) ",
-            "AND kind = 'generation' AND subject = '", $table, "' AND origin IS NULL);"
+            "VALUES (CAST(unixepoch('subsec') * 1000 AS INTEGER), 'generation', '", $table, "');"
         )
     };
 }
@@ -100,7 +100,6 @@ pub const V2: &str = concat!(
         "competency_relations",
         "competency_levels",
         "activity_alignments",
-        "level_suggestions",
         "level_decisions",
         "research_projects",
         "research_members",
@@ -146,7 +145,9 @@ pub const CARRIED: &[&str] = &[
 ];
 /// Derived where a batch is applied, from what it carries: the statement index, activity
 /// definitions, evidence from statements, estimates, each copy's own journal of its
-/// recalculations, the AI principal's pseudonymised tables.
+/// recalculations, the AI principal's pseudonymised tables and its suggestions (the model
+/// makes them again where it runs; the AI principal, whose SQL may touch nothing else, does
+/// not mark the change log).
 pub const DERIVED: &[&str] = &[
     "xapi_keys",
     "xapi_index",
@@ -157,6 +158,7 @@ pub const DERIVED: &[&str] = &[
     "ai_features",
     "ai_levels",
     "ai_competencies",
+    "level_suggestions",
 ];
 /// This appliance's own: sign-in sessions and one-time links, and the bookkeeping of sync.
 pub const LOCAL: &[&str] = &[
@@ -179,7 +181,6 @@ pub const GENERATION_ONLY: &[&str] = &[
     "competency_relations",
     "competency_levels",
     "activity_alignments",
-    "level_suggestions",
     "level_decisions",
     "research_projects",
     "research_members",
@@ -539,34 +540,48 @@ pub fn conflicts(conn: &Connection) -> Result<Vec<Conflict>, StoreError> {
     Ok(rows)
 }
 
-/// A row of the change log written here (not merged from another copy).
+/// A row of the change log.
 #[derive(Debug, Clone)]
-pub struct LocalChange {
+pub struct Change {
     pub seq: i64,
     pub kind: String,
     pub subject: String,
+    /// Merged from another copy's batch: not this copy's to send.
+    pub merged: bool,
 }
 
-/// Local changes after `after`, at most `limit`.
-pub fn local_changes(
+/// The change log's rows after `after` through `through`, at most `limit`.
+pub fn changes(
     conn: &Connection,
     after: i64,
+    through: i64,
     limit: i64,
-) -> Result<Vec<LocalChange>, StoreError> {
+) -> Result<Vec<Change>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, kind, subject FROM change_log WHERE seq > ?1 AND origin IS NULL
-         ORDER BY seq LIMIT ?2",
+        "SELECT seq, kind, subject, origin IS NOT NULL FROM change_log
+         WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt
-        .query_map(params![after, limit], |r| {
-            Ok(LocalChange {
+        .query_map(params![after, through, limit], |r| {
+            Ok(Change {
                 seq: r.get(0)?,
                 kind: r.get(1)?,
                 subject: r.get(2)?,
+                merged: r.get(3)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+/// Forgets the marks "only a generation carries this" written after `after`: an erasure
+/// deletes rows of such tables, and the erasure itself is what other copies apply.
+pub fn forget_generation_marks(conn: &Connection, after: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM change_log WHERE seq > ?1 AND kind = 'generation' AND origin IS NULL",
+    )?
+    .execute([after])?;
+    Ok(())
 }
 
 /// How many local changes wait after `after`.
@@ -608,6 +623,14 @@ pub fn cursor(conn: &Connection, origin: &str) -> Result<i64, StoreError> {
         .query_row([origin], |r| r.get(0))
         .optional()?
         .unwrap_or(0))
+}
+
+/// Every other copy's changes merged here: `(origin, last applied)`.
+pub fn cursors(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT origin, applied FROM sync_cursors ORDER BY origin")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
 }
 
 pub fn set_cursor(conn: &Connection, origin: &str, applied: i64) -> Result<(), StoreError> {

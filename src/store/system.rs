@@ -12,6 +12,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::federation::SITE_V1,
     super::federation::SITE_CONTINUITY,
     super::federation::SITE_BATCHES,
+    super::federation::SITE_PULL,
 ]);
 
 const V1: &str = "

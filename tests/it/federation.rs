@@ -520,6 +520,32 @@ fn hub_batches(hub: &Hub) -> i64 {
     .unwrap()
 }
 
+/// The first column of the first row a query of the hub's records returns, as text.
+fn hub_text(hub: &Hub, sql: &str) -> String {
+    if let Some(p) = &hub.postgres {
+        return crate::postgres::cluster()
+            .psql(p, sql)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+    }
+    rusqlite::Connection::open_with_flags(
+        hub.data.join("hub.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row(sql, [], |r| {
+        Ok(match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+            rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).to_string(),
+            other => format!("{other:?}"),
+        })
+    })
+    .unwrap_or_default()
+}
+
 fn hub_bytes(hub: &Hub) -> Vec<u8> {
     match &hub.postgres {
         Some(p) => crate::postgres::cluster().dump(p),
@@ -683,10 +709,14 @@ async fn a_tenant_restored_from_the_hub_equals_its_source_and_the_hub_holds_only
     let (ok, text) = federation(&a, &["push"]);
     assert!(!ok && text.contains("not_owner"), "{text}");
     let (_, status) = federation(&a, &["status"]);
-    assert!(status.contains("last push failed"), "{status}");
-    // The new one pushes the next generation, which holds the old site's batch: the hub
-    // drops it.
+    assert!(status.contains("last sync failed"), "{status}");
+    // The new one carries on with batches after the generation it restored (its first
+    // only steps over what it restored), and its next generation holds the old site's
+    // batch: the hub drops both.
     let (ok, text) = federation(&b, &["push"]);
+    assert!(ok && text.contains("1 batches sent"), "{text}");
+    assert_eq!(hub_batches(&hub), 2);
+    let (ok, text) = federation(&b, &["push", "--full"]);
     assert!(ok && text.contains("generation 2 committed"), "{text}");
     assert_eq!(hub_batches(&hub), 0);
 }
@@ -1203,7 +1233,16 @@ fn decrypt_hub_copy(hub: &Hub, recovery: &str) -> tempfile::NamedTempFile {
         "each chunk once"
     );
     let r = RecoveryKey::parse(recovery).unwrap();
-    let (key, uid) = (r.encryption_key(), r.tenant_uid());
+    // Each site seals its generations with a key of its own, derived from the tenant's.
+    let maker = hub_text(
+        hub,
+        "SELECT origin FROM continuity_generations WHERE committed_at IS NOT NULL
+         ORDER BY generation DESC LIMIT 1",
+    );
+    let (key, uid) = (
+        ceredis::federation::continuity::generation_key(&r.encryption_key(), &maker),
+        r.tenant_uid(),
+    );
     let manifest: Value =
         serde_json::from_slice(&open(&key, &uid, generation, 0, &data[0]).unwrap()).unwrap();
     assert_eq!(manifest["chunks"], keys.len() as i64, "{manifest}");
@@ -1216,4 +1255,300 @@ fn decrypt_hub_copy(hub: &Hub, recovery: &str) -> tempfile::NamedTempFile {
     std::io::Write::flush(&mut decoder).unwrap();
     drop(decoder);
     file
+}
+
+/// The records two copies of a school must agree on, by their global names (local row ids
+/// differ between copies): users, classes, enrolments, statements, documents, erased
+/// users, and the conflicts recorded.
+fn records(db: &Path) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let rows = |sql: &str| -> Vec<String> {
+        let mut out: Vec<String> = conn
+            .prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        out.sort();
+        out
+    };
+    [
+        rows(
+            "SELECT 'user ' || json_array(agent_name, username, given_name, family_name, email,
+                     role, password_hash, must_change_password, active) FROM users",
+        ),
+        rows("SELECT 'class ' || json_array(uid, title, active) FROM classes"),
+        rows(
+            "SELECT 'enrolment ' || json_array(c.uid, u.agent_name, e.role) FROM enrolments e
+              JOIN classes c ON c.id = e.class_id JOIN users u ON u.id = e.user_id",
+        ),
+        rows("SELECT 'statement ' || id FROM xapi_statements"),
+        rows(
+            "SELECT 'document ' || json_array(agent, doc_id, etag, CAST(content AS TEXT))
+              FROM xapi_documents",
+        ),
+        rows("SELECT 'erased ' || agent_name FROM sync_tombstones"),
+        rows(
+            "SELECT 'conflict ' || json_array(entity, key, field, kept, kept_origin, lost,
+                     lost_origin) FROM sync_conflicts",
+        ),
+    ]
+    .concat()
+}
+
+async fn post_statement(site: &Appliance, key: &(String, String), statement: Value) {
+    let r = site
+        .client()
+        .post(site.url("/t/ecole/xapi/statements"))
+        .basic_auth(&key.0, Some(&key.1))
+        .header("X-Experience-API-Version", "1.0.3")
+        .json(&statement)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+fn answered(actor: &Value, n: u32) -> Value {
+    json!({
+        "actor": actor,
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/answered"},
+        "object": {"id": format!("https://ecole.example/quiz/{n}")},
+    })
+}
+
+async fn reset_password(admin: &Session, user: i64) -> String {
+    let r = admin
+        .post(&format!("/t/ecole/api/users/{user}/password"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    v["one_time_password"].as_str().unwrap().to_string()
+}
+
+/// Two sites hold one school: campus B restores it `--alongside` campus A. The hub goes
+/// away; both write for days (statements, a document, a new pupil and her enrolment, an
+/// erasure, and the same pupil's password reset on both sides). The hub comes back; each
+/// site pulls then pushes, and within 3 rounds both hold the same records: the conflict is
+/// recorded at both and the later reset wins everywhere, the erased pupil is gone from
+/// both with everything of hers, and the hub keeps no batch that both applied. A third
+/// appliance restored from the hub then equals them row for row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_holding_one_school_write_apart_and_converge() {
+    for engine in ENGINES {
+        two_sites_converge_on(engine).await;
+    }
+}
+
+async fn two_sites_converge_on(engine: Engine) {
+    let mut hub = Hub::start(engine);
+    let mut a = Appliance::init();
+    a.start();
+    let s = crate::assessment::school(&a).await;
+    let key = a.credential("ecole", &["statements/write", "state"]);
+    let (lea, tom) = (
+        crate::assessment::agent_of(&s.lea).await,
+        crate::assessment::agent_of(&s.tom).await,
+    );
+    a.kill();
+    join(&hub, &a, "Campus A");
+    let recovery = enable_copy(&a);
+    let (ok, text) = federation(&a, &["push"]);
+    assert!(ok && text.contains("generation 1 committed"), "{text}");
+    let mut b = Appliance::init();
+    join(&hub, &b, "Campus B");
+    let (ok, text) = federation(
+        &b,
+        &[
+            "restore",
+            "--tenant",
+            "ecole",
+            "--recovery-key",
+            &recovery,
+            "--alongside",
+        ],
+    );
+    assert!(ok && text.contains("beside the other sites"), "{text}");
+
+    // Apart: the hub is gone.
+    hub.stop();
+    a.start();
+    let admin_a = login(&a, "/t/ecole/login", "admin-ecole", PASSWORD)
+        .await
+        .unwrap();
+    let visitor = json!({"mbox": "mailto:visiteur@ecole.example"});
+    for n in 0..2 {
+        post_statement(&a, &key, answered(&visitor, n)).await;
+    }
+    post_statement(&a, &key, answered(&lea, 2)).await;
+    let otp_a = reset_password(&admin_a, s.ids["tom"]).await;
+    let (nina, _) = add_user(&admin_a, "ecole", "nina", "student").await;
+    let r = admin_a
+        .post(
+            &format!("/t/ecole/api/classes/{}/enrolments", s.class_a),
+            json!({"user_id": nina}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    a.kill();
+    b.start();
+    let admin_b = login(&b, "/t/ecole/login", "admin-ecole", PASSWORD)
+        .await
+        .unwrap();
+    for n in 10..12 {
+        post_statement(&b, &key, answered(&visitor, n)).await;
+    }
+    let r = b
+        .client()
+        .put(b.url("/t/ecole/xapi/activities/state"))
+        .query(&[
+            ("activityId", "https://ecole.example/quiz"),
+            ("agent", &tom.to_string()),
+            ("stateId", "bookmark"),
+        ])
+        .basic_auth(&key.0, Some(&key.1))
+        .header("X-Experience-API-Version", "1.0.3")
+        .json(&json!({"page": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let otp_b = reset_password(&admin_b, s.ids["tom"]).await;
+    let r = admin_b
+        .post(
+            &format!("/t/ecole/api/users/{}/erasure", s.ids["lea"]),
+            json!({"confirm": "lea"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    b.kill();
+    for site in [&a, &b] {
+        let (ok, text) = federation(site, &["push"]);
+        assert!(!ok, "no hub, no push: {text}");
+        let (_, status) = federation(site, &["status"]);
+        assert!(status.contains("last sync failed"), "{status}");
+    }
+
+    // Together again: each site pulls, then pushes.
+    hub.restart();
+    let (db_a, db_b) = (
+        a.data.join("tenants/ecole/tenant.db"),
+        b.data.join("tenants/ecole/tenant.db"),
+    );
+    assert_ne!(records(&db_a), records(&db_b));
+    let mut converged = None;
+    for round in 1..=3 {
+        for site in [&a, &b] {
+            for step in ["pull", "push"] {
+                let (ok, text) = federation(site, &[step]);
+                assert!(ok, "round {round}, {step}: {text}");
+            }
+        }
+        if records(&db_a) == records(&db_b) {
+            converged = Some(round);
+            break;
+        }
+    }
+    let rounds = converged.expect("the two sites converge within 3 rounds");
+    println!("{engine:?}: converged in {rounds} rounds");
+    let held = records(&db_a);
+    // Léa is gone, with everything of hers, from both.
+    let lea_name = lea["account"]["name"].as_str().unwrap();
+    let tom_name = tom["account"]["name"].as_str().unwrap();
+    assert!(held.iter().any(|r| r == &format!("erased {lea_name}")));
+    assert!(
+        !held
+            .iter()
+            .any(|r| r.starts_with("user ") && r.contains(lea_name))
+    );
+    let conn =
+        rusqlite::Connection::open_with_flags(&db_b, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let about_lea: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM xapi_statements WHERE instr(full, ?1) > 0",
+            [lea_name],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        about_lea, 0,
+        "nothing of Léa's at B, not even A's statement"
+    );
+    let visitors: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM xapi_statements WHERE instr(full, 'visiteur@') > 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(visitors, 4, "each site's statements, once");
+    assert!(
+        held.iter()
+            .any(|r| r.starts_with("user ") && r.contains("\"nina\""))
+    );
+    assert!(
+        held.iter()
+            .any(|r| r.starts_with("document ") && r.contains(tom_name))
+    );
+    // The password reset on both sides: both fields it changed are conflicts, recorded at
+    // both sites, and the later reset (B's) is kept.
+    let conflicts: Vec<&String> = held.iter().filter(|r| r.starts_with("conflict ")).collect();
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    let site_b = site_id(&site_key(&b));
+    for field in ["password_hash", "must_change_password"] {
+        let c = conflicts
+            .iter()
+            .find(|c| c.contains(&format!("\"{field}\"")))
+            .unwrap_or_else(|| panic!("no conflict on {field}: {conflicts:?}"));
+        let v: Value = serde_json::from_str(c.trim_start_matches("conflict ")).unwrap();
+        assert_eq!(v[1], tom_name, "{c}");
+        assert_eq!(v[4], site_b.as_str(), "the later write is kept: {c}");
+    }
+    a.start();
+    b.start();
+    for site in [&a, &b] {
+        assert!(login(site, "/t/ecole/login", "tom", &otp_b).await.is_ok());
+        assert!(login(site, "/t/ecole/login", "tom", &otp_a).await.is_err());
+        let nina_in: Vec<Value> = login(site, "/t/ecole/login", "admin-ecole", PASSWORD)
+            .await
+            .unwrap()
+            .get(&format!("/t/ecole/api/classes/{}/members", s.class_a))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            nina_in.iter().any(|m| m["user"]["username"] == "nina"),
+            "{nina_in:?}"
+        );
+    }
+    a.kill();
+    b.kill();
+    // What both applied and a generation holds is gone from the hub.
+    assert_eq!(hub_batches(&hub), 0);
+    let (_, status) = federation(&a, &["status"]);
+    assert!(status.contains("0 waiting"), "{status}");
+
+    // A third appliance restored from the hub holds the same school.
+    let c = Appliance::init();
+    join(&hub, &c, "Campus C");
+    let (ok, text) = federation(
+        &c,
+        &[
+            "restore",
+            "--tenant",
+            "ecole",
+            "--recovery-key",
+            &recovery,
+            "--alongside",
+        ],
+    );
+    assert!(ok, "{text}");
+    let db_c = c.data.join("tenants/ecole/tenant.db");
+    assert_eq!(records(&db_c), held);
 }

@@ -1441,7 +1441,12 @@ async fn every_accepted_change_enters_the_change_log_in_order() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
-    let log = change_log(&app, "ecole");
+    // The marks of changes only a generation carries (written when the school and its
+    // credential were made) are not the LRS's.
+    let log: Vec<(String, String)> = change_log(&app, "ecole")
+        .into_iter()
+        .filter(|(k, _)| k != "generation")
+        .collect();
     let kinds: Vec<&str> = log.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["statements", "statements", "state"], "{log:?}");
     assert_eq!(statements_in(&app, "ecole", &log[0].1), batch);
