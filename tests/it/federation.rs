@@ -1552,3 +1552,181 @@ async fn two_sites_converge_on(engine: Engine) {
     let db_c = c.data.join("tenants/ecole/tenant.db");
     assert_eq!(records(&db_c), held);
 }
+
+/// Randomized faults on the batches between two holders of a school. Each round campus A
+/// adds pupils (each acknowledged by `ceredis user add`), then its push meets one fault:
+/// the pushing process killed (SIGKILL) at a random moment, the hub killed and restarted,
+/// A's link cut after a random number of bytes, or two pushes at once; then campus B's pull
+/// meets one: killed, its own link cut, two pulls at once, or none. Healed, A pushes and B
+/// pulls at most 3 times, and B must then hold exactly A's records: no acknowledged pupil
+/// lost, none twice. `SYNC_FAULT_ROUNDS` and `SYNC_FAULT_SEED` as for the generations;
+/// `benches/sync_faults.sh` runs both 100 rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_between_two_holders_survive_random_crashes_cuts_and_duplicates() {
+    let rounds: u64 = std::env::var("SYNC_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("SYNC_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| now() as u64 | 1);
+    println!("SYNC_FAULT_SEED={seed}");
+    for engine in ENGINES {
+        batch_faults_on(engine, rounds, seed).await;
+    }
+}
+
+async fn batch_faults_on(engine: Engine, rounds: u64, seed: u64) {
+    use std::sync::atomic::Ordering;
+    let mut dice = Dice(seed);
+    let mut hub = Hub::start(engine);
+    let a = stopped_school().await;
+    let target = hub.base.replace("https://", "");
+    let (link_a, link_b) = (relay(target.clone()).await, relay(target).await);
+    let (ok, text) = federation(&a, &["join", &link_a.url, &hub.token("Campus A")]);
+    assert!(ok, "{text}");
+    let recovery = enable_copy(&a);
+    let (ok, text) = federation(&a, &["push"]);
+    assert!(ok, "{text}");
+    let b = Appliance::init();
+    let (ok, text) = federation(&b, &["join", &link_b.url, &hub.token("Campus B")]);
+    assert!(ok, "{text}");
+    let restore = [
+        "restore",
+        "--tenant",
+        "ecole",
+        "--recovery-key",
+        &recovery,
+        "--alongside",
+    ];
+    let (ok, text) = federation(&b, &restore);
+    assert!(ok, "{text}");
+    let (db_a, db_b) = (
+        a.data.join("tenants/ecole/tenant.db"),
+        b.data.join("tenants/ecole/tenant.db"),
+    );
+    let spawn = |site: &Appliance, step: &str| {
+        Command::new(BIN)
+            .args(["federation", step, "--data-dir"])
+            .arg(&site.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut added = 0;
+    let mut tally = std::collections::BTreeMap::<String, u32>::new();
+    for round in 0..rounds {
+        for _ in 0..1 + dice.next(4) {
+            added += 1;
+            let name = format!("r{round}-{added}");
+            let out = a.cli(&[
+                "user",
+                "add",
+                "--tenant",
+                "ecole",
+                "--username",
+                &name,
+                "--given-name",
+                &name,
+                "--family-name",
+                "Élève",
+                "--role",
+                "student",
+            ]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let push_fault = ["kill-site", "kill-hub", "cut-link", "twice"][dice.next(4) as usize];
+        match push_fault {
+            "kill-site" => {
+                let mut p = spawn(&a, "push");
+                std::thread::sleep(Duration::from_millis(dice.next(400)));
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+            "kill-hub" => {
+                let mut p = spawn(&a, "push");
+                std::thread::sleep(Duration::from_millis(dice.next(400)));
+                hub.restart();
+                let _ = p.wait();
+            }
+            "cut-link" => {
+                link_a
+                    .budget
+                    .store(dice.next(6000) as i64, Ordering::SeqCst);
+                let _ = spawn(&a, "push").wait();
+                link_a.budget.store(i64::MAX, Ordering::SeqCst);
+            }
+            _ => {
+                let (mut p, mut q) = (spawn(&a, "push"), spawn(&a, "push"));
+                let _ = p.wait();
+                let _ = q.wait();
+            }
+        }
+        let pull_fault = ["kill-site", "cut-link", "twice", "none"][dice.next(4) as usize];
+        match pull_fault {
+            "kill-site" => {
+                let mut p = spawn(&b, "pull");
+                std::thread::sleep(Duration::from_millis(dice.next(400)));
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+            "cut-link" => {
+                link_b
+                    .budget
+                    .store(dice.next(6000) as i64, Ordering::SeqCst);
+                let _ = spawn(&b, "pull").wait();
+                link_b.budget.store(i64::MAX, Ordering::SeqCst);
+            }
+            "twice" => {
+                let (mut p, mut q) = (spawn(&b, "pull"), spawn(&b, "pull"));
+                let _ = p.wait();
+                let _ = q.wait();
+            }
+            _ => {}
+        }
+        *tally.entry(format!("push {push_fault}")).or_default() += 1;
+        *tally.entry(format!("pull {pull_fault}")).or_default() += 1;
+        // Healed: at most 3 rounds of A pushing and B pulling.
+        let mut converged = false;
+        for _ in 0..3 {
+            let (pushed, _) = federation(&a, &["push"]);
+            let (pulled, _) = federation(&b, &["pull"]);
+            if pushed && pulled && records(&db_a) == records(&db_b) {
+                converged = true;
+                break;
+            }
+        }
+        let (held_a, held_b) = (records(&db_a), records(&db_b));
+        assert!(
+            converged,
+            "round {round} ({push_fault}, {pull_fault}, seed {seed}): no convergence in 3 \
+             rounds"
+        );
+        // The pupils of the rounds: usernames `r<round>-<n>`.
+        let pupils = |held: &[String]| {
+            held.iter()
+                .filter_map(|r| r.strip_prefix("user "))
+                .filter_map(|r| serde_json::from_str::<Value>(r).ok())
+                .filter(|u| {
+                    u[1].as_str().is_some_and(|n| {
+                        n.starts_with('r') && n[1..].starts_with(|c: char| c.is_ascii_digit())
+                    })
+                })
+                .count()
+        };
+        assert_eq!(
+            pupils(&held_b),
+            added,
+            "round {round}: every pupil A added, once"
+        );
+        let unique: std::collections::BTreeSet<&String> = held_b.iter().collect();
+        assert_eq!(unique.len(), held_b.len(), "round {round}: nothing twice");
+        assert_eq!(held_a, held_b);
+    }
+    println!(
+        "{engine:?}: {rounds} rounds of batches, faults {tally:?}: {added} pupils, 0 lost, 0 \
+         duplicated"
+    );
+}
