@@ -14,6 +14,11 @@
 //! - a prior of weight 2 at 5 000 (half-way) keeps one lucky answer from reading as mastery;
 //! - the estimate is the weighted mean, rounded half up.
 //!
+//! `ceredis-mastery/2` is the same arithmetic on the items ordered by when the learning
+//! happened (the row's `at`), then by the row's global id, instead of by the local row id;
+//! its inputs hash names the global ids. Two copies of a school that hold the same evidence,
+//! received in any order, give the same estimate and the same inputs hash.
+//!
 //! Must not: read the database or know who is asking. Key types: [`Item`], [`Estimate`].
 
 use ring::digest;
@@ -21,7 +26,9 @@ use ring::digest;
 use super::Source;
 
 /// The version of the algorithm this binary applies to new recalculations.
-pub const ALGORITHM: &str = "ceredis-mastery/1";
+pub const ALGORITHM: &str = "ceredis-mastery/2";
+/// Every version a journal entry may name, and that replay knows.
+pub const KNOWN: [&str; 2] = ["ceredis-mastery/1", ALGORITHM];
 
 /// Recency factor per step back, in hundredths.
 const DECAY_PERCENT: i128 = 85;
@@ -29,7 +36,7 @@ const DECAY_PERCENT: i128 = 85;
 const PRIOR_WEIGHT: i128 = 2;
 const PRIOR_BP: i128 = 5_000;
 
-/// One row of a pair's evidence, as stored (in id order).
+/// One row of a pair's evidence, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub id: i64,
@@ -38,14 +45,27 @@ pub struct Row {
     pub value_bp: Option<i64>,
     /// The row this one corrects or withdraws.
     pub supersedes: Option<i64>,
+    /// When the learning happened (Unix seconds), and the row's id in every copy.
+    pub at: i64,
+    pub uid: String,
 }
 
 /// One item of effective evidence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     pub id: i64,
     pub source: Source,
     pub value_bp: i64,
+    pub uid: String,
+}
+
+/// Puts a pair's rows in the order `algorithm` reads them.
+pub fn order(rows: &mut [Row], algorithm: &str) {
+    if algorithm == KNOWN[0] {
+        rows.sort_by_key(|r| r.id);
+    } else {
+        rows.sort_by(|a, b| (a.at, &a.uid).cmp(&(b.at, &b.uid)));
+    }
 }
 
 /// What the algorithm made of a pair's effective evidence.
@@ -58,7 +78,7 @@ pub struct Estimate {
     pub inputs: String,
 }
 
-/// The effective evidence among a pair's rows (given in id order).
+/// The effective evidence among a pair's rows, in their order.
 pub fn effective(rows: &[Row]) -> Vec<Item> {
     let superseded: std::collections::HashSet<i64> =
         rows.iter().filter_map(|r| r.supersedes).collect();
@@ -69,6 +89,7 @@ pub fn effective(rows: &[Row]) -> Vec<Item> {
                 id: r.id,
                 source: r.source,
                 value_bp: v,
+                uid: r.uid.clone(),
             })
         })
         .collect()
@@ -82,13 +103,23 @@ fn weight(source: Source) -> i128 {
     }
 }
 
-/// Applies `ceredis-mastery/1` to effective items in id order.
+/// Applies the current version to effective items in its order.
 pub fn estimate(items: &[Item]) -> Estimate {
+    estimate_as(ALGORITHM, items)
+}
+
+/// Applies version `algorithm` (one of [`KNOWN`]) to effective items in its order.
+pub fn estimate_as(algorithm: &str, items: &[Item]) -> Estimate {
     let mut hash = digest::Context::new(&digest::SHA256);
-    hash.update(ALGORITHM.as_bytes());
+    hash.update(algorithm.as_bytes());
     hash.update(b"\n");
     for i in items {
-        hash.update(format!("{}:{}:{}\n", i.id, i.source.as_str(), i.value_bp).as_bytes());
+        let name = if algorithm == KNOWN[0] {
+            i.id.to_string()
+        } else {
+            i.uid.clone()
+        };
+        hash.update(format!("{name}:{}:{}\n", i.source.as_str(), i.value_bp).as_bytes());
     }
     let inputs = hex(hash.finish().as_ref());
     if items.is_empty() {
@@ -127,6 +158,18 @@ mod tests {
             id,
             source,
             value_bp,
+            uid: format!("u{id}"),
+        }
+    }
+
+    fn row(id: i64, source: Source, value_bp: Option<i64>, supersedes: Option<i64>) -> Row {
+        Row {
+            id,
+            source,
+            value_bp,
+            supersedes,
+            at: 0,
+            uid: format!("u{id}"),
         }
     }
 
@@ -157,30 +200,10 @@ mod tests {
     #[test]
     fn corrections_replace_and_withdrawals_remove() {
         let rows = vec![
-            Row {
-                id: 1,
-                source: Source::Observation,
-                value_bp: Some(0),
-                supersedes: None,
-            },
-            Row {
-                id: 2,
-                source: Source::Xapi,
-                value_bp: Some(8_000),
-                supersedes: None,
-            },
-            Row {
-                id: 3,
-                source: Source::Observation,
-                value_bp: Some(10_000),
-                supersedes: Some(1),
-            },
-            Row {
-                id: 4,
-                source: Source::Xapi,
-                value_bp: None,
-                supersedes: Some(2),
-            },
+            row(1, Source::Observation, Some(0), None),
+            row(2, Source::Xapi, Some(8_000), None),
+            row(3, Source::Observation, Some(10_000), Some(1)),
+            row(4, Source::Xapi, None, Some(2)),
         ];
         assert_eq!(effective(&rows), vec![item(3, Source::Observation, 10_000)]);
     }
@@ -194,5 +217,41 @@ mod tests {
         assert_ne!(a.inputs, c.inputs);
         assert_eq!(a.inputs.len(), 64);
         assert_eq!(estimate(&[]).mastery_bp, None);
+    }
+
+    #[test]
+    fn version_2_reads_rows_by_when_they_happened_in_any_copy() {
+        // The same evidence, stored in another order (another copy received it later).
+        let mut here = vec![
+            Row {
+                at: 100,
+                ..row(1, Source::Observation, Some(2_000), None)
+            },
+            Row {
+                at: 200,
+                ..row(2, Source::Observation, Some(9_000), None)
+            },
+        ];
+        let mut there = vec![
+            Row {
+                id: 7,
+                ..here[1].clone()
+            },
+            Row {
+                id: 8,
+                ..here[0].clone()
+            },
+        ];
+        order(&mut here, ALGORITHM);
+        order(&mut there, ALGORITHM);
+        let (a, b) = (estimate(&effective(&here)), estimate(&effective(&there)));
+        assert_eq!(a, b, "same estimate and inputs in both copies");
+        // Version 1 reads them by local id: the two copies disagree.
+        order(&mut here, KNOWN[0]);
+        order(&mut there, KNOWN[0]);
+        assert_ne!(
+            estimate_as(KNOWN[0], &effective(&here)).mastery_bp,
+            estimate_as(KNOWN[0], &effective(&there)).mastery_bp
+        );
     }
 }

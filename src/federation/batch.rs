@@ -5,7 +5,8 @@
 //! per-tenant sequence numbers; the batch before it ended at `after`), turned into what another copy needs to replay them: statements with their
 //! attachments (immutable: one already held is skipped), field operations on users,
 //! classes and enrolments (merged per field, see [`crate::store::replica`]), documents
-//! (last writer wins on their update time) and erasures (tombstones). It is JSON, zstd,
+//! (merged like a field), evidence and level decisions (append-only, by global id),
+//! erasures (tombstones), and marks of changes only a generation carries. It is JSON, zstd,
 //! then sealed with ChaCha20-Poly1305 under the tenant's key with a random nonce; the
 //! associated data names the tenant, the origin site and the range, so a batch cannot be
 //! passed off as another. Applying a batch records its origin's cursor in the same
@@ -80,6 +81,15 @@ pub enum Item {
     Generation {
         what: String,
     },
+    /// Evidence recorded at the origin (an observation, a self-assessment, a correction or
+    /// a withdrawal; evidence from statements is derived from them): append-only.
+    Evidence {
+        e: crate::store::competency::SyncedEvidence,
+    },
+    /// A teacher's level decision at the origin: append-only.
+    Level {
+        l: crate::store::competency::SyncedLevel,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +163,17 @@ pub fn build(
                 agent: row.subject.clone(),
                 at: crate::store::now(),
             }),
+            // Gone since (its pupil was erased): the erasure that follows says so.
+            crate::store::competency::EVIDENCE_KIND => {
+                if let Some(e) = crate::store::competency::synced_evidence(conn, &row.subject)? {
+                    items.push(Item::Evidence { e });
+                }
+            }
+            crate::store::competency::LEVEL_KIND => {
+                if let Some(l) = crate::store::competency::synced_level(conn, &row.subject)? {
+                    items.push(Item::Level { l });
+                }
+            }
             kind => {
                 let item = match (doc_kind(kind), serde_json::from_str::<Value>(&row.subject)) {
                     (Some(kind), Ok(subject)) => document_item(conn, kind, &subject, origin)?,
@@ -295,8 +316,11 @@ pub struct Applied {
     pub conflicts: usize,
     pub documents: usize,
     pub erasures: usize,
-    /// Changes at the origin that only a generation carries, by table or kind.
-    pub only_in_generation: Vec<String>,
+    /// Evidence and level decisions recorded.
+    pub assessments: usize,
+    /// What this copy lacks of the batch: changes that only a generation carries (by table
+    /// or kind), and changes that name something not here.
+    pub lacking: Vec<String>,
 }
 
 fn bad(why: String) -> StoreError {
@@ -336,7 +360,7 @@ pub fn apply(conn: &Connection, batch: &Batch, me: &str, at: i64) -> Result<Appl
                 stored,
                 list,
                 blobs,
-            } => done.statements += apply_statements(conn, &home, *stored, list, blobs, at)?,
+            } => done.statements += apply_statements(conn, &home, *stored, list, blobs)?,
             Item::Field { op } => {
                 done.fields += 1;
                 let merged = replica::apply_field(conn, op, &batch.origin, me, at)?;
@@ -366,15 +390,35 @@ pub fn apply(conn: &Connection, batch: &Batch, me: &str, at: i64) -> Result<Appl
                 erase(conn, &home, agent, *when)?;
             }
             Item::Generation { what } => {
-                if !done.only_in_generation.contains(what) {
-                    done.only_in_generation.push(what.clone());
+                if !done.lacking.contains(what) {
+                    done.lacking.push(what.clone());
                 }
+            }
+            Item::Evidence { e } => {
+                let merged = crate::store::competency::merge_evidence(conn, e, &batch.origin, at)?;
+                note_merge(&mut done, merged);
+            }
+            Item::Level { l } => {
+                let merged = crate::store::competency::merge_level(conn, l, &batch.origin, at)?;
+                note_merge(&mut done, merged);
             }
         }
     }
     replica::mark_merged(conn, before, &batch.origin)?;
     replica::set_cursor(conn, &batch.origin, batch.last)?;
     Ok(done)
+}
+
+fn note_merge(done: &mut Applied, merged: crate::store::competency::Merge) {
+    match merged {
+        crate::store::competency::Merge::Added => done.assessments += 1,
+        crate::store::competency::Merge::Known => {}
+        crate::store::competency::Merge::Missing(why) => {
+            if !done.lacking.contains(&why) {
+                done.lacking.push(why);
+            }
+        }
+    }
 }
 
 fn document_key(
@@ -463,7 +507,6 @@ fn apply_statements(
     stored: i64,
     list: &[String],
     blobs: &[Attachment],
-    at: i64,
 ) -> Result<usize, StoreError> {
     let erased: HashSet<String> = replica::erased_agents(conn)?
         .into_iter()
@@ -511,7 +554,14 @@ fn apply_statements(
         Err(e) => return Err(bad(format!("a statement of the batch was refused: {e}"))),
     };
     let values: Vec<&Value> = fresh.iter().map(|p| &p.value).collect();
-    crate::store::competency::evidence_from_statements(conn, &values, home, &Actor::System, at)?;
+    // Dated as at the origin: when the statements were stored there.
+    crate::store::competency::evidence_from_statements(
+        conn,
+        &values,
+        home,
+        &Actor::System,
+        stored / 1000,
+    )?;
     Ok(n)
 }
 

@@ -91,6 +91,16 @@ enum Op {
     Erase {
         user: usize,
     },
+    /// A teacher's observation of the pupil on one skill.
+    Observe {
+        user: usize,
+        value: u8,
+    },
+    /// A correction (or, `value` 0, a withdrawal) of the pupil's latest evidence in effect.
+    Correct {
+        user: usize,
+        value: u8,
+    },
     Cut,
 }
 
@@ -103,6 +113,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..3usize, 0..4u8).prop_map(|(user, value)| Op::Document { user, value }),
         1 => Just(Op::NewUser),
         1 => (0..3usize).prop_map(|user| Op::Erase { user }),
+        3 => (0..3usize, 0..5u8).prop_map(|(user, value)| Op::Observe { user, value }),
+        2 => (0..3usize, 0..5u8).prop_map(|(user, value)| Op::Correct { user, value }),
         2 => Just(Op::Cut),
     ]
 }
@@ -162,6 +174,8 @@ impl Site {
             | Op::Unenrol { user, .. }
             | Op::Statement { user }
             | Op::Document { user, .. }
+            | Op::Observe { user, .. }
+            | Op::Correct { user, .. }
             | Op::Erase { user } => Some(*user),
             _ => None,
         };
@@ -256,6 +270,54 @@ impl Site {
                     .unwrap();
                 self.erased.push(*user);
             }
+            Op::Observe { value, .. } => {
+                let competency: i64 = c
+                    .query_row(
+                        "SELECT id FROM competencies WHERE uri LIKE '%reception:B1:1%'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                crate::store::competency::add_evidence(
+                    c,
+                    &crate::competency::NewEvidence {
+                        pupil_id: id,
+                        competency_id: competency,
+                        source: crate::competency::Source::Observation,
+                        value_bp: i64::from(*value) * 2500,
+                        scale_level: None,
+                        comment: self.name.into(),
+                        statement_id: None,
+                        actor: Actor::System,
+                    },
+                    crate::store::now(),
+                )
+                .unwrap();
+            }
+            Op::Correct { value, .. } => {
+                let latest: Option<i64> = c
+                    .query_row(
+                        "SELECT max(e.id) FROM evidence e WHERE e.pupil_id = ?1
+                         AND e.kind <> 'withdrawal'
+                         AND NOT EXISTS (SELECT 1 FROM evidence x WHERE x.supersedes = e.id)",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                if let Some(e) = latest {
+                    let replacement = (*value > 0).then(|| (i64::from(*value) * 2500, None));
+                    crate::store::competency::supersede(
+                        c,
+                        e,
+                        replacement,
+                        self.name,
+                        &Actor::System,
+                        crate::store::now(),
+                    )
+                    .unwrap()
+                    .unwrap();
+                }
+            }
             Op::Cut => self.cut(),
         }
     }
@@ -292,6 +354,13 @@ fn dump(conn: &Connection) -> Vec<String> {
               JOIN classes c ON c.id = e.class_id JOIN users u ON u.id = e.user_id"),
         rows("SELECT id FROM xapi_statements"),
         rows("SELECT json_array(agent, doc_id, etag, CAST(content AS TEXT)) FROM xapi_documents"),
+        rows("SELECT json_array(e.uid, u.agent_name, c.uri, e.kind, s.uid, e.value_bp, e.at)
+              FROM evidence e JOIN users u ON u.id = e.pupil_id
+              JOIN competencies c ON c.id = e.competency_id
+              LEFT JOIN evidence s ON s.id = e.supersedes"),
+        rows("SELECT json_array(u.agent_name, c.uri, s.mastery_bp, s.evidence_count)
+              FROM scores s JOIN users u ON u.id = s.pupil_id
+              JOIN competencies c ON c.id = s.competency_id"),
     ]
     .concat()
 }
@@ -311,6 +380,7 @@ fn conflicted(conn: &Connection) -> BTreeSet<(String, String, String)> {
     replica::conflicts(conn)
         .unwrap()
         .into_iter()
+        .filter(|c| c.entity != "evidence")
         .map(|c| (c.entity, c.key, c.field))
         .collect()
 }
@@ -585,37 +655,12 @@ fn every_table_of_a_tenant_database_is_carried_derived_local_or_marks_a_generati
     }
 }
 
-#[test]
-fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
-    let conn = base();
-    let mut site = Site::new("site-a", copy(&conn));
-    let after = |s: &Site| build(&s.conn, s.name, s.sent, i64::MAX).unwrap();
-    let marks = |b: Option<Batch>| -> Vec<String> {
-        b.unwrap()
-            .items
-            .into_iter()
-            .filter_map(|i| match i {
-                Item::Generation { what } => Some(what),
-                _ => None,
-            })
-            .collect()
-    };
-    assert!(after(&site).is_none());
-    // The sync clock moves with every stamp: not a change of the tenant's.
-    replica::tick(&site.conn).unwrap();
-    assert!(after(&site).is_none());
-    // A statement, and the evidence derived from it, go in a batch.
-    site.run(&Op::Statement { user: 0 });
-    let batch = after(&site).unwrap();
-    assert!(!batch.needs_generation(), "{batch:?}");
-    site.cut();
-    assert!(after(&site).is_none());
-    // A teacher's observation does not (yet): the batch says so, and the next push seals
-    // a generation.
+fn observe(site: &Site, value_bp: i64) -> i64 {
     let (pupil, competency): (i64, i64) = site
         .conn
         .query_row(
-            "SELECT (SELECT id FROM users LIMIT 1), (SELECT id FROM competencies LIMIT 1)",
+            "SELECT (SELECT id FROM users LIMIT 1),
+                    (SELECT id FROM competencies WHERE uri LIKE '%reception:B1:1%')",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -626,7 +671,7 @@ fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
             pupil_id: pupil,
             competency_id: competency,
             source: crate::competency::Source::Observation,
-            value_bp: 7500,
+            value_bp,
             scale_level: Some(3),
             comment: "lit seule".into(),
             statement_id: None,
@@ -634,51 +679,81 @@ fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
         },
         1,
     )
-    .unwrap();
+    .unwrap()
+    .0
+}
+
+#[test]
+fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
+    let conn = base();
+    let mut site = Site::new("site-a", copy(&conn));
+    let other = Site::new("site-b", copy(&conn));
+    let after = |s: &Site| build(&s.conn, s.name, s.sent, i64::MAX).unwrap();
+    let marks = |b: &Batch| -> Vec<String> {
+        b.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Generation { what } => Some(what.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(after(&site).is_none());
+    // The sync clock moves with every stamp: not a change of the tenant's.
+    replica::tick(&site.conn).unwrap();
+    assert!(after(&site).is_none());
+    // A statement, and the evidence derived from it, go in a batch; so does a teacher's
+    // observation.
+    site.run(&Op::Statement { user: 0 });
+    observe(&site, 7500);
+    let batch = after(&site).unwrap();
+    assert!(!batch.needs_generation(), "{batch:?}");
+    assert!(
+        batch
+            .items
+            .iter()
+            .any(|i| matches!(i, Item::Evidence { .. }))
+    );
+    site.cut();
+    assert!(after(&site).is_none());
+    // A framework's alignment does not: the batch marks it, and the next push seals a
+    // generation.
+    let align = "INSERT OR IGNORE INTO activity_alignments
+                 SELECT 'https://ecole.example/quiz/' || ?1, id FROM competencies LIMIT 1";
+    site.conn.execute(align, ["1"]).unwrap();
     let batch = after(&site).unwrap();
     assert!(batch.needs_generation());
-    assert_eq!(marks(Some(batch)), ["evidence"]);
+    assert_eq!(marks(&batch), ["activity_alignments"]);
     // Once that batch is sent, the next such change is marked again (regression: a mark
     // skipped because the last row was the same mark, already at the hub).
-    let observed = site.sent;
     site.cut();
-    let again = crate::competency::NewEvidence {
-        pupil_id: pupil,
-        competency_id: competency,
-        source: crate::competency::Source::Observation,
-        value_bp: 5000,
-        scale_level: Some(2),
-        comment: "hésite".into(),
-        statement_id: None,
-        actor: Actor::System,
-    };
-    crate::store::competency::add_evidence(&site.conn, &again, 2).unwrap();
-    let next = after(&site).unwrap();
-    assert!(next.after > observed && next.needs_generation(), "{next:?}");
-    let first_observation = site.outbox.pop().unwrap();
-    site.sent = first_observation.after;
-    // So do a framework's alignment and a setting of the tenant.
-    for (change, table) in [
-        (
-            "INSERT INTO activity_alignments VALUES ('https://ecole.example/quiz', 1)",
-            "activity_alignments",
-        ),
-        (
+    site.conn.execute(align, ["2"]).unwrap();
+    assert_eq!(marks(&after(&site).unwrap()), ["activity_alignments"]);
+    site.cut();
+    // So does a setting of the tenant.
+    site.conn
+        .execute(
             "INSERT INTO tenant_settings (key, value) VALUES ('retention.statements_days', '400')",
-            "tenant_settings",
-        ),
-    ] {
-        let fresh = Site::new("site-a", copy(&conn));
-        fresh.conn.execute(change, []).unwrap();
-        assert_eq!(marks(after(&fresh)), [table], "{change}");
+            [],
+        )
+        .unwrap();
+    assert_eq!(marks(&after(&site).unwrap()), ["tenant_settings"]);
+    site.cut();
+    // Another copy that applies these batches has the statement, the observation and its
+    // estimate, and is told what it lacks.
+    let mut lacking = Vec::new();
+    for b in &site.outbox {
+        let tx = other.conn.unchecked_transaction().unwrap();
+        lacking.extend(apply(&tx, b, "site-b", 1).unwrap().lacking);
+        tx.commit().unwrap();
     }
-    // A copy that applies such a batch is told what it lacks.
-    let other = Site::new("site-b", copy(&conn));
-    let batch = after(&site).unwrap();
-    for earlier in &site.outbox {
-        other.apply(earlier);
-    }
-    let tx = other.conn.unchecked_transaction().unwrap();
-    let done = apply(&tx, &batch, "site-b", 1).unwrap();
-    assert_eq!(done.only_in_generation, ["evidence"]);
+    assert_eq!(
+        lacking,
+        [
+            "activity_alignments",
+            "activity_alignments",
+            "tenant_settings"
+        ]
+    );
+    assert_eq!(dump(&site.conn), dump(&other.conn));
 }

@@ -1347,7 +1347,10 @@ pub struct Pulled {
     pub conflicts: usize,
     pub documents: usize,
     pub erasures: usize,
-    /// Changes made at another site that only a generation carries: `site: what, …`.
+    /// Evidence and level decisions recorded.
+    pub assessments: usize,
+    /// What another site changed that is not here (changes only a generation carries, or
+    /// that name something not here): `site: what, …`.
     pub lacking: Vec<String>,
 }
 
@@ -1436,10 +1439,11 @@ async fn pull_inner(
         pulled.conflicts += done.conflicts;
         pulled.documents += done.documents;
         pulled.erasures += done.erasures;
-        if !done.only_in_generation.is_empty() {
+        pulled.assessments += done.assessments;
+        if !done.lacking.is_empty() {
             pulled
                 .lacking
-                .push(format!("{origin}: {}", done.only_in_generation.join(", ")));
+                .push(format!("{origin}: {}", done.lacking.join(", ")));
         }
         progress(format!(
             "{}: batch {}/{} from {origin} applied",

@@ -636,22 +636,29 @@ pub fn pupil_evidence(conn: &Connection, pupil: i64) -> Result<Vec<EvidenceRow>,
     Ok(rows)
 }
 
+/// A pair's rows, in the order the current algorithm reads them.
 fn pair_rows(conn: &Connection, pupil: i64, competency: i64) -> Result<Vec<Row>, StoreError> {
-    let rows = conn
+    let mut rows = conn
         .prepare_cached(
-            "SELECT id, source, value_bp, supersedes FROM evidence
+            "SELECT id, source, value_bp, supersedes, at, coalesce(uid, id) FROM evidence
              WHERE pupil_id = ?1 AND competency_id = ?2 ORDER BY id",
         )?
-        .query_map([pupil, competency], |r| {
-            Ok(Row {
-                id: r.get(0)?,
-                source: Source::parse(&r.get::<_, String>(1)?).unwrap_or(Source::Observation),
-                value_bp: r.get(2)?,
-                supersedes: r.get(3)?,
-            })
-        })?
+        .query_map([pupil, competency], evidence_input)?
         .collect::<Result<Vec<_>, _>>()?;
+    mastery::order(&mut rows, mastery::ALGORITHM);
     Ok(rows)
+}
+
+/// An evidence row as the algorithm reads it: id, source, value, supersedes, at, uid.
+fn evidence_input(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: r.get(0)?,
+        source: Source::parse(&r.get::<_, String>(1)?).unwrap_or(Source::Observation),
+        value_bp: r.get(2)?,
+        supersedes: r.get(3)?,
+        at: r.get(4)?,
+        uid: r.get(5)?,
+    })
 }
 
 /// One recalculation: the estimate before and after (`None`: no estimate).
@@ -735,8 +742,38 @@ pub fn add_evidence(
     e: &NewEvidence,
     at: i64,
 ) -> Result<(i64, Recalc), StoreError> {
-    insert_evidence_row(conn, e, EvidenceKind::Record, None, Some(e.value_bp), at)?;
+    add_evidence_as(conn, e, at, &new_uid(), true)
+}
+
+/// A new global id: time-ordered (UUIDv7), so that ids sort as their rows were made, in any
+/// copy.
+pub fn new_uid() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// [`add_evidence`] with its global id; `logged`: a change other copies receive in a batch
+/// (evidence derived from a statement is derived again where the statement arrives).
+fn add_evidence_as(
+    conn: &Connection,
+    e: &NewEvidence,
+    at: i64,
+    uid: &str,
+    logged: bool,
+) -> Result<(i64, Recalc), StoreError> {
+    insert_evidence_row(
+        conn,
+        e,
+        EvidenceKind::Record,
+        None,
+        Some(e.value_bp),
+        at,
+        uid,
+        None,
+    )?;
     let id = conn.last_insert_rowid();
+    if logged {
+        super::lrs::log_change(conn, crate::lrs::now_ms(), EVIDENCE_KIND, uid)?;
+    }
     let recalc = recalculate(
         conn,
         e.pupil_id,
@@ -749,6 +786,11 @@ pub fn add_evidence(
     Ok((id, recalc))
 }
 
+/// The change-log kinds of evidence and of level decisions made here.
+pub const EVIDENCE_KIND: &str = "evidence";
+pub const LEVEL_KIND: &str = "level";
+
+#[allow(clippy::too_many_arguments)]
 fn insert_evidence_row(
     conn: &Connection,
     e: &NewEvidence,
@@ -756,11 +798,13 @@ fn insert_evidence_row(
     supersedes: Option<i64>,
     value_bp: Option<i64>,
     at: i64,
+    uid: &str,
+    origin: Option<&str>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO evidence (pupil_id, competency_id, source, kind, supersedes, value_bp,
-                               scale_level, comment, statement_id, actor, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                               scale_level, comment, statement_id, actor, at, uid, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         e.pupil_id,
@@ -773,7 +817,9 @@ fn insert_evidence_row(
         e.comment,
         e.statement_id,
         e.actor.journal_name(),
-        at
+        at,
+        uid,
+        origin
     ])?;
     Ok(())
 }
@@ -787,6 +833,21 @@ pub fn supersede(
     comment: &str,
     actor: &Actor,
     at: i64,
+) -> Result<Result<(i64, Recalc), Refusal>, StoreError> {
+    supersede_as(conn, id, replacement, comment, actor, at, None)
+}
+
+/// [`supersede`]; `derived`: the global id of a withdrawal derived from a voiding
+/// statement (derived again where the statement arrives, so not logged).
+#[allow(clippy::too_many_arguments)]
+fn supersede_as(
+    conn: &Connection,
+    id: i64,
+    replacement: Option<(i64, Option<i64>)>,
+    comment: &str,
+    actor: &Actor,
+    at: i64,
+    derived: Option<String>,
 ) -> Result<Result<(i64, Recalc), Refusal>, StoreError> {
     let Some(original) = evidence_by_id(conn, id)? else {
         return Ok(Err(Refusal::new("not_found", format!("no evidence #{id}"))));
@@ -821,8 +882,13 @@ pub fn supersede(
         statement_id: original.statement_id.clone(),
         actor: actor.clone(),
     };
-    insert_evidence_row(conn, &row, kind, Some(id), value, at)?;
+    let logged = derived.is_none();
+    let uid = derived.unwrap_or_else(new_uid);
+    insert_evidence_row(conn, &row, kind, Some(id), value, at, &uid, None)?;
     let new_id = conn.last_insert_rowid();
+    if logged {
+        super::lrs::log_change(conn, crate::lrs::now_ms(), EVIDENCE_KIND, &uid)?;
+    }
     let recalc = recalculate(
         conn,
         original.pupil_id,
@@ -1026,10 +1092,11 @@ fn decide_level_imported(
         &body,
         at,
     )?;
+    let uid = new_uid();
     conn.prepare_cached(
         "INSERT INTO level_decisions (pupil_id, competency_id, level_code, decided_by,
-             justification, evidence_ids, suggestion_id, journal_seq, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             justification, evidence_ids, suggestion_id, journal_seq, at, uid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         d.pupil_id,
@@ -1040,9 +1107,12 @@ fn decide_level_imported(
         serde_json::to_string(&d.evidence_ids).unwrap_or_default(),
         d.suggestion_id,
         seq,
-        at
+        at,
+        uid
     ])?;
-    Ok(Ok(conn.last_insert_rowid()))
+    let id = conn.last_insert_rowid();
+    super::lrs::log_change(conn, crate::lrs::now_ms(), LEVEL_KIND, &uid)?;
+    Ok(Ok(id))
 }
 
 /// A decision with what a CaSS assertion names.
@@ -1197,8 +1267,9 @@ pub fn current_levels(conn: &Connection, pupil: i64) -> Result<Vec<LevelRow>, St
             "SELECT id, pupil_id, competency_id, level_code, decided_by, justification,
                     evidence_ids, suggestion_id, at
              FROM level_decisions d WHERE pupil_id = ?1 AND id = (
-                 SELECT max(id) FROM level_decisions x
-                  WHERE x.pupil_id = d.pupil_id AND x.competency_id = d.competency_id)
+                 SELECT id FROM level_decisions x
+                  WHERE x.pupil_id = d.pupil_id AND x.competency_id = d.competency_id
+                  ORDER BY x.at DESC, coalesce(x.uid, x.id) DESC, x.id DESC LIMIT 1)
              ORDER BY competency_id",
         )?
         .query_map([pupil], level_from_row)?
@@ -1244,19 +1315,12 @@ pub fn verify_journal(conn: &Connection) -> Result<JournalReport, StoreError> {
         }
     };
     // Evidence in id order, loaded into per-pair lists as the journal reaches it.
-    let mut evidence_stmt =
-        conn.prepare("SELECT id, pupil_id, competency_id, source, value_bp, supersedes FROM evidence ORDER BY id")?;
+    let mut evidence_stmt = conn.prepare(
+        "SELECT id, source, value_bp, supersedes, at, coalesce(uid, id), pupil_id, competency_id
+         FROM evidence ORDER BY id",
+    )?;
     let mut evidence = evidence_stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            Row {
-                id: r.get(0)?,
-                source: Source::parse(&r.get::<_, String>(3)?).unwrap_or(Source::Observation),
-                value_bp: r.get(4)?,
-                supersedes: r.get(5)?,
-            },
-        ))
+        Ok((r.get::<_, i64>(6)?, r.get::<_, i64>(7)?, evidence_input(r)?))
     })?;
     let mut next_evidence = evidence.next().transpose()?;
     let mut pairs: HashMap<(i64, i64), Vec<Row>> = HashMap::new();
@@ -1359,15 +1423,19 @@ pub fn verify_journal(conn: &Connection) -> Result<JournalReport, StoreError> {
             next_evidence = evidence.next().transpose()?;
         }
         let key = (pupil, competency);
-        if b["algorithm"].as_str() != Some(mastery::ALGORITHM) {
+        let Some(algorithm) = b["algorithm"]
+            .as_str()
+            .filter(|a| mastery::KNOWN.contains(a))
+        else {
             problem(
                 &mut report,
                 format!("entry {}: unknown algorithm {}", e.seq, b["algorithm"]),
             );
             continue;
-        }
-        let rows = pairs.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let estimate = mastery::estimate(&mastery::effective(rows));
+        };
+        let mut rows = pairs.get(&key).cloned().unwrap_or_default();
+        mastery::order(&mut rows, algorithm);
+        let estimate = mastery::estimate_as(algorithm, &mastery::effective(&rows));
         if b["inputs"].as_str() != Some(estimate.inputs.as_str()) {
             problem(
                 &mut report,
@@ -1516,14 +1584,17 @@ pub fn evidence_from_statements(
             && object.get("objectType").and_then(Value::as_str) == Some("StatementRef")
         {
             let target = object.get("id").and_then(Value::as_str).unwrap_or_default();
-            let sql = format!("SELECT id FROM evidence WHERE statement_id = ?1 AND {IN_EFFECT}");
-            let ids: Vec<i64> = conn
+            let sql = format!(
+                "SELECT id, coalesce(uid, id) FROM evidence WHERE statement_id = ?1 AND {IN_EFFECT}"
+            );
+            let ids: Vec<(i64, String)> = conn
                 .prepare_cached(&sql)?
-                .query_map([target], |r| r.get(0))?
+                .query_map([target], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            for e in ids {
+            for (e, uid) in ids {
                 let comment = format!("statement {target} voided by statement {id}");
-                if supersede(conn, e, None, &comment, actor, at)?.is_ok() {
+                let derived = Some(format!("v:{id}:{uid}"));
+                if supersede_as(conn, e, None, &comment, actor, at, derived)?.is_ok() {
                     written += 1;
                 }
             }
@@ -1590,7 +1661,10 @@ pub fn evidence_from_statements(
             if known {
                 continue;
             }
-            add_evidence(
+            let uri: String = conn
+                .prepare_cached("SELECT uri FROM competencies WHERE id = ?1")?
+                .query_row([competency], |r| r.get(0))?;
+            add_evidence_as(
                 conn,
                 &NewEvidence {
                     pupil_id: pupil,
@@ -1603,6 +1677,8 @@ pub fn evidence_from_statements(
                     actor: actor.clone(),
                 },
                 happened,
+                &format!("x:{id}:{uri}"),
+                false,
             )?;
             written += 1;
         }
@@ -1686,3 +1762,341 @@ pub fn erasure_tombstone(
 #[cfg(test)]
 #[path = "competency_tests.rs"]
 mod tests;
+
+// ---------------------------------------------------------------------------------------
+// Evidence and level decisions between copies of the tenant
+
+/// A row of evidence as it travels to another copy of the tenant: by global names (the
+/// pupil's xAPI account name, the competency's URI, the global id of the row it supersedes,
+/// `agent:<account name>` for a person who recorded it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SyncedEvidence {
+    pub uid: String,
+    pub pupil: String,
+    pub competency: String,
+    pub source: String,
+    pub kind: String,
+    pub supersedes: Option<String>,
+    pub value_bp: Option<i64>,
+    pub scale_level: Option<i64>,
+    pub comment: String,
+    pub statement_id: Option<String>,
+    pub actor: String,
+    pub at: i64,
+}
+
+/// A level decision as it travels to another copy: by global names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SyncedLevel {
+    pub uid: String,
+    pub pupil: String,
+    pub competency: String,
+    pub level_code: String,
+    /// The deciding teacher's account name.
+    pub decided_by: String,
+    pub justification: String,
+    /// The global ids of the evidence it cites.
+    pub evidence: Vec<String>,
+    pub at: i64,
+}
+
+/// What merging a row from another copy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    Added,
+    /// Held already, or about an erased pupil.
+    Known,
+    /// Not applied here, and why (something it names is not here).
+    Missing(String),
+}
+
+fn agent_of(conn: &Connection, id: i64) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT agent_name FROM users WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+fn user_of(conn: &Connection, agent: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM users WHERE agent_name = ?1")?
+        .query_row([agent], |r| r.get(0))
+        .optional()?)
+}
+
+/// A local actor's journal name in global terms, and back.
+fn actor_out(conn: &Connection, actor: &str) -> Result<String, StoreError> {
+    if let Some(id) = actor.strip_prefix("user:").and_then(|i| i.parse().ok())
+        && let Some(agent) = agent_of(conn, id)?
+    {
+        return Ok(format!("agent:{agent}"));
+    }
+    Ok(actor.to_string())
+}
+
+fn actor_in(conn: &Connection, actor: &str) -> Result<Actor, StoreError> {
+    if let Some(agent) = actor.strip_prefix("agent:") {
+        return Ok(user_of(conn, agent)?.map_or(Actor::System, Actor::User));
+    }
+    Ok(match actor.strip_prefix("client:") {
+        Some(key) => Actor::Client(key.to_string()),
+        None => Actor::System,
+    })
+}
+
+/// The evidence row `uid` in global terms (`None`: gone, e.g. erased since).
+pub fn synced_evidence(conn: &Connection, uid: &str) -> Result<Option<SyncedEvidence>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT e.uid, u.agent_name, c.uri, e.source, e.kind, s.uid, e.value_bp,
+                    e.scale_level, e.comment, e.statement_id, e.actor, e.at
+             FROM evidence e JOIN users u ON u.id = e.pupil_id
+             JOIN competencies c ON c.id = e.competency_id
+             LEFT JOIN evidence s ON s.id = e.supersedes
+             WHERE e.uid = ?1",
+        )?
+        .query_row([uid], |r| {
+            Ok(SyncedEvidence {
+                uid: r.get(0)?,
+                pupil: r.get(1)?,
+                competency: r.get(2)?,
+                source: r.get(3)?,
+                kind: r.get(4)?,
+                supersedes: r.get(5)?,
+                value_bp: r.get(6)?,
+                scale_level: r.get(7)?,
+                comment: r.get(8)?,
+                statement_id: r.get(9)?,
+                actor: r.get(10)?,
+                at: r.get(11)?,
+            })
+        })
+        .optional()?;
+    let Some(mut e) = row else {
+        return Ok(None);
+    };
+    e.actor = actor_out(conn, &e.actor)?;
+    Ok(Some(e))
+}
+
+/// Records evidence made in another copy (`origin`) and recalculates its pair here. Two
+/// copies that corrected the same row while apart keep both corrections, and record the
+/// pair in `sync_conflicts` (the same way round in every copy).
+pub fn merge_evidence(
+    conn: &Connection,
+    e: &SyncedEvidence,
+    origin: &str,
+    at: i64,
+) -> Result<Merge, StoreError> {
+    let held = conn
+        .prepare_cached("SELECT 1 FROM evidence WHERE uid = ?1")?
+        .exists([&e.uid])?;
+    if held || super::replica::is_erased(conn, &e.pupil)? {
+        return Ok(Merge::Known);
+    }
+    let Some(pupil) = user_of(conn, &e.pupil)? else {
+        return Ok(Merge::Missing(format!(
+            "evidence about a pupil not here ({})",
+            e.uid
+        )));
+    };
+    let Some(competency) = competency_id(conn, &e.competency)? else {
+        return Ok(Merge::Missing(format!(
+            "evidence on competency {}, not here",
+            e.competency
+        )));
+    };
+    let (Some(source), Some(kind)) = (Source::parse(&e.source), EvidenceKind::parse(&e.kind))
+    else {
+        return Err(StoreError::Conflict(format!(
+            "evidence {} has an unknown source or kind",
+            e.uid
+        )));
+    };
+    let supersedes = match &e.supersedes {
+        None => None,
+        Some(uid) => {
+            let found: Option<(i64, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT s.id, (SELECT max(x.uid) FROM evidence x WHERE x.supersedes = s.id)
+                     FROM evidence s WHERE s.uid = ?1",
+                )?
+                .query_row([uid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((id, other)) = found else {
+                return Ok(Merge::Missing(format!(
+                    "a correction of evidence {uid}, not here"
+                )));
+            };
+            if let Some(other) = other {
+                let (kept, lost) = if other > e.uid {
+                    (other.clone(), e.uid.clone())
+                } else {
+                    (e.uid.clone(), other.clone())
+                };
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO sync_conflicts
+                         (entity, key, field, kept, kept_hlc, kept_origin, lost, lost_hlc,
+                          lost_origin, at)
+                     VALUES ('evidence', ?1, 'superseded_by', ?2, 0, '', ?3, 0, '', ?4)",
+                )?
+                .execute(params![
+                    uid,
+                    Value::from(kept).to_string(),
+                    Value::from(lost).to_string(),
+                    at
+                ])?;
+            }
+            Some(id)
+        }
+    };
+    let actor = actor_in(conn, &e.actor)?;
+    let row = NewEvidence {
+        pupil_id: pupil,
+        competency_id: competency,
+        source,
+        value_bp: e.value_bp.unwrap_or(0),
+        scale_level: e.scale_level,
+        comment: e.comment.clone(),
+        statement_id: e.statement_id.clone(),
+        actor: actor.clone(),
+    };
+    insert_evidence_row(
+        conn,
+        &row,
+        kind,
+        supersedes,
+        e.value_bp,
+        e.at,
+        &e.uid,
+        Some(origin),
+    )?;
+    let id = conn.last_insert_rowid();
+    recalculate(conn, pupil, competency, kind.as_str(), id, &actor, at)?;
+    Ok(Merge::Added)
+}
+
+/// The level decision `uid` in global terms (`None`: gone, e.g. erased since).
+pub fn synced_level(conn: &Connection, uid: &str) -> Result<Option<SyncedLevel>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT d.uid, p.agent_name, c.uri, d.level_code, t.agent_name, d.justification,
+                    (SELECT json_group_array(e.uid) FROM json_each(d.evidence_ids) j
+                     JOIN evidence e ON e.id = j.value), d.at
+             FROM level_decisions d JOIN users p ON p.id = d.pupil_id
+             JOIN users t ON t.id = d.decided_by
+             JOIN competencies c ON c.id = d.competency_id
+             WHERE d.uid = ?1",
+        )?
+        .query_row([uid], |r| {
+            let evidence: String = r.get(6)?;
+            Ok(SyncedLevel {
+                uid: r.get(0)?,
+                pupil: r.get(1)?,
+                competency: r.get(2)?,
+                level_code: r.get(3)?,
+                decided_by: r.get(4)?,
+                justification: r.get(5)?,
+                evidence: serde_json::from_str(&evidence).unwrap_or_default(),
+                at: r.get(7)?,
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
+/// Records a level decision made in another copy (`origin`), with its journal entry here.
+/// The decider must teach the pupil here too, as the database requires; when they no
+/// longer do (unenrolled meanwhile), the decision is recorded in `sync_conflicts` instead,
+/// never dropped silently.
+pub fn merge_level(
+    conn: &Connection,
+    l: &SyncedLevel,
+    origin: &str,
+    at: i64,
+) -> Result<Merge, StoreError> {
+    let held = conn
+        .prepare_cached("SELECT 1 FROM level_decisions WHERE uid = ?1")?
+        .exists([&l.uid])?;
+    if held || super::replica::is_erased(conn, &l.pupil)? {
+        return Ok(Merge::Known);
+    }
+    let (Some(pupil), Some(teacher), Some(competency)) = (
+        user_of(conn, &l.pupil)?,
+        user_of(conn, &l.decided_by)?,
+        competency_id(conn, &l.competency)?,
+    ) else {
+        return Ok(Merge::Missing(format!(
+            "a level decision on {} whose pupil, teacher or competency is not here",
+            l.competency
+        )));
+    };
+    let mut evidence = Vec::with_capacity(l.evidence.len());
+    for uid in &l.evidence {
+        let id: Option<i64> = conn
+            .prepare_cached("SELECT id FROM evidence WHERE uid = ?1")?
+            .query_row([uid], |r| r.get(0))
+            .optional()?;
+        match id {
+            Some(id) => evidence.push(id),
+            None => {
+                return Ok(Merge::Missing(format!(
+                    "a level decision citing evidence {uid}, not here"
+                )));
+            }
+        }
+    }
+    if evidence.is_empty() {
+        return Ok(Merge::Missing(format!(
+            "a level decision ({}) that cites no evidence here",
+            l.uid
+        )));
+    }
+    if !super::tenant::teaches_pupil(conn, teacher, pupil)? {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO sync_conflicts
+                 (entity, key, field, kept, kept_hlc, kept_origin, lost, lost_hlc, lost_origin, at)
+             VALUES ('level', ?1, 'decided_by', 'null', 0, '', ?2, 0, ?3, ?4)",
+        )?
+        .execute(params![
+            l.uid,
+            serde_json::to_string(l).unwrap_or_default(),
+            origin,
+            at
+        ])?;
+        return Ok(Merge::Missing(format!(
+            "a level decision by a teacher who does not teach that pupil here ({})",
+            l.uid
+        )));
+    }
+    let body = json!({
+        "pupil": pupil,
+        "competency": competency,
+        "level": l.level_code,
+        "decided_by": teacher,
+        "actor": Actor::User(teacher).journal_name(),
+        "principal": "human",
+        "justification": l.justification,
+        "evidence": evidence,
+        "suggestion": null,
+        "merged_from": origin,
+    });
+    let seq = append_journal(conn, "level", Some(pupil), Some(competency), &body, at)?;
+    conn.prepare_cached(
+        "INSERT INTO level_decisions (pupil_id, competency_id, level_code, decided_by,
+             justification, evidence_ids, suggestion_id, journal_seq, at, uid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        pupil,
+        competency,
+        l.level_code,
+        teacher,
+        l.justification,
+        serde_json::to_string(&evidence).unwrap_or_default(),
+        seq,
+        l.at,
+        l.uid
+    ])?;
+    Ok(Merge::Added)
+}

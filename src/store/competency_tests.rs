@@ -190,10 +190,16 @@ fn every_change_of_evidence_is_a_journaled_recalculation() {
         .unwrap()
         .unwrap();
     // Only the corrected observation is left in effect.
+    let uid: String = conn
+        .query_row("SELECT uid FROM evidence WHERE id = ?1", [corrected], |r| {
+            r.get(0)
+        })
+        .unwrap();
     let expected = mastery::estimate(&[mastery::Item {
         id: corrected,
         source: Source::Observation,
         value_bp: 10_000,
+        uid,
     }]);
     assert_eq!(r4.new_bp, expected.mastery_bp);
     assert_eq!(stored_bp(&conn, pupil, b1), r4.new_bp);

@@ -129,11 +129,50 @@ pub const V2: &str = concat!(
     " END;"
 );
 
+/// Appended to the tenant migrations: evidence and level decisions get a global id and
+/// travel in batches. Evidence derived from a statement has an id every copy derives
+/// alike (`x:<statement>:<competency>`, `v:<voiding statement>:<withdrawn row>`); the others
+/// are time-ordered UUIDs. `origin` names the site a merged row came from. Two copies may
+/// each correct the same row while apart: both corrections then stand (and the pair is
+/// recorded as a conflict), so a row made here is still superseded at most once by rows
+/// made here, but merged rows may supersede it too.
+pub const V3: &str = "
+ALTER TABLE evidence ADD COLUMN uid TEXT;
+ALTER TABLE evidence ADD COLUMN origin TEXT;
+ALTER TABLE level_decisions ADD COLUMN uid TEXT;
+DROP TRIGGER evidence_needs_generation_insert;
+DROP TRIGGER level_decisions_needs_generation_insert;
+DROP TRIGGER level_decisions_needs_generation_update;
+DROP TRIGGER evidence_is_append_only;
+DROP TRIGGER level_decisions_are_final;
+UPDATE evidence SET uid = CASE
+    WHEN source = 'xapi' AND kind = 'record' AND statement_id IS NOT NULL
+    THEN 'x:' || statement_id || ':' ||
+         (SELECT uri FROM competencies c WHERE c.id = evidence.competency_id)
+    ELSE lower(hex(randomblob(16))) END;
+UPDATE level_decisions SET uid = lower(hex(randomblob(16)));
+CREATE TRIGGER evidence_is_append_only BEFORE UPDATE ON evidence
+BEGIN
+    SELECT RAISE(ABORT, 'evidence is append-only: record a correction or a withdrawal');
+END;
+CREATE TRIGGER level_decisions_are_final BEFORE UPDATE ON level_decisions
+BEGIN
+    SELECT RAISE(ABORT, 'a level decision is final: decide again to change it');
+END;
+CREATE UNIQUE INDEX evidence_by_uid ON evidence(uid);
+CREATE UNIQUE INDEX level_decisions_by_uid ON level_decisions(uid);
+DROP INDEX evidence_superseded_once;
+CREATE UNIQUE INDEX evidence_superseded_once_here ON evidence(supersedes)
+    WHERE supersedes IS NOT NULL AND origin IS NULL;
+CREATE INDEX evidence_by_supersedes ON evidence(supersedes) WHERE supersedes IS NOT NULL;
+";
+
 /// How each table of a tenant database reaches another copy of the tenant. Every table is
 /// in exactly one of these lists (a test checks it, so a new table cannot be forgotten).
 ///
 /// Carried by batches: statements with their attachments, documents, users, classes and
-/// enrolments (field by field).
+/// enrolments (field by field), evidence other than what statements give, and level
+/// decisions (append-only, by their global ids).
 pub const CARRIED: &[&str] = &[
     "xapi_statements",
     "xapi_attachments",
@@ -142,6 +181,8 @@ pub const CARRIED: &[&str] = &[
     "users",
     "classes",
     "enrolments",
+    "evidence",
+    "level_decisions",
 ];
 /// Derived where a batch is applied, from what it carries: the statement index, activity
 /// definitions, evidence from statements, estimates, each copy's own journal of its
@@ -170,9 +211,9 @@ pub const LOCAL: &[&str] = &[
     "sync_cursors",
     "sync_tombstones",
 ];
-/// Carried only by a generation: each change marks the change log (see [`V2`]). Evidence
-/// from a statement is derived; other evidence (observations, self-assessments,
-/// corrections) marks it, as do the tenant's settings but the sync clock.
+/// Carried only by a generation: each change marks the change log (see [`V2`]), as do the
+/// tenant's settings but the sync clock. (Evidence and level decisions still mark it when
+/// deleted otherwise than by an erasure: a retention run, which only a generation carries.)
 pub const GENERATION_ONLY: &[&str] = &[
     "orgs",
     "api_credentials",
@@ -181,13 +222,11 @@ pub const GENERATION_ONLY: &[&str] = &[
     "competency_relations",
     "competency_levels",
     "activity_alignments",
-    "level_decisions",
     "research_projects",
     "research_members",
     "apps",
     "app_kv",
     "app_history",
-    "evidence",
     "tenant_settings",
 ];
 

@@ -19,6 +19,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::apps::V1,
     super::replica::V1,
     super::replica::V2,
+    super::replica::V3,
 ]);
 
 const V1: &str = "

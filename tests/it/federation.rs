@@ -1292,6 +1292,24 @@ fn records(db: &Path) -> Vec<String> {
         ),
         rows("SELECT 'erased ' || agent_name FROM sync_tombstones"),
         rows(
+            "SELECT 'evidence ' || json_array(e.uid, u.agent_name, c.uri, e.source, e.kind,
+                     s.uid, e.value_bp, e.comment, e.at)
+              FROM evidence e JOIN users u ON u.id = e.pupil_id
+              JOIN competencies c ON c.id = e.competency_id
+              LEFT JOIN evidence s ON s.id = e.supersedes",
+        ),
+        rows(
+            "SELECT 'level ' || json_array(d.uid, p.agent_name, c.uri, d.level_code,
+                     t.agent_name, d.justification, d.at)
+              FROM level_decisions d JOIN users p ON p.id = d.pupil_id
+              JOIN users t ON t.id = d.decided_by JOIN competencies c ON c.id = d.competency_id",
+        ),
+        rows(
+            "SELECT 'estimate ' || json_array(u.agent_name, c.uri, s.mastery_bp, s.evidence_count)
+              FROM scores s JOIN users u ON u.id = s.pupil_id
+              JOIN competencies c ON c.id = s.competency_id",
+        ),
+        rows(
             "SELECT 'conflict ' || json_array(entity, key, field, kept, kept_origin, lost,
                      lost_origin) FROM sync_conflicts",
         ),
@@ -1331,7 +1349,8 @@ async fn reset_password(admin: &Session, user: i64) -> String {
 
 /// Two sites hold one school: campus B restores it `--alongside` campus A. The hub goes
 /// away; both write for days (statements, a document, a new pupil and her enrolment, an
-/// erasure, and the same pupil's password reset on both sides). The hub comes back; each
+/// erasure, the same pupil's password reset on both sides, the same observation corrected
+/// on both sides, a new observation and a level decision). The hub comes back; each
 /// site pulls then pushes, and within 3 rounds both hold the same records: the conflict is
 /// recorded at both and the later reset wins everywhere, the erased pupil is gone from
 /// both with everything of hers, and the hub keeps no batch that both applied. A third
@@ -1349,6 +1368,19 @@ async fn two_sites_converge_on(engine: Engine) {
     a.start();
     let s = crate::assessment::school(&a).await;
     let key = a.credential("ecole", &["statements/write", "state"]);
+    let observed = crate::assessment::json_of(
+        s.prof
+            .post(
+                &format!("/t/ecole/api/classes/{}/observations", s.class_a),
+                json!({"competency": "urn:ceredis:cefr:reception:A2:1",
+                       "observations": [{"pupil": s.ids["tom"], "level": 2}]}),
+            )
+            .await,
+        StatusCode::CREATED,
+    )
+    .await["evidence"][0]
+        .as_i64()
+        .unwrap();
     let (lea, tom) = (
         crate::assessment::agent_of(&s.lea).await,
         crate::assessment::agent_of(&s.tom).await,
@@ -1393,6 +1425,19 @@ async fn two_sites_converge_on(engine: Engine) {
         )
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let prof_a = login(&a, "/t/ecole/login", "prof", PASSWORD).await.unwrap();
+    let r = prof_a
+        .post(
+            &format!("/t/ecole/api/evidence/{observed}/correction"),
+            json!({"level": 3, "comment": "relu à A"}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     a.kill();
     b.start();
     let admin_b = login(&b, "/t/ecole/login", "admin-ecole", PASSWORD)
@@ -1416,6 +1461,45 @@ async fn two_sites_converge_on(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let prof_b = login(&b, "/t/ecole/login", "prof", PASSWORD).await.unwrap();
+    let r = prof_b
+        .post(
+            &format!("/t/ecole/api/evidence/{observed}/correction"),
+            json!({"level": 4, "comment": "relu à B"}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let fresh = crate::assessment::json_of(
+        prof_b
+            .post(
+                &format!("/t/ecole/api/classes/{}/observations", s.class_a),
+                json!({"competency": "urn:ceredis:cefr:reception:A2:2",
+                       "observations": [{"pupil": s.ids["tom"], "level": 4}]}),
+            )
+            .await,
+        StatusCode::CREATED,
+    )
+    .await["evidence"][0]
+        .as_i64()
+        .unwrap();
+    let r = prof_b
+        .post(
+            &format!("/t/ecole/api/pupils/{}/levels", s.ids["tom"]),
+            json!({"competency": "urn:ceredis:cefr:reception", "level": "A2",
+                   "evidence": [fresh], "justification": "Suit les annonces courtes."}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
     let otp_b = reset_password(&admin_b, s.ids["tom"]).await;
     let r = admin_b
@@ -1495,9 +1579,34 @@ async fn two_sites_converge_on(engine: Engine) {
         held.iter()
             .any(|r| r.starts_with("document ") && r.contains(tom_name))
     );
+    // Both corrections of Tom's observation stand, at both sites, and the pair is a
+    // conflict; B's observation and decision are at A, with the same estimates.
+    let corrections: Vec<&String> = held
+        .iter()
+        .filter(|r| r.starts_with("evidence ") && r.contains("\"correction\""))
+        .collect();
+    assert_eq!(corrections.len(), 2, "{corrections:?}");
+    assert!(corrections.iter().any(|c| c.contains("relu à A")));
+    assert!(corrections.iter().any(|c| c.contains("relu à B")));
+    assert!(
+        held.iter()
+            .any(|r| r.starts_with("level ") && r.contains("Suit les annonces"))
+    );
+    assert!(
+        held.iter()
+            .any(|r| r.starts_with("estimate ") && r.contains(tom_name))
+    );
+    assert!(
+        held.iter()
+            .any(|r| r.starts_with("conflict ") && r.contains("superseded_by")),
+        "{held:?}"
+    );
     // The password reset on both sides: both fields it changed are conflicts, recorded at
     // both sites, and the later reset (B's) is kept.
-    let conflicts: Vec<&String> = held.iter().filter(|r| r.starts_with("conflict ")).collect();
+    let conflicts: Vec<&String> = held
+        .iter()
+        .filter(|r| r.starts_with("conflict ") && r.contains("\"user\""))
+        .collect();
     assert_eq!(conflicts.len(), 2, "{conflicts:?}");
     let site_b = site_id(&site_key(&b));
     for field in ["password_hash", "must_change_password"] {
