@@ -90,6 +90,11 @@ pub enum Item {
     Level {
         l: crate::store::competency::SyncedLevel,
     },
+    /// A retention run at the origin: the statements and evidence it deleted go here too.
+    Retain {
+        statements: Vec<String>,
+        evidence: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +173,24 @@ pub fn build(
                 if let Some(e) = crate::store::competency::synced_evidence(conn, &row.subject)? {
                     items.push(Item::Evidence { e });
                 }
+            }
+            "retention" => {
+                let named = serde_json::from_str::<Value>(&row.subject)
+                    .ok()
+                    .and_then(|v| {
+                        let list = |k: &str| -> Option<Vec<String>> {
+                            serde_json::from_value(v.get(k)?.clone()).ok()
+                        };
+                        Some((list("statements")?, list("evidence")?))
+                    });
+                // A run logged before runs named what they deleted: only a generation.
+                items.push(match named {
+                    Some((statements, evidence)) => Item::Retain {
+                        statements,
+                        evidence,
+                    },
+                    None => only_generation(),
+                });
             }
             crate::store::competency::LEVEL_KIND => {
                 if let Some(l) = crate::store::competency::synced_level(conn, &row.subject)? {
@@ -318,6 +341,8 @@ pub struct Applied {
     pub erasures: usize,
     /// Evidence and level decisions recorded.
     pub assessments: usize,
+    /// Statements and evidence deleted by another copy's retention run.
+    pub retained: usize,
     /// What this copy lacks of the batch: changes that only a generation carries (by table
     /// or kind), and changes that name something not here.
     pub lacking: Vec<String>,
@@ -397,6 +422,19 @@ pub fn apply(conn: &Connection, batch: &Batch, me: &str, at: i64) -> Result<Appl
             Item::Evidence { e } => {
                 let merged = crate::store::competency::merge_evidence(conn, e, &batch.origin, at)?;
                 note_merge(&mut done, merged);
+            }
+            Item::Retain {
+                statements,
+                evidence,
+            } => {
+                let (s, e) = crate::store::retention::apply_synced(
+                    conn,
+                    statements,
+                    evidence,
+                    &batch.origin,
+                    at,
+                )?;
+                done.retained += s + e;
             }
             Item::Level { l } => {
                 let merged = crate::store::competency::merge_level(conn, l, &batch.origin, at)?;

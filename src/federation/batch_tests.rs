@@ -757,3 +757,64 @@ fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
     );
     assert_eq!(dump(&site.conn), dump(&other.conn));
 }
+
+#[test]
+fn a_retention_run_deletes_the_same_records_in_every_copy() {
+    let conn = base();
+    let mut a = Site::new("site-a", copy(&conn));
+    let b = Site::new("site-b", copy(&conn));
+    for user in 0..3 {
+        a.run(&Op::Statement { user });
+        observe(&a, 2500 * user as i64);
+    }
+    a.cut();
+    for x in &a.outbox {
+        b.apply(x);
+    }
+    assert_eq!(dump(&a.conn), dump(&b.conn));
+    let count = |c: &Connection, table: &str| -> i64 {
+        c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&b.conn, "xapi_statements"), 3);
+    assert_eq!(count(&b.conn, "evidence"), 3);
+    // A keeps nothing older than today, and runs its retention.
+    crate::store::retention::set_policy(
+        &a.conn,
+        &crate::store::retention::Policy {
+            statements_days: Some(0),
+            evidence_days: Some(0),
+        },
+    )
+    .unwrap();
+    let report =
+        crate::store::retention::run(&a.conn, false, &Actor::System, crate::store::now() + 10)
+            .unwrap();
+    assert_eq!(report["statements"], 3, "{report}");
+    let sent = a.outbox.len();
+    a.cut();
+    let retained: Vec<&Item> = a.outbox[sent..]
+        .iter()
+        .flat_map(|x| &x.items)
+        .filter(|i| matches!(i, Item::Retain { .. }))
+        .collect();
+    assert_eq!(retained.len(), 1, "{:?}", a.outbox[sent..].to_vec());
+    for x in &a.outbox[sent..] {
+        b.apply(x);
+        // Applied again: nothing more goes.
+        b.apply(x);
+    }
+    assert_eq!(count(&b.conn, "xapi_statements"), 0);
+    assert_eq!(count(&b.conn, "evidence"), 0);
+    assert_eq!(dump(&a.conn), dump(&b.conn));
+    // Both journals still verify, each with its own run.
+    for site in [&a, &b] {
+        let report = crate::store::competency::verify_journal(&site.conn).unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "{}: {:?}",
+            site.name,
+            report.problems
+        );
+    }
+}

@@ -6,7 +6,9 @@
 //! Deleting evidence changes estimates: each affected (pupil, competency) pair is
 //! recalculated with the trigger `retention`, after the content of its earlier journal
 //! entries is blanked (they named evidence that no longer exists; the chain stays
-//! verifiable). The run itself is a journal entry and a change-log row.
+//! verifiable). The run itself is a journal entry and a change-log row that names what
+//! went (statement ids, evidence global ids), so that other copies of the tenant delete the
+//! same records ([`apply_synced`]).
 
 use std::collections::BTreeSet;
 
@@ -114,6 +116,52 @@ pub fn run(
     if dry_run {
         return Ok(report);
     }
+    let gone = named(conn, &plan)?;
+    let seq = execute(
+        conn,
+        &plan,
+        by,
+        now,
+        json!({"actor": by.journal_name(), "report": report}),
+    )?;
+    let mut subject = gone;
+    subject["journal"] = json!(seq);
+    super::lrs::log_change(conn, now * 1000, "retention", &subject.to_string())?;
+    report["journal_seq"] = json!(seq);
+    Ok(report)
+}
+
+/// What a plan deletes, by the names every copy knows: statement ids, evidence global ids.
+fn named(conn: &Connection, plan: &Plan) -> Result<serde_json::Value, StoreError> {
+    let seqs = serde_json::to_string(&plan.statements).unwrap_or_else(|_| "[]".into());
+    let statements: Vec<String> = conn
+        .prepare_cached(
+            "SELECT id FROM xapi_statements WHERE seq IN (SELECT value FROM json_each(?1))
+             ORDER BY seq",
+        )?
+        .query_map([&seqs], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let ids = serde_json::to_string(&plan.evidence).unwrap_or_else(|_| "[]".into());
+    let evidence: Vec<String> = conn
+        .prepare_cached(
+            "SELECT uid FROM evidence WHERE id IN (SELECT value FROM json_each(?1))
+             AND uid IS NOT NULL ORDER BY id",
+        )?
+        .query_map([&ids], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(json!({"statements": statements, "evidence": evidence}))
+}
+
+/// Deletes what the plan names, recalculates the pairs whose evidence went (their earlier
+/// entries blanked) and journals the run with `body`; returns the journal entry.
+fn execute(
+    conn: &Connection,
+    plan: &Plan,
+    by: &Actor,
+    now: i64,
+    body: serde_json::Value,
+) -> Result<i64, StoreError> {
+    let before = super::replica::last_change(conn)?;
     super::lrs::delete_statements(conn, &plan.statements)?;
     let ids = serde_json::to_string(&plan.evidence).unwrap_or_else(|_| "[]".into());
     conn.prepare_cached("DELETE FROM evidence WHERE id IN (SELECT value FROM json_each(?1))")?
@@ -140,15 +188,52 @@ pub fn run(
             now,
         )?;
     }
-    let seq = super::competency::append_journal(
+    // The run names what it deleted: the marks its deletions left are not needed.
+    super::replica::forget_generation_marks(conn, before)?;
+    super::competency::append_journal(conn, "retention", None, None, &body, now)
+}
+
+/// Deletes here what a retention run at another copy (`origin`) deleted there: the
+/// statements and evidence it names that this copy holds. Returns how many of each went.
+pub fn apply_synced(
+    conn: &Connection,
+    statements: &[String],
+    evidence: &[String],
+    origin: &str,
+    now: i64,
+) -> Result<(usize, usize), StoreError> {
+    let mut plan = Plan::default();
+    let ids = serde_json::to_string(statements).unwrap_or_else(|_| "[]".into());
+    plan.statements = conn
+        .prepare_cached(
+            "SELECT seq FROM xapi_statements WHERE id IN (SELECT value FROM json_each(?1))
+             ORDER BY seq",
+        )?
+        .query_map([&ids], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let uids = serde_json::to_string(evidence).unwrap_or_else(|_| "[]".into());
+    let rows: Vec<(i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, pupil_id, competency_id FROM evidence
+             WHERE uid IN (SELECT value FROM json_each(?1)) ORDER BY id",
+        )?
+        .query_map([&uids], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, pupil, competency) in rows {
+        plan.evidence.push(id);
+        plan.pairs.insert((pupil, competency));
+    }
+    if plan.statements.is_empty() && plan.evidence.is_empty() {
+        return Ok((0, 0));
+    }
+    let done = (plan.statements.len(), plan.evidence.len());
+    execute(
         conn,
-        "retention",
-        None,
-        None,
-        &json!({"actor": by.journal_name(), "report": report}),
+        &plan,
+        &Actor::System,
         now,
+        json!({"actor": "system", "merged_from": origin,
+               "report": {"statements": done.0, "evidence": done.1}}),
     )?;
-    super::lrs::log_change(conn, now * 1000, "retention", &seq.to_string())?;
-    report["journal_seq"] = json!(seq);
-    Ok(report)
+    Ok(done)
 }
