@@ -228,6 +228,14 @@ enum HubCommand {
     /// Import the batches a site wrote with `ceredis federation export` (carried by hand):
     /// each sub-folder of DIR that holds a signed batch.
     Import { dir: PathBuf },
+    /// Publish a competency framework (CaSS JSON-LD or a CASE package) to every site of the
+    /// federation; the schools whose admin chose to adopt it do at their next sync.
+    Publish {
+        #[arg(long)]
+        framework: PathBuf,
+    },
+    /// What the federation publishes.
+    Publications,
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +275,15 @@ enum FederationCommand {
     Pull {
         #[arg(long)]
         tenant: Option<String>,
+    },
+    /// Fetch what the federation publishes (competency frameworks), list it, and adopt it
+    /// into the tenants whose admin chose to.
+    Publications,
+    /// Adopt one publication into a tenant now, whatever its policy.
+    Adopt {
+        #[arg(long)]
+        tenant: String,
+        id: i64,
     },
     /// Write each enabled tenant's new generation, signed, into DIR, for a hub this site
     /// cannot reach (USB stick): `ceredis hub import DIR` there.
@@ -1133,6 +1150,42 @@ async fn hub_command(
                 );
             }
         }
+        HubCommand::Publish { framework } => {
+            let data = std::fs::read(&framework)
+                .with_context(|| format!("reading {}", framework.display()))?;
+            let doc: serde_json::Value = serde_json::from_slice(&data)
+                .with_context(|| format!("{} is not JSON", framework.display()))?;
+            let f = crate::competency::interchange::import(&doc).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a framework this appliance reads: {e}",
+                    framework.display()
+                )
+            })?;
+            let name = f.name.get("fr").to_string();
+            let (id, fresh) = state
+                .store
+                .publish("framework".into(), name.clone(), f.uri.clone(), data)
+                .await?;
+            if fresh {
+                println!("Published {} ({name}) as publication {id}.", f.uri);
+            } else {
+                println!("{} is publication {id} already: nothing changed.", f.uri);
+            }
+        }
+        HubCommand::Publications => {
+            for p in state.store.publications().await? {
+                println!(
+                    "{:>4}  {}  {}  {}  {} bytes  sha256 {}  {}",
+                    p.id,
+                    p.kind,
+                    p.uri,
+                    p.name,
+                    p.bytes,
+                    &p.sha256[..16],
+                    crate::lrs::statement::format_millis(p.published_at * 1000)
+                );
+            }
+        }
         HubCommand::Import { dir } => {
             let mut folders: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .with_context(|| format!("reading {}", dir.display()))?
@@ -1334,6 +1387,34 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
             if failed {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        FederationCommand::Publications => {
+            use crate::federation::publications;
+            let (hub, _) = client::client(&state.system, &config.data_dir).await?;
+            let fresh = publications::fetch(&hub, &state.system).await?;
+            println!("{} new publications fetched", fresh.len());
+            for p in publications::held(&state.system).await? {
+                println!(
+                    "{:>4}  {}  {}  {}  {} bytes",
+                    p.id, p.kind, p.uri, p.name, p.bytes
+                );
+            }
+            for t in state.tenants.list().await? {
+                let Ok(handle) = state.tenants.handle(&t.slug, &Authorized::console()).await else {
+                    continue;
+                };
+                for uri in publications::adopt_all(&handle, &state.system).await? {
+                    println!("{}: adopted {uri}", t.slug);
+                }
+            }
+        }
+        FederationCommand::Adopt { tenant, id } => {
+            let handle = state
+                .tenants
+                .handle(&tenant, &Authorized::console())
+                .await?;
+            let uri = crate::federation::publications::adopt(&handle, &state.system, id).await?;
+            println!("{tenant}: adopted {uri}");
         }
         FederationCommand::Export { to, tenant } => {
             let slugs = with_copy(&state, tenant).await?;

@@ -21,6 +21,9 @@
 //!   applied the others'; a batch goes once the newest generation holds it and every other
 //!   holder applied it. The hub stores only what it cannot read.
 //!
+//! - `GET publications` lists what the federation publishes to its sites (competency
+//!   frameworks, `ceredis hub publish`), and `GET publications/{id}` returns one.
+//!
 //! Every response carries the hub's clock ([`HUB_TIME_HEADER`]).
 
 use std::path::Path;
@@ -348,6 +351,42 @@ impl HubStore {
         }
     }
 
+    /// Publishes a framework to every site (the same bytes again change nothing): its id,
+    /// and whether it is new.
+    pub async fn publish(
+        &self,
+        kind: String,
+        name: String,
+        uri: String,
+        data: Vec<u8>,
+    ) -> Result<(i64, bool), StoreError> {
+        let sha =
+            crate::store::backup::hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::publish(c, &kind, &name, &uri, &sha, &data, now()))
+                    .await
+            }
+            HubStore::Postgres(p) => {
+                pgsql::publish(p, &kind, &name, &uri, &sha, &data, now()).await
+            }
+        }
+    }
+
+    pub async fn publications(&self) -> Result<Vec<sql::Publication>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(sql::publications).await,
+            HubStore::Postgres(p) => pgsql::publications(p).await,
+        }
+    }
+
+    pub async fn publication(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(move |c| sql::publication(c, id)).await,
+            HubStore::Postgres(p) => pgsql::publication(p, id).await,
+        }
+    }
+
     pub async fn chunk(
         &self,
         uid: String,
@@ -423,6 +462,8 @@ pub fn router(state: HubState) -> Router {
         .route("/federation/v1/ca.pem", get(ca_pem))
         .route("/federation/v1/enrol", post(enrol))
         .route("/federation/v1/site", get(whoami))
+        .route("/federation/v1/publications", get(list_publications))
+        .route("/federation/v1/publications/{id}", get(get_publication))
         .route(
             "/federation/v1/continuity/{uid}",
             axum::routing::put(register),
@@ -669,6 +710,30 @@ async fn enrol(State(state): State<HubState>, signed: Signed) -> Result<Response
         )),
         Err(TokenRefusal::Revoked) => Err(revoked(&signed.site_id)),
     }
+}
+
+/// `GET publications`: what the federation publishes to its sites (without the bytes).
+async fn list_publications(
+    State(state): State<HubState>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &signed).await?;
+    let list = state.store.publications().await?;
+    Ok(axum::Json(json!({ "publications": list })).into_response())
+}
+
+async fn get_publication(
+    State(state): State<HubState>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &signed).await?;
+    let data = state
+        .store
+        .publication(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(([("content-type", "application/ld+json")], data).into_response())
 }
 
 async fn whoami(State(state): State<HubState>, signed: Signed) -> Result<Response, ApiError> {

@@ -20,6 +20,7 @@ pub mod batch;
 pub mod client;
 pub mod continuity;
 pub mod hub;
+pub mod publications;
 pub mod sync;
 
 use base64::Engine;

@@ -1,6 +1,7 @@
 //! Automatic sync, run by `ceredis serve`: once the site has joined a hub, each tenant whose
 //! continuity copy is enabled pulls the batches of the other sites that hold it, then is
-//! pushed when it changed, every `federation.sync_interval_secs`. A failed push is retried after `retry_min_secs`,
+//! pushed when it changed, every `federation.sync_interval_secs`; on the same interval the
+//! site fetches what the federation publishes, and the schools that chose to adopt it. A failed push is retried after `retry_min_secs`,
 //! doubled at each failure up to the interval, each wait drawn between half and one and a
 //! half times its value so that sites cut off together do not come back in step. What a
 //! push did or why it failed is in `ceredis federation status`, the log and `/metrics`.
@@ -75,6 +76,7 @@ pub async fn run(state: AppState) {
     // How often the schedule is looked at: often enough for the shortest wait.
     let tick = retry_min.min(interval).min(Duration::from_secs(5)) / 2;
     let mut slots: HashMap<String, Slot> = HashMap::new();
+    let mut publications_next = Instant::now();
     loop {
         tokio::time::sleep(tick.max(Duration::from_millis(200))).await;
         let Ok(enabled) = state.system.read(continuity::states).await else {
@@ -90,6 +92,12 @@ pub async fn run(state: AppState) {
                     .is_none_or(|next| Instant::now() >= next)
             })
             .collect();
+        if Instant::now() >= publications_next {
+            publications_next = Instant::now() + interval.mul_f64(jitter());
+            if let Ok((hub, _)) = client::client(&state.system, &state.config.data_dir).await {
+                publications(&state, &hub).await;
+            }
+        }
         if due.is_empty() {
             continue;
         }
@@ -168,6 +176,33 @@ pub async fn run(state: AppState) {
                     state.metrics.continuity_push("failed");
                     slot.next = Some(Instant::now() + wait);
                 }
+            }
+        }
+    }
+}
+
+/// Fetches what the federation publishes, then adopts it into the schools that chose to.
+async fn publications(state: &AppState, hub: &client::HubClient) {
+    match super::publications::fetch(hub, &state.system).await {
+        Ok(fresh) if !fresh.is_empty() => {
+            tracing::info!(count = fresh.len(), "federation publications fetched");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "federation publications not fetched"),
+    }
+    if let Ok(all) = state.tenants.list().await {
+        for t in all {
+            let Ok(handle) = state.tenants.handle(&t.slug, &Authorized::console()).await else {
+                continue;
+            };
+            match super::publications::adopt_all(&handle, &state.system).await {
+                Ok(uris) => {
+                    for uri in uris {
+                        tracing::info!(tenant = %t.slug, %uri, "published framework adopted");
+                    }
+                }
+                Err(e) => tracing::warn!(tenant = %t.slug, error = %e,
+                    "published frameworks not adopted"),
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The tenant admin's page of the school's continuity copy at the federation hub: what it
 //! is, whether it is on, its last push and last error in plain words, and the button that
-//! turns it on and shows the recovery key, once.
+//! turns it on and shows the recovery key, once; and the school's policy on what the
+//! federation publishes (`GET`/`PUT /t/{tenant}/api/federation/policy`).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -99,4 +100,29 @@ async fn render(
     let name = m.user.display_name();
     let v = viewer(lang, &m.user, &slug, &m.csrf, &name);
     Ok(layout::page(lang, lang.t("continuity.title"), Some(v), body).into_response())
+}
+
+/// What the school takes from what the federation publishes.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Adopt every competency framework the federation publishes.
+    adopt_frameworks: bool,
+}
+
+/// `GET /t/{tenant}/api/federation/policy`.
+pub async fn policy(m: Member<AdminOnly>) -> Result<super::extract::Json<Policy>, ApiError> {
+    Ok(super::extract::Json(Policy {
+        adopt_frameworks: crate::federation::publications::adopts(&m.tenant).await?,
+    }))
+}
+
+/// `PUT /t/{tenant}/api/federation/policy`: the school admin's choice; frameworks are
+/// adopted at the next sync.
+pub async fn set_policy(
+    m: Member<AdminOnly>,
+    super::extract::Json(p): super::extract::Json<Policy>,
+) -> Result<super::extract::Json<Policy>, ApiError> {
+    crate::federation::publications::set_adopts(&m.tenant, p.adopt_frameworks).await?;
+    Ok(super::extract::Json(p))
 }

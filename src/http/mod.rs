@@ -606,6 +606,19 @@ pub fn table(upload_limit: usize) -> (Router<AppState>, Vec<RouteSpec>) {
         members::<AdminOnly>(),
         post(assessment::erase),
     )
+    // What the school takes from the federation's publications
+    .add(
+        Method::GET,
+        "/t/{tenant}/api/federation/policy",
+        members::<AdminOnly>(),
+        get(continuity::policy),
+    )
+    .add(
+        Method::PUT,
+        "/t/{tenant}/api/federation/policy",
+        members::<AdminOnly>(),
+        axum::routing::put(continuity::set_policy),
+    )
     // Retention windows
     .add(
         Method::GET,

@@ -5,8 +5,106 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Migrations, StoreError};
 
-pub const HUB_MIGRATIONS: Migrations =
-    Migrations(&[HUB_V1, HUB_CONTINUITY, HUB_BATCHES, HUB_HOLDERS]);
+pub const HUB_MIGRATIONS: Migrations = Migrations(&[
+    HUB_V1,
+    HUB_CONTINUITY,
+    HUB_BATCHES,
+    HUB_HOLDERS,
+    HUB_PUBLICATIONS,
+]);
+
+/// What the federation publishes to its sites (competency frameworks): each kept whole,
+/// with its SHA-256; publishing the same bytes again changes nothing.
+const HUB_PUBLICATIONS: &str = "
+CREATE TABLE publications (
+    id           INTEGER PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    uri          TEXT NOT NULL,
+    sha256       TEXT NOT NULL UNIQUE,
+    data         BLOB NOT NULL,
+    published_at INTEGER NOT NULL
+);
+";
+
+/// Appended to the system database's migrations: what the federation published, as this
+/// site fetched it (every tenant may adopt it).
+pub const SITE_PUBLICATIONS: &str = "
+CREATE TABLE publications (
+    id         INTEGER PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    uri        TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    fetched_at INTEGER NOT NULL
+);
+";
+
+/// A publication, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Publication {
+    pub id: i64,
+    pub kind: String,
+    pub name: String,
+    pub uri: String,
+    pub sha256: String,
+    pub bytes: i64,
+    pub published_at: i64,
+}
+
+/// Publishes `data`; returns its id and whether it is new (the same bytes published
+/// before keep their id).
+pub fn publish(
+    conn: &Connection,
+    kind: &str,
+    name: &str,
+    uri: &str,
+    sha256: &str,
+    data: &[u8],
+    at: i64,
+) -> Result<(i64, bool), StoreError> {
+    let held: Option<i64> = conn
+        .prepare_cached("SELECT id FROM publications WHERE sha256 = ?1")?
+        .query_row([sha256], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = held {
+        return Ok((id, false));
+    }
+    conn.prepare_cached(
+        "INSERT INTO publications (kind, name, uri, sha256, data, published_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![kind, name, uri, sha256, data, at])?;
+    Ok((conn.last_insert_rowid(), true))
+}
+
+pub fn publications(conn: &Connection) -> Result<Vec<Publication>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, kind, name, uri, sha256, length(data), published_at FROM publications
+             ORDER BY id",
+        )?
+        .query_map([], |r| {
+            Ok(Publication {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                name: r.get(2)?,
+                uri: r.get(3)?,
+                sha256: r.get(4)?,
+                bytes: r.get(5)?,
+                published_at: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+pub fn publication(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT data FROM publications WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
 
 const HUB_V1: &str = "
 CREATE TABLE hub (

@@ -10,7 +10,7 @@ use tokio_postgres::NoTls;
 use super::StoreError;
 use super::federation::{
     BatchInfo, BatchRefusal, COMPACT, ClaimRefusal, ContinuityCopy, Generation, GenerationRefusal,
-    SiteRow, TokenRefusal, same_secret,
+    Publication, SiteRow, TokenRefusal, same_secret,
 };
 
 /// Schema versions, each applied once, in order, under an advisory lock.
@@ -100,6 +100,17 @@ CREATE TABLE continuity_covers (
 INSERT INTO continuity_covers (tenant_uid, generation, origin, through)
     SELECT tenant_uid, generation, origin, covers FROM continuity_generations
     WHERE origin IS NOT NULL AND committed_at IS NOT NULL;
+",
+    "
+CREATE TABLE publications (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    uri          TEXT NOT NULL,
+    sha256       TEXT NOT NULL UNIQUE,
+    data         BYTEA NOT NULL,
+    published_at BIGINT NOT NULL
+);
 ",
 ];
 
@@ -803,4 +814,65 @@ async fn covered(
         .cloned()
         .collect();
     pulled(tx, uid, origin, &applied).await
+}
+
+/// See [`super::federation::publish`].
+pub async fn publish(
+    pool: &Pool,
+    kind: &str,
+    name: &str,
+    uri: &str,
+    sha256: &str,
+    data: &[u8],
+    at: i64,
+) -> Result<(i64, bool), StoreError> {
+    let c = client(pool).await?;
+    let inserted = c
+        .query_opt(
+            "INSERT INTO publications (kind, name, uri, sha256, data, published_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING RETURNING id",
+            &[&kind, &name, &uri, &sha256, &data, &at],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(row) = inserted {
+        return Ok((row.get(0), true));
+    }
+    let row = c
+        .query_one("SELECT id FROM publications WHERE sha256 = $1", &[&sha256])
+        .await
+        .map_err(pg)?;
+    Ok((row.get(0), false))
+}
+
+pub async fn publications(pool: &Pool) -> Result<Vec<Publication>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query(
+            "SELECT id, kind, name, uri, sha256, length(data)::BIGINT, published_at
+             FROM publications ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| Publication {
+            id: r.get(0),
+            kind: r.get(1),
+            name: r.get(2),
+            uri: r.get(3),
+            sha256: r.get(4),
+            bytes: r.get(5),
+            published_at: r.get(6),
+        })
+        .collect())
+}
+
+pub async fn publication(pool: &Pool, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query_opt("SELECT data FROM publications WHERE id = $1", &[&id])
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0)))
 }

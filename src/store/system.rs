@@ -13,6 +13,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::federation::SITE_CONTINUITY,
     super::federation::SITE_BATCHES,
     super::federation::SITE_PULL,
+    super::federation::SITE_PUBLICATIONS,
 ]);
 
 const V1: &str = "

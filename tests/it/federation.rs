@@ -1839,3 +1839,156 @@ async fn batch_faults_on(engine: Engine, rounds: u64, seed: u64) {
          duplicated"
     );
 }
+
+/// The federation publishes a competency framework. The school whose admin chose to adopt
+/// what the federation publishes has it after the site's next sync, once; the other school
+/// does not, until its operator adopts it by hand. A file that is not a framework is
+/// refused and publishes nothing, the same file twice publishes once, a key the hub never
+/// enrolled reads nothing, and a publication altered at the hub is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_the_federation_publishes_reaches_the_schools_that_adopt_it() {
+    for engine in ENGINES {
+        published_frameworks_on(engine).await;
+    }
+}
+
+async fn published_frameworks_on(engine: Engine) {
+    let hub = Hub::start(engine);
+    let mut a = Appliance::init();
+    a.start();
+    let op = operator(&a).await;
+    let ecole = tenant_with_admin(&a, &op, "ecole").await;
+    let lycee = tenant_with_admin(&a, &op, "lycee").await;
+    let policy = "/t/ecole/api/federation/policy";
+    let r = ecole
+        .json(
+            reqwest::Method::PUT,
+            policy,
+            json!({"adopt_frameworks": true}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = ecole
+        .json(
+            reqwest::Method::PUT,
+            policy,
+            json!({"adopt_frameworks": "oui"}),
+        )
+        .await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let shown: Value = ecole.get(policy).await.json().await.unwrap();
+    assert_eq!(
+        shown["adopt_frameworks"], true,
+        "a bad body changed nothing"
+    );
+    let other: Value = lycee
+        .get("/t/lycee/api/federation/policy")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["adopt_frameworks"], false);
+    // Another school's admin cannot set it for this one.
+    let r = lycee
+        .json(
+            reqwest::Method::PUT,
+            policy,
+            json!({"adopt_frameworks": false}),
+        )
+        .await;
+    assert!(r.status().is_client_error());
+    a.kill();
+    join(&hub, &a, "Site A");
+    let frameworks = |slug: &str| -> usize {
+        let out = a.cli(&["framework", "list", "--tenant", slug]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().count()
+    };
+    let before = frameworks("ecole");
+    assert_eq!(before, frameworks("lycee"));
+
+    let not_a_framework = a.data.join("not-a-framework.json");
+    std::fs::write(&not_a_framework, br#"{"@type": "Person", "name": "x"}"#).unwrap();
+    let out = hub.cli(&[
+        "hub",
+        "publish",
+        "--framework",
+        not_a_framework.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a framework"), "{}", stderr(&out));
+    let listed = |hub: &Hub| stdout(&hub.cli(&["hub", "publications"])).lines().count();
+    assert_eq!(listed(&hub), 0, "nothing published");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cass-framework.jsonld"
+    );
+    for expected in ["Published", "already"] {
+        let out = hub.cli(&["hub", "publish", "--framework", fixture]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains(expected), "{}", stdout(&out));
+    }
+    assert_eq!(listed(&hub), 1);
+
+    let (ok, text) = federation(&a, &["publications"]);
+    assert!(ok && text.contains("1 new publications fetched"), "{text}");
+    assert!(text.contains("ecole: adopted"), "{text}");
+    assert!(!text.contains("lycee: adopted"), "{text}");
+    assert_eq!(frameworks("ecole"), before + 1);
+    assert_eq!(frameworks("lycee"), before);
+    let (ok, text) = federation(&a, &["publications"]);
+    assert!(
+        ok && text.contains("0 new") && !text.contains("adopted"),
+        "{text}"
+    );
+    let (ok, text) = federation(&a, &["adopt", "--tenant", "lycee", "1"]);
+    assert!(ok, "{text}");
+    assert_eq!(frameworks("lycee"), before + 1);
+
+    // A key the hub never enrolled reads nothing.
+    let stranger = Ed25519KeyPair::from_pkcs8(
+        Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let id = site_id(&stranger);
+    for path in [
+        "/federation/v1/publications",
+        "/federation/v1/publications/1",
+    ] {
+        let (status, body, _) = probe(&stranger, &id, reqwest::Method::GET, path, b"")
+            .send(&hub)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+    }
+    // Altered at the hub: a site fetching it keeps nothing.
+    let alter =
+        "UPDATE publications SET data = CAST(replace(CAST(data AS TEXT), 'a', 'b') AS BLOB)";
+    match &hub.postgres {
+        Some(p) => {
+            crate::postgres::cluster().psql(
+                p,
+                "UPDATE publications SET data = convert_to(replace(convert_from(data, 'UTF8'), 'a', 'b'), 'UTF8')",
+            );
+        }
+        None => {
+            rusqlite::Connection::open(hub.data.join("hub.db"))
+                .unwrap()
+                .execute(alter, [])
+                .unwrap();
+        }
+    }
+    let b = Appliance::init();
+    join(&hub, &b, "Site B");
+    let (ok, text) = federation(&b, &["publications"]);
+    assert!(!ok && text.contains("does not match the SHA-256"), "{text}");
+    let kept: i64 = rusqlite::Connection::open_with_flags(
+        b.data.join("system.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row("SELECT count(*) FROM publications", [], |r| r.get(0))
+    .unwrap();
+    assert_eq!(kept, 0);
+}

@@ -1,0 +1,203 @@
+//! What the federation publishes to its sites: competency frameworks (`ceredis hub
+//! publish`). Each site fetches them into its system database, each checked against its
+//! SHA-256 ([`fetch`]); a tenant adopts them when its admin chose to (the tenant setting
+//! [`ADOPT_SETTING`], through `PUT /t/{tenant}/api/federation/policy`), each one once
+//! ([`adopt_all`]). The hub never sees what a tenant adopted.
+//!
+//! Must not: import into a tenant whose admin did not choose it, or keep bytes whose
+//! SHA-256 is not the one the hub listed.
+
+use reqwest::Method;
+use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
+
+use super::client::{FederationError, HubClient};
+use crate::store::federation::Publication;
+use crate::store::{Database, StoreError, now};
+use crate::tenant::TenantHandle;
+
+/// Tenant setting: `1` when the tenant adopts every framework the federation publishes.
+pub const ADOPT_SETTING: &str = "federation.adopt_frameworks";
+/// Tenant setting: the last publication the tenant adopted.
+const ADOPTED_SETTING: &str = "federation.adopted_through";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublicationError {
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("publication {0} does not match the SHA-256 the hub lists for it: not kept")]
+    Altered(i64),
+    #[error("no publication {0} on this site: `ceredis federation publications` fetches them")]
+    Unknown(i64),
+    #[error("publication {0} is not a framework this appliance reads: {1}")]
+    Invalid(i64, String),
+}
+
+/// Fetches the publications this site does not hold yet; returns them.
+pub async fn fetch(
+    client: &HubClient,
+    system: &Database,
+) -> Result<Vec<Publication>, PublicationError> {
+    let (_, body) = client
+        .send(Method::GET, "/federation/v1/publications", Vec::new())
+        .await?;
+    let listed: Vec<Publication> = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["publications"].clone()).ok())
+        .unwrap_or_default();
+    let held: Vec<i64> = system
+        .read(|c| {
+            Ok(c.prepare_cached("SELECT id FROM publications")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await?;
+    let mut fresh = Vec::new();
+    for p in listed.into_iter().filter(|p| !held.contains(&p.id)) {
+        let (_, data) = client
+            .send(
+                Method::GET,
+                &format!("/federation/v1/publications/{}", p.id),
+                Vec::new(),
+            )
+            .await?;
+        let sha =
+            crate::store::backup::hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref());
+        if sha != p.sha256 {
+            return Err(PublicationError::Altered(p.id));
+        }
+        let row = p.clone();
+        system
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO publications (id, kind, name, uri, sha256, data, fetched_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    row.id,
+                    row.kind,
+                    row.name,
+                    row.uri,
+                    row.sha256,
+                    data.to_vec(),
+                    now()
+                ])?;
+                Ok(())
+            })
+            .await?;
+        fresh.push(p);
+    }
+    Ok(fresh)
+}
+
+/// The publications this site holds.
+pub async fn held(system: &Database) -> Result<Vec<Publication>, StoreError> {
+    system
+        .read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT id, kind, name, uri, sha256, length(data), fetched_at FROM publications
+                 ORDER BY id",
+            )?
+            .query_map([], |r| {
+                Ok(Publication {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    uri: r.get(3)?,
+                    sha256: r.get(4)?,
+                    bytes: r.get(5)?,
+                    published_at: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+        })
+        .await
+}
+
+/// Imports publication `id` into the tenant; returns the framework's URI.
+pub async fn adopt(
+    handle: &TenantHandle,
+    system: &Database,
+    id: i64,
+) -> Result<String, PublicationError> {
+    let data: Option<Vec<u8>> = system
+        .read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT data FROM publications WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await?;
+    let data = data.ok_or(PublicationError::Unknown(id))?;
+    let doc: Value =
+        serde_json::from_slice(&data).map_err(|e| PublicationError::Invalid(id, e.to_string()))?;
+    let (_, framework) = crate::competency::import_framework(handle, &doc)
+        .await
+        .map_err(|e| PublicationError::Invalid(id, e.message))?;
+    Ok(framework.uri)
+}
+
+/// Whether the tenant's admin chose to adopt what the federation publishes.
+pub async fn adopts(handle: &TenantHandle) -> Result<bool, StoreError> {
+    Ok(handle
+        .db
+        .read(|c| crate::store::lrs::setting(c, ADOPT_SETTING))
+        .await?
+        .as_deref()
+        == Some("1"))
+}
+
+/// Sets the tenant's choice.
+pub async fn set_adopts(handle: &TenantHandle, adopt: bool) -> Result<(), StoreError> {
+    handle
+        .db
+        .write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![ADOPT_SETTING, if adopt { "1" } else { "0" }])?;
+            Ok(())
+        })
+        .await
+}
+
+/// Adopts, into a tenant whose admin chose it, every framework published since the last
+/// one it adopted; returns their URIs.
+pub async fn adopt_all(
+    handle: &TenantHandle,
+    system: &Database,
+) -> Result<Vec<String>, PublicationError> {
+    if !adopts(handle).await? {
+        return Ok(Vec::new());
+    }
+    let through: i64 = handle
+        .db
+        .read(|c| crate::store::lrs::setting(c, ADOPTED_SETTING))
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut adopted = Vec::new();
+    for p in held(system).await? {
+        if p.id <= through || p.kind != "framework" {
+            continue;
+        }
+        adopted.push(adopt(handle, system, p.id).await?);
+        let id = p.id;
+        handle
+            .db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![ADOPTED_SETTING, id.to_string()])?;
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(adopted)
+}
