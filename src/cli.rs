@@ -236,6 +236,8 @@ enum HubCommand {
     },
     /// What the federation publishes.
     Publications,
+    /// The aggregates schools published: per school and skill, pupils per CEFR level.
+    Aggregates,
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,6 +281,11 @@ enum FederationCommand {
     /// Fetch what the federation publishes (competency frameworks), list it, and adopt it
     /// into the tenants whose admin chose to.
     Publications,
+    /// Publish a school's pseudonymised aggregates now (if its admin chose to publish them).
+    Aggregates {
+        #[arg(long)]
+        tenant: String,
+    },
     /// Adopt one publication into a tenant now, whatever its policy.
     Adopt {
         #[arg(long)]
@@ -1172,6 +1179,30 @@ async fn hub_command(
                 println!("{} is publication {id} already: nothing changed.", f.uri);
             }
         }
+        HubCommand::Aggregates => {
+            for row in state.store.aggregates().await? {
+                let a: crate::federation::aggregates::Aggregates = serde_json::from_str(&row.body)?;
+                println!(
+                    "{} ({}, {}):",
+                    row.school,
+                    row.site_id,
+                    crate::lrs::statement::format_millis(row.received_at * 1000)
+                );
+                for s in a.skills {
+                    let levels: Vec<String> = s
+                        .levels
+                        .iter()
+                        .map(|(l, n)| {
+                            format!(
+                                "{l} {}",
+                                n.map_or(format!("<{}", a.min_cell), |n| n.to_string())
+                            )
+                        })
+                        .collect();
+                    println!("  {}: {}", s.competency, levels.join(", "));
+                }
+            }
+        }
         HubCommand::Publications => {
             for p in state.store.publications().await? {
                 println!(
@@ -1406,6 +1437,23 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 for uri in publications::adopt_all(&handle, &state.system).await? {
                     println!("{}: adopted {uri}", t.slug);
                 }
+            }
+        }
+        FederationCommand::Aggregates { tenant } => {
+            let (hub, _) = client::client(&state.system, &config.data_dir).await?;
+            let handle = state
+                .tenants
+                .handle(&tenant, &Authorized::console())
+                .await?;
+            match crate::federation::aggregates::publish(&hub, &handle).await? {
+                Some(a) => println!(
+                    "{tenant}: aggregates of {} skills published ({})",
+                    a.skills.len(),
+                    serde_json::to_string(&a.skills)?
+                ),
+                None => println!(
+                    "{tenant}: its admin has not chosen to publish aggregates; nothing sent"
+                ),
             }
         }
         FederationCommand::Adopt { tenant, id } => {

@@ -23,6 +23,8 @@
 //!
 //! - `GET publications` lists what the federation publishes to its sites (competency
 //!   frameworks, `ceredis hub publish`), and `GET publications/{id}` returns one.
+//! - `PUT aggregates/{key}`: a school's pseudonymised aggregates (see
+//!   [`super::aggregates`]), refused when a count is under the smallest cell.
 //!
 //! Every response carries the hub's clock ([`HUB_TIME_HEADER`]).
 
@@ -373,6 +375,32 @@ impl HubStore {
         }
     }
 
+    /// Stores a school's latest aggregates.
+    pub async fn put_aggregates(
+        &self,
+        key: String,
+        site_id: String,
+        school: String,
+        body: String,
+    ) -> Result<(), StoreError> {
+        match self {
+            HubStore::Sqlite(db) => {
+                db.write(move |c| sql::put_aggregates(c, &key, &site_id, &school, &body, now()))
+                    .await
+            }
+            HubStore::Postgres(p) => {
+                pgsql::put_aggregates(p, &key, &site_id, &school, &body, now()).await
+            }
+        }
+    }
+
+    pub async fn aggregates(&self) -> Result<Vec<sql::AggregateRow>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(sql::aggregates).await,
+            HubStore::Postgres(p) => pgsql::aggregates(p).await,
+        }
+    }
+
     pub async fn publications(&self) -> Result<Vec<sql::Publication>, StoreError> {
         match self {
             HubStore::Sqlite(db) => db.read(sql::publications).await,
@@ -463,6 +491,10 @@ pub fn router(state: HubState) -> Router {
         .route("/federation/v1/enrol", post(enrol))
         .route("/federation/v1/site", get(whoami))
         .route("/federation/v1/publications", get(list_publications))
+        .route(
+            "/federation/v1/aggregates/{key}",
+            axum::routing::put(put_aggregates),
+        )
         .route("/federation/v1/publications/{id}", get(get_publication))
         .route(
             "/federation/v1/continuity/{uid}",
@@ -710,6 +742,36 @@ async fn enrol(State(state): State<HubState>, signed: Signed) -> Result<Response
         )),
         Err(TokenRefusal::Revoked) => Err(revoked(&signed.site_id)),
     }
+}
+
+/// `PUT aggregates/{key}`: a school's latest aggregates, refused unless every count is
+/// suppressed or at least the smallest cell.
+async fn put_aggregates(
+    State(state): State<HubState>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let site = authenticate(&state, &signed).await?;
+    if key.len() != 32 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "a school's aggregates key is 32 hex digits",
+        ));
+    }
+    let a: super::aggregates::Aggregates = json_body(&signed.body)?;
+    if let Some(why) = super::aggregates::check(&a) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cell_too_small",
+            why,
+        ));
+    }
+    let body = serde_json::to_string(&a).unwrap_or_default();
+    state
+        .store
+        .put_aggregates(key, site.site_id, a.school, body)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET publications`: what the federation publishes to its sites (without the bytes).

@@ -16,6 +16,7 @@
 //! window gains nothing: it travels under TLS, and every federation request is
 //! idempotent.
 
+pub mod aggregates;
 pub mod batch;
 pub mod client;
 pub mod continuity;

@@ -150,8 +150,12 @@ pub async fn adopts(handle: &TenantHandle) -> Result<bool, StoreError> {
         == Some("1"))
 }
 
-/// Sets the tenant's choice.
-pub async fn set_adopts(handle: &TenantHandle, adopt: bool) -> Result<(), StoreError> {
+/// Sets one of the tenant's federation choices (a tenant setting, `1` or `0`).
+pub async fn set_flag(
+    handle: &TenantHandle,
+    key: &'static str,
+    on: bool,
+) -> Result<(), StoreError> {
     handle
         .db
         .write(move |c| {
@@ -159,7 +163,7 @@ pub async fn set_adopts(handle: &TenantHandle, adopt: bool) -> Result<(), StoreE
                 "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )?
-            .execute(params![ADOPT_SETTING, if adopt { "1" } else { "0" }])?;
+            .execute(params![key, if on { "1" } else { "0" }])?;
             Ok(())
         })
         .await

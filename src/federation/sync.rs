@@ -181,7 +181,8 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// Fetches what the federation publishes, then adopts it into the schools that chose to.
+/// Fetches what the federation publishes, then adopts it into the schools that chose to,
+/// and sends the aggregates of the schools that chose to publish them.
 async fn publications(state: &AppState, hub: &client::HubClient) {
     match super::publications::fetch(hub, &state.system).await {
         Ok(fresh) if !fresh.is_empty() => {
@@ -203,6 +204,9 @@ async fn publications(state: &AppState, hub: &client::HubClient) {
                 }
                 Err(e) => tracing::warn!(tenant = %t.slug, error = %e,
                     "published frameworks not adopted"),
+            }
+            if let Err(e) = super::aggregates::publish(hub, &handle).await {
+                tracing::warn!(tenant = %t.slug, error = %e, "aggregates not published");
             }
         }
     }

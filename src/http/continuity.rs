@@ -102,27 +102,55 @@ async fn render(
     Ok(layout::page(lang, lang.t("continuity.title"), Some(v), body).into_response())
 }
 
-/// What the school takes from what the federation publishes.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+/// What the school takes from the federation and gives it.
+#[derive(Debug, serde::Serialize)]
 pub struct Policy {
     /// Adopt every competency framework the federation publishes.
     adopt_frameworks: bool,
+    /// Publish the school's pseudonymised aggregates (pupils per CEFR level per skill,
+    /// counts under 5 suppressed).
+    publish_aggregates: bool,
+}
+
+/// A change of the policy: what is absent stays.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChange {
+    adopt_frameworks: Option<bool>,
+    publish_aggregates: Option<bool>,
+}
+
+async fn current(m: &Member<AdminOnly>) -> Result<Policy, ApiError> {
+    Ok(Policy {
+        adopt_frameworks: crate::federation::publications::adopts(&m.tenant).await?,
+        publish_aggregates: crate::federation::aggregates::publishes(&m.tenant).await?,
+    })
 }
 
 /// `GET /t/{tenant}/api/federation/policy`.
 pub async fn policy(m: Member<AdminOnly>) -> Result<super::extract::Json<Policy>, ApiError> {
-    Ok(super::extract::Json(Policy {
-        adopt_frameworks: crate::federation::publications::adopts(&m.tenant).await?,
-    }))
+    Ok(super::extract::Json(current(&m).await?))
 }
 
 /// `PUT /t/{tenant}/api/federation/policy`: the school admin's choice; frameworks are
-/// adopted at the next sync.
+/// adopted, and aggregates published, at the next sync.
 pub async fn set_policy(
     m: Member<AdminOnly>,
-    super::extract::Json(p): super::extract::Json<Policy>,
+    super::extract::Json(p): super::extract::Json<PolicyChange>,
 ) -> Result<super::extract::Json<Policy>, ApiError> {
-    crate::federation::publications::set_adopts(&m.tenant, p.adopt_frameworks).await?;
-    Ok(super::extract::Json(p))
+    for (key, value) in [
+        (
+            crate::federation::publications::ADOPT_SETTING,
+            p.adopt_frameworks,
+        ),
+        (
+            crate::federation::aggregates::PUBLISH_SETTING,
+            p.publish_aggregates,
+        ),
+    ] {
+        if let Some(on) = value {
+            crate::federation::publications::set_flag(&m.tenant, key, on).await?;
+        }
+    }
+    Ok(super::extract::Json(current(&m).await?))
 }

@@ -1277,6 +1277,22 @@ pub fn current_levels(conn: &Connection, pupil: i64) -> Result<Vec<LevelRow>, St
     Ok(rows)
 }
 
+/// Per skill and level, how many pupils' current level (the latest decision) it is:
+/// `(skill URI, level, pupils)`.
+pub fn current_level_counts(conn: &Connection) -> Result<Vec<(String, String, i64)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT c.uri, d.level_code, count(*) FROM level_decisions d
+             JOIN competencies c ON c.id = d.competency_id
+             WHERE d.id = (SELECT x.id FROM level_decisions x
+                           WHERE x.pupil_id = d.pupil_id AND x.competency_id = d.competency_id
+                           ORDER BY x.at DESC, coalesce(x.uid, x.id) DESC, x.id DESC LIMIT 1)
+             GROUP BY c.uri, d.level_code ORDER BY c.uri, d.level_code",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
 // ---------------------------------------------------------------------------------------
 // Verification and replay
 

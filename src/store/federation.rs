@@ -11,7 +11,63 @@ pub const HUB_MIGRATIONS: Migrations = Migrations(&[
     HUB_BATCHES,
     HUB_HOLDERS,
     HUB_PUBLICATIONS,
+    HUB_AGGREGATES,
 ]);
+
+/// The aggregates schools publish: the latest per school (an opaque key).
+const HUB_AGGREGATES: &str = "
+CREATE TABLE aggregates (
+    key         TEXT PRIMARY KEY,
+    site_id     TEXT NOT NULL,
+    school      TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+);
+";
+
+/// A school's latest aggregates at the hub.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AggregateRow {
+    pub key: String,
+    pub site_id: String,
+    pub school: String,
+    pub body: String,
+    pub received_at: i64,
+}
+
+pub fn put_aggregates(
+    conn: &Connection,
+    key: &str,
+    site_id: &str,
+    school: &str,
+    body: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO aggregates (key, site_id, school, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (key) DO UPDATE SET site_id = excluded.site_id, school = excluded.school,
+                                         body = excluded.body, received_at = excluded.received_at",
+    )?
+    .execute(params![key, site_id, school, body, at])?;
+    Ok(())
+}
+
+pub fn aggregates(conn: &Connection) -> Result<Vec<AggregateRow>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT key, site_id, school, body, received_at FROM aggregates ORDER BY school, key",
+        )?
+        .query_map([], |r| {
+            Ok(AggregateRow {
+                key: r.get(0)?,
+                site_id: r.get(1)?,
+                school: r.get(2)?,
+                body: r.get(3)?,
+                received_at: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}
 
 /// What the federation publishes to its sites (competency frameworks): each kept whole,
 /// with its SHA-256; publishing the same bytes again changes nothing.

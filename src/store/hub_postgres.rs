@@ -9,8 +9,8 @@ use tokio_postgres::NoTls;
 
 use super::StoreError;
 use super::federation::{
-    BatchInfo, BatchRefusal, COMPACT, ClaimRefusal, ContinuityCopy, Generation, GenerationRefusal,
-    Publication, SiteRow, TokenRefusal, same_secret,
+    AggregateRow, BatchInfo, BatchRefusal, COMPACT, ClaimRefusal, ContinuityCopy, Generation,
+    GenerationRefusal, Publication, SiteRow, TokenRefusal, same_secret,
 };
 
 /// Schema versions, each applied once, in order, under an advisory lock.
@@ -110,6 +110,15 @@ CREATE TABLE publications (
     sha256       TEXT NOT NULL UNIQUE,
     data         BYTEA NOT NULL,
     published_at BIGINT NOT NULL
+);
+",
+    "
+CREATE TABLE aggregates (
+    key         TEXT PRIMARY KEY,
+    site_id     TEXT NOT NULL,
+    school      TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    received_at BIGINT NOT NULL
 );
 ",
 ];
@@ -875,4 +884,46 @@ pub async fn publication(pool: &Pool, id: i64) -> Result<Option<Vec<u8>>, StoreE
         .await
         .map_err(pg)?
         .map(|r| r.get(0)))
+}
+
+pub async fn put_aggregates(
+    pool: &Pool,
+    key: &str,
+    site_id: &str,
+    school: &str,
+    body: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    client(pool)
+        .await?
+        .execute(
+            "INSERT INTO aggregates (key, site_id, school, body, received_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET site_id = excluded.site_id, school = excluded.school,
+                                             body = excluded.body, received_at = excluded.received_at",
+            &[&key, &site_id, &school, &body, &at],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+pub async fn aggregates(pool: &Pool) -> Result<Vec<AggregateRow>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query(
+            "SELECT key, site_id, school, body, received_at FROM aggregates ORDER BY school, key",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| AggregateRow {
+            key: r.get(0),
+            site_id: r.get(1),
+            school: r.get(2),
+            body: r.get(3),
+            received_at: r.get(4),
+        })
+        .collect())
 }

@@ -1992,3 +1992,132 @@ async fn published_frameworks_on(engine: Engine) {
     .unwrap();
     assert_eq!(kept, 0);
 }
+
+/// A school that chose to publish its aggregates sends, per skill, how many pupils' current
+/// level is each CEFR level: a count under 5 suppressed, no pupil, teacher or class named.
+/// A school that did not choose sends nothing, and the hub refuses a forged publication
+/// with a small count or a lowered threshold, and stores nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_school_publishes_aggregates_without_small_cells_or_names() {
+    for engine in ENGINES {
+        aggregates_on(engine).await;
+    }
+}
+
+async fn aggregates_on(engine: Engine) {
+    let hub = Hub::start(engine);
+    let mut a = Appliance::init();
+    a.start();
+    let s = crate::assessment::school(&a).await;
+    let mut pupils = vec![s.ids["lea"], s.ids["tom"]];
+    for i in 0..5 {
+        let (id, _) = add_user(&s.admin, "ecole", &format!("eleve-{i}"), "student").await;
+        let r = s
+            .admin
+            .post(
+                &format!("/t/ecole/api/classes/{}/enrolments", s.class_a),
+                json!({"user_id": id}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        pupils.push(id);
+    }
+    let observations: Vec<Value> = pupils
+        .iter()
+        .map(|p| json!({"pupil": p, "level": 3}))
+        .collect();
+    let recorded = crate::assessment::json_of(
+        s.prof
+            .post(
+                &format!("/t/ecole/api/classes/{}/observations", s.class_a),
+                json!({"competency": "urn:ceredis:cefr:reception:A2:1",
+                       "observations": observations}),
+            )
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let evidence: Vec<i64> = recorded["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    // Léa is at B1, the six others at A2.
+    for (i, (pupil, e)) in pupils.iter().zip(&evidence).enumerate() {
+        let level = if i == 0 { "B1" } else { "A2" };
+        let r = s
+            .prof
+            .post(
+                &format!("/t/ecole/api/pupils/{pupil}/levels"),
+                json!({"competency": "urn:ceredis:cefr:reception", "level": level,
+                       "evidence": [e], "justification": "Comprend les annonces."}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+    }
+    let r = s
+        .admin
+        .json(
+            reqwest::Method::PUT,
+            "/t/ecole/api/federation/policy",
+            json!({"publish_aggregates": true}),
+        )
+        .await;
+    let policy: Value = r.json().await.unwrap();
+    assert_eq!(
+        policy,
+        json!({"adopt_frameworks": false, "publish_aggregates": true})
+    );
+    let lea_agent = crate::assessment::agent_of(&s.lea).await;
+    a.kill();
+    let out = a.cli(&["tenant", "create", "lycee", "--name", "Lycée"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    join(&hub, &a, "Site A");
+    let (ok, text) = federation(&a, &["aggregates", "--tenant", "lycee"]);
+    assert!(ok && text.contains("nothing sent"), "{text}");
+    let (ok, text) = federation(&a, &["aggregates", "--tenant", "ecole"]);
+    assert!(ok && text.contains("published"), "{text}");
+    let out = hub.cli(&["hub", "aggregates"]);
+    let shown = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        shown.contains("urn:ceredis:cefr:reception: A2 6, B1 <5"),
+        "{shown}"
+    );
+    assert!(!shown.contains("Lycée"), "{shown}");
+    let stored = hub_bytes(&hub);
+    for secret in [
+        "eleve-0",
+        "Léa",
+        "4e A",
+        lea_agent["account"]["name"].as_str().unwrap(),
+    ] {
+        let m = secret.as_bytes();
+        assert!(
+            !stored.windows(m.len()).any(|w| w == m),
+            "{secret} at the hub"
+        );
+    }
+
+    // A forged publication, signed by this enrolled site: refused, nothing stored.
+    let key = site_key(&a);
+    let id = site_id(&key);
+    let path = format!("/federation/v1/aggregates/{}", "ab".repeat(16));
+    for (min_cell, count) in [(5, 1), (1, 1), (5, 4)] {
+        let body = json!({"school": "Fausse", "computed_at": 0, "min_cell": min_cell,
+                          "skills": [{"competency": "urn:x", "levels": {"B1": count}}]})
+        .to_string();
+        let (status, v, _) = probe(&key, &id, reqwest::Method::PUT, &path, body.as_bytes())
+            .send(&hub)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["error"]["code"], "cell_too_small");
+    }
+    assert!(!stdout(&hub.cli(&["hub", "aggregates"])).contains("Fausse"));
+}
