@@ -18,8 +18,10 @@ SEED="${SEED:-$RANDOM}"
 RANDOM=$SEED
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ceredis/target}"
 cargo build --quiet
-BIN="$CARGO_TARGET_DIR/debug/ceredis"
 WORK=$(mktemp -d)
+# A copy of its own: a rebuild meanwhile does not pull the binary from under the run.
+cp "$CARGO_TARGET_DIR/debug/ceredis" "$WORK/ceredis"
+BIN="$WORK/ceredis"
 HUB_NS=ceredis-hub-$$ SITE_NS=ceredis-site-$$
 cleanup() {
   [ -n "${HUB_PID:-}" ] && kill "$HUB_PID" 2>/dev/null || true

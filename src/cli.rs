@@ -228,11 +228,19 @@ enum HubCommand {
     /// Import the batches a site wrote with `ceredis federation export` (carried by hand):
     /// each sub-folder of DIR that holds a signed batch.
     Import { dir: PathBuf },
-    /// Publish a competency framework (CaSS JSON-LD or a CASE package) to every site of the
-    /// federation; the schools whose admin chose to adopt it do at their next sync.
+    /// Publish to every site of the federation a competency framework (CaSS JSON-LD or a
+    /// CASE package; the schools whose admin chose to adopt them do at their next sync), or
+    /// a tenant app (its manifest and component; a school installs it when its operator
+    /// adopts it, and its admin grants what it asks).
     Publish {
-        #[arg(long)]
-        framework: PathBuf,
+        #[arg(long, conflicts_with_all = ["app_manifest", "app_component"])]
+        framework: Option<PathBuf>,
+        /// The app's `ceredis-app.toml`.
+        #[arg(long, requires = "app_component")]
+        app_manifest: Option<PathBuf>,
+        /// The app's WebAssembly component.
+        #[arg(long, requires = "app_manifest")]
+        app_component: Option<PathBuf>,
     },
     /// What the federation publishes.
     Publications,
@@ -1157,7 +1165,42 @@ async fn hub_command(
                 );
             }
         }
-        HubCommand::Publish { framework } => {
+        HubCommand::Publish {
+            framework: None,
+            app_manifest: Some(manifest),
+            app_component: Some(component),
+        } => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let parsed = crate::apps::Manifest::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            if !crate::federation::publications::is_component(&bytes) {
+                bail!(
+                    "{} is not a WebAssembly component (built for wasm32-wasip2)",
+                    component.display()
+                );
+            }
+            let uri = format!("app:{}@{}", parsed.name, parsed.version);
+            let data = crate::federation::publications::app_envelope(&text, &bytes);
+            let (id, fresh) = state
+                .store
+                .publish("app".into(), parsed.name.clone(), uri.clone(), data)
+                .await?;
+            if fresh {
+                println!("Published {uri} as publication {id}.");
+            } else {
+                println!("{uri} is publication {id} already: nothing changed.");
+            }
+        }
+        HubCommand::Publish {
+            framework: None, ..
+        } => bail!("publish what: --framework FILE, or --app-manifest and --app-component"),
+        HubCommand::Publish {
+            framework: Some(framework),
+            ..
+        } => {
             let data = std::fs::read(&framework)
                 .with_context(|| format!("reading {}", framework.display()))?;
             let doc: serde_json::Value = serde_json::from_slice(&data)
@@ -1461,7 +1504,13 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 .tenants
                 .handle(&tenant, &Authorized::console())
                 .await?;
-            let uri = crate::federation::publications::adopt(&handle, &state.system, id).await?;
+            let uri = crate::federation::publications::adopt(
+                &handle,
+                &state.system,
+                Some(&state.apps),
+                id,
+            )
+            .await?;
             println!("{tenant}: adopted {uri}");
         }
         FederationCommand::Export { to, tenant } => {

@@ -1,8 +1,10 @@
-//! What the federation publishes to its sites: competency frameworks (`ceredis hub
-//! publish`). Each site fetches them into its system database, each checked against its
-//! SHA-256 ([`fetch`]); a tenant adopts them when its admin chose to (the tenant setting
-//! [`ADOPT_SETTING`], through `PUT /t/{tenant}/api/federation/policy`), each one once
-//! ([`adopt_all`]). The hub never sees what a tenant adopted.
+//! What the federation publishes to its sites: competency frameworks and tenant apps
+//! (`ceredis hub publish`). Each site fetches them into its system database, each checked
+//! against its SHA-256 ([`fetch`]). A tenant adopts frameworks when its admin chose to (the
+//! tenant setting [`ADOPT_SETTING`], through `PUT /t/{tenant}/api/federation/policy`), each
+//! one once ([`adopt_all`]); an app is installed in a tenant only when its operator adopts
+//! it (`ceredis federation adopt`), with nothing granted: the tenant's admin grants what it
+//! asks. The hub never sees what a tenant adopted.
 //!
 //! Must not: import into a tenant whose admin did not choose it, or keep bytes whose
 //! SHA-256 is not the one the hub listed.
@@ -116,24 +118,66 @@ pub async fn held(system: &Database) -> Result<Vec<Publication>, StoreError> {
         .await
 }
 
-/// Imports publication `id` into the tenant; returns the framework's URI.
+/// Whether `bytes` is a WebAssembly component (not a core module).
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// A published app: its manifest and component, in one JSON document.
+pub fn app_envelope(manifest: &str, component: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    serde_json::to_vec(&serde_json::json!({
+        "manifest": manifest,
+        "component": base64::engine::general_purpose::STANDARD.encode(component),
+    }))
+    .unwrap_or_default()
+}
+
+/// Adopts publication `id` into the tenant: imports a framework, or installs an app (with
+/// `host`; nothing granted). Returns what it adopted (the framework's URI, the app's name
+/// and version).
 pub async fn adopt(
     handle: &TenantHandle,
     system: &Database,
+    host: Option<&crate::apps::runtime::AppHost>,
     id: i64,
 ) -> Result<String, PublicationError> {
-    let data: Option<Vec<u8>> = system
+    let found: Option<(String, Vec<u8>)> = system
         .read(move |c| {
             Ok(
-                c.prepare_cached("SELECT data FROM publications WHERE id = ?1")?
-                    .query_row([id], |r| r.get(0))
+                c.prepare_cached("SELECT kind, data FROM publications WHERE id = ?1")?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?,
             )
         })
         .await?;
-    let data = data.ok_or(PublicationError::Unknown(id))?;
+    let (kind, data) = found.ok_or(PublicationError::Unknown(id))?;
     let doc: Value =
         serde_json::from_slice(&data).map_err(|e| PublicationError::Invalid(id, e.to_string()))?;
+    if kind == "app" {
+        use base64::Engine;
+        let (Some(manifest), Some(component)) = (
+            doc["manifest"].as_str(),
+            doc["component"]
+                .as_str()
+                .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok()),
+        ) else {
+            return Err(PublicationError::Invalid(id, "not an app".into()));
+        };
+        let Some(host) = host else {
+            return Err(PublicationError::Invalid(
+                id,
+                "an app is adopted by the operator (`ceredis federation adopt`)".into(),
+            ));
+        };
+        let installed = crate::apps::install(host, handle, manifest, component, &[], "federation")
+            .await
+            .map_err(|e| PublicationError::Invalid(id, e.to_string()))?;
+        return Ok(format!(
+            "app {} {} (nothing granted: the school's admin grants what it asks)",
+            installed.name, installed.version
+        ));
+    }
     let (_, framework) = crate::competency::import_framework(handle, &doc)
         .await
         .map_err(|e| PublicationError::Invalid(id, e.message))?;
@@ -189,7 +233,7 @@ pub async fn adopt_all(
         if p.id <= through || p.kind != "framework" {
             continue;
         }
-        adopted.push(adopt(handle, system, p.id).await?);
+        adopted.push(adopt(handle, system, None, p.id).await?);
         let id = p.id;
         handle
             .db

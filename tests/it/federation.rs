@@ -1842,7 +1842,8 @@ async fn batch_faults_on(engine: Engine, rounds: u64, seed: u64) {
 
 /// The federation publishes a competency framework. The school whose admin chose to adopt
 /// what the federation publishes has it after the site's next sync, once; the other school
-/// does not, until its operator adopts it by hand. A file that is not a framework is
+/// does not, until its operator adopts it by hand. A published app is installed only where
+/// the operator adopts it, with nothing granted. A file that is not a framework is
 /// refused and publishes nothing, the same file twice publishes once, a key the hub never
 /// enrolled reads nothing, and a publication altered at the hub is not kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1944,6 +1945,62 @@ async fn published_frameworks_on(engine: Engine) {
     let (ok, text) = federation(&a, &["adopt", "--tenant", "lycee", "1"]);
     assert!(ok, "{text}");
     assert_eq!(frameworks("lycee"), before + 1);
+
+    // An app: published with its manifest and component, fetched by every site, installed
+    // only where the operator adopts it, with nothing granted. A core module, or a file
+    // that is no WebAssembly at all, is not published.
+    let (manifest, component) = crate::apps::example("portfolio");
+    let dir = a.data.join("publish");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ceredis-app.toml"), &manifest).unwrap();
+    std::fs::write(dir.join("app.wasm"), &component).unwrap();
+    std::fs::write(dir.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let publish_app = |wasm: &str| {
+        hub.cli(&[
+            "hub",
+            "publish",
+            "--app-manifest",
+            dir.join("ceredis-app.toml").to_str().unwrap(),
+            "--app-component",
+            dir.join(wasm).to_str().unwrap(),
+        ])
+    };
+    let out = publish_app("core.wasm");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a WebAssembly component"),
+        "{}",
+        stderr(&out)
+    );
+    let out = publish_app("app.wasm");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Published app:portfolio@"),
+        "{}",
+        stdout(&out)
+    );
+    // Its id, as the hub says it (PostgreSQL may skip numbers).
+    let published = stdout(&out);
+    let app_id = published
+        .trim()
+        .trim_end_matches('.')
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, text) = federation(&a, &["publications"]);
+    assert!(ok && text.contains("1 new publications fetched"), "{text}");
+    assert!(
+        !text.contains("adopted app"),
+        "apps are never adopted by policy: {text}"
+    );
+    let apps = |slug: &str| stdout(&a.cli(&["app", "list", "--tenant", slug]));
+    assert!(!apps("ecole").contains("portfolio"));
+    let (ok, text) = federation(&a, &["adopt", "--tenant", "ecole", &app_id]);
+    assert!(ok && text.contains("nothing granted"), "{text}");
+    let listed = apps("ecole");
+    assert!(listed.contains("portfolio"), "{listed}");
+    assert!(!apps("lycee").contains("portfolio"));
 
     // A key the hub never enrolled reads nothing.
     let stranger = Ed25519KeyPair::from_pkcs8(
