@@ -246,6 +246,15 @@ enum HubCommand {
     Publications,
     /// The aggregates schools published: per school and skill, pupils per CEFR level.
     Aggregates,
+    /// Write, for a site with no link, what the hub holds for it (the other holders'
+    /// batches of the schools it holds, and every publication), signed with the hub's key,
+    /// into a folder of DIR: `ceredis federation import` there.
+    Export {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +298,9 @@ enum FederationCommand {
     /// Fetch what the federation publishes (competency frameworks), list it, and adopt it
     /// into the tenants whose admin chose to.
     Publications,
+    /// Import what the hub wrote for this site by hand (`ceredis hub export`): the other
+    /// holders' batches and the publications, after checking the hub's signature.
+    Import { dir: PathBuf },
     /// Publish a school's pseudonymised aggregates now (if its admin chose to publish them).
     Aggregates {
         #[arg(long)]
@@ -1222,6 +1234,13 @@ async fn hub_command(
                 println!("{} is publication {id} already: nothing changed.", f.uri);
             }
         }
+        HubCommand::Export { site, to } => {
+            let key = crate::identity::key_pair(&config.data_dir)?;
+            let out =
+                crate::federation::bundle::export(&state.store, &state.hub_id, &key, &site, &to)
+                    .await?;
+            println!("{}", out.display());
+        }
         HubCommand::Aggregates => {
             for row in state.store.aggregates().await? {
                 let a: crate::federation::aggregates::Aggregates = serde_json::from_str(&row.body)?;
@@ -1481,6 +1500,19 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                     println!("{}: adopted {uri}", t.slug);
                 }
             }
+        }
+        FederationCommand::Import { dir } => {
+            let done = crate::federation::bundle::import(
+                &state.system,
+                &state.tenants,
+                &config.data_dir,
+                &dir,
+            )
+            .await?;
+            println!(
+                "Imported {} batches ({} statements) and {} new publications from the hub.",
+                done.batches, done.statements, done.publications
+            );
         }
         FederationCommand::Aggregates { tenant } => {
             let (hub, _) = client::client(&state.system, &config.data_dir).await?;

@@ -261,6 +261,7 @@ pub async fn join(
         hub_id: hub_id.clone(),
         hub_ca: ca_pem,
         joined_at: now(),
+        hub_key: v["hub_key"].as_str().map(String::from),
     };
     system
         .write(move |c| sql::set_membership(c, &membership))
@@ -291,9 +292,20 @@ pub async fn status(
     system: &Database,
     data_dir: &std::path::Path,
 ) -> Result<(Membership, Value), FederationError> {
-    let (client, m) = client(system, data_dir).await?;
+    let (client, mut m) = client(system, data_dir).await?;
     let (_, body) = client
         .send(Method::GET, "/federation/v1/site", Vec::new())
         .await?;
-    Ok((m, serde_json::from_slice(&body).unwrap_or_default()))
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    // A site that joined before the hub told its key learns it now.
+    if m.hub_key.is_none()
+        && let Some(key) = v["hub_key"].as_str()
+    {
+        m.hub_key = Some(key.to_string());
+        let saved = m.clone();
+        system
+            .write(move |c| sql::set_membership(c, &saved))
+            .await?;
+    }
+    Ok((m, v))
 }

@@ -1419,20 +1419,10 @@ async fn pull_inner(
                 Vec::new(),
             )
             .await?;
-        let batch = super::batch::open(&st.key, &st.tenant_uid, origin, *after, *last, &sealed)
-            .ok_or_else(|| {
-                ContinuityError::Unsound(format!(
-                    "batch {after}..{last} of {origin} does not open with this tenant's key"
-                ))
-            })?;
-        let me = me.clone();
-        let done = handle
-            .db
-            .write(move |c| super::batch::apply(c, &batch, &me, now()))
-            .await?;
-        if done.known {
+        let Some(done) = apply_sealed(handle, &st, &me, origin, *after, *last, &sealed).await?
+        else {
             continue;
-        }
+        };
         pulled.batches += 1;
         pulled.statements += done.statements;
         pulled.fields += done.fields;
@@ -1454,8 +1444,61 @@ async fn pull_inner(
     }
     let cursors = handle.db.read(crate::store::replica::cursors).await?;
     acknowledge(client, &base, &cursors).await?;
+    note_pulled(system, &handle.slug, &pulled).await?;
+    Ok(pulled)
+}
+
+/// Applies one sealed batch of another site (`origin`'s changes after `after` through
+/// `last`) to the tenant, in one transaction that records how far it went; `None` when it
+/// was applied before. A batch that does not follow the last one applied is refused.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_sealed(
+    handle: &TenantHandle,
+    st: &State,
+    me: &str,
+    origin: &str,
+    after: i64,
+    last: i64,
+    sealed: &[u8],
+) -> Result<Option<super::batch::Applied>, ContinuityError> {
+    let owned = origin.to_string();
+    let cursor = handle
+        .db
+        .read(move |c| crate::store::replica::cursor(c, &owned))
+        .await?;
+    if last <= cursor {
+        return Ok(None);
+    }
+    if after != cursor {
+        return Err(ContinuityError::Gap {
+            origin: origin.to_string(),
+            cursor,
+            after,
+        });
+    }
+    let batch = super::batch::open(&st.key, &st.tenant_uid, origin, after, last, sealed)
+        .ok_or_else(|| {
+            ContinuityError::Unsound(format!(
+                "batch {after}..{last} of {origin} does not open with this tenant's key"
+            ))
+        })?;
+    let me = me.to_string();
+    let done = handle
+        .db
+        .write(move |c| super::batch::apply(c, &batch, &me, now()))
+        .await?;
+    Ok((!done.known).then_some(done))
+}
+
+/// Records a pull's outcome: when, whether an erasure makes the next push a generation,
+/// and what is not here.
+pub async fn note_pulled(
+    system: &Database,
+    slug: &str,
+    pulled: &Pulled,
+) -> Result<(), ContinuityError> {
     let (slug, erased, lacking) = (
-        handle.slug.clone(),
+        slug.to_string(),
         pulled.erasures > 0,
         (!pulled.lacking.is_empty()).then(|| pulled.lacking.join("; ")),
     );
@@ -1470,7 +1513,7 @@ async fn pull_inner(
             Ok(())
         })
         .await?;
-    Ok(pulled)
+    Ok(())
 }
 
 /// The batches the hub lists: `(origin, after, last)`, each origin's in order.

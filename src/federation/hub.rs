@@ -401,6 +401,14 @@ impl HubStore {
         }
     }
 
+    /// The continuity copies `site_id` holds.
+    pub async fn copies_held_by(&self, site_id: String) -> Result<Vec<String>, StoreError> {
+        match self {
+            HubStore::Sqlite(db) => db.read(move |c| sql::copies_held_by(c, &site_id)).await,
+            HubStore::Postgres(p) => pgsql::copies_held_by(p, &site_id).await,
+        }
+    }
+
     pub async fn publications(&self) -> Result<Vec<sql::Publication>, StoreError> {
         match self {
             HubStore::Sqlite(db) => db.read(sql::publications).await,
@@ -434,6 +442,8 @@ pub struct HubState {
     pub store: HubStore,
     pub hub_id: Arc<str>,
     pub ca_pem: Arc<String>,
+    /// The hub's Ed25519 public key, base64url: it signs what the hub hands over by hand.
+    pub hub_key: Arc<str>,
 }
 
 impl HubState {
@@ -461,10 +471,14 @@ impl HubState {
         };
         let hub_id = store.init_hub_id(hub_id).await?;
         let ca_pem = std::fs::read_to_string(data_dir.join(crate::tls::CA_CERT))?;
+        let hub_key = B64.encode(
+            ring::signature::KeyPair::public_key(&crate::identity::key_pair(data_dir)?).as_ref(),
+        );
         Ok(HubState {
             store,
             hub_id: Arc::from(hub_id.as_str()),
             ca_pem: Arc::new(ca_pem),
+            hub_key: Arc::from(hub_key.as_str()),
         })
     }
 
@@ -719,6 +733,7 @@ async fn enrol(State(state): State<HubState>, signed: Signed) -> Result<Response
                 StatusCode::CREATED,
                 axum::Json(json!({
                     "hub_id": &*state.hub_id,
+                    "hub_key": &*state.hub_key,
                     "site_id": signed.site_id,
                     "label": label,
                 })),
@@ -802,6 +817,7 @@ async fn whoami(State(state): State<HubState>, signed: Signed) -> Result<Respons
     let site = authenticate(&state, &signed).await?;
     Ok(axum::Json(json!({
         "hub_id": &*state.hub_id,
+        "hub_key": &*state.hub_key,
         "site": site,
     }))
     .into_response())

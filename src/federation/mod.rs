@@ -18,6 +18,7 @@
 
 pub mod aggregates;
 pub mod batch;
+pub mod bundle;
 pub mod client;
 pub mod continuity;
 pub mod hub;

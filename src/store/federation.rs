@@ -83,6 +83,10 @@ CREATE TABLE publications (
 );
 ";
 
+/// Appended to the system database's migrations: the hub's signing key (base64url), to
+/// check what the hub hands over by hand.
+pub const SITE_HUB_KEY: &str = "ALTER TABLE federation ADD COLUMN hub_key TEXT;";
+
 /// Appended to the system database's migrations: what the federation published, as this
 /// site fetched it (every tenant may adopt it).
 pub const SITE_PUBLICATIONS: &str = "
@@ -459,17 +463,22 @@ pub struct Membership {
     /// The hub's CA certificate (PEM): the only root this site trusts for its hub.
     pub hub_ca: String,
     pub joined_at: i64,
+    /// The hub's Ed25519 public key (base64url), once the hub told it.
+    pub hub_key: Option<String>,
 }
 
 pub fn membership(conn: &Connection) -> Result<Option<Membership>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT hub_url, hub_id, hub_ca, joined_at FROM federation WHERE id = 1")?
+        .prepare_cached(
+            "SELECT hub_url, hub_id, hub_ca, joined_at, hub_key FROM federation WHERE id = 1",
+        )?
         .query_row([], |r| {
             Ok(Membership {
                 hub_url: r.get(0)?,
                 hub_id: r.get(1)?,
                 hub_ca: r.get(2)?,
                 joined_at: r.get(3)?,
+                hub_key: r.get(4)?,
             })
         })
         .optional()?)
@@ -477,11 +486,19 @@ pub fn membership(conn: &Connection) -> Result<Option<Membership>, StoreError> {
 
 pub fn set_membership(conn: &Connection, m: &Membership) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO federation (id, hub_url, hub_id, hub_ca, joined_at) VALUES (1, ?1, ?2, ?3, ?4)
+        "INSERT INTO federation (id, hub_url, hub_id, hub_ca, joined_at, hub_key)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET hub_url = excluded.hub_url, hub_id = excluded.hub_id,
-                                        hub_ca = excluded.hub_ca, joined_at = excluded.joined_at",
+                                        hub_ca = excluded.hub_ca, joined_at = excluded.joined_at,
+                                        hub_key = excluded.hub_key",
     )?
-    .execute(params![m.hub_url, m.hub_id, m.hub_ca, m.joined_at])?;
+    .execute(params![
+        m.hub_url,
+        m.hub_id,
+        m.hub_ca,
+        m.joined_at,
+        m.hub_key
+    ])?;
     Ok(())
 }
 
@@ -978,4 +995,14 @@ pub fn claim(
 /// Constant-time comparison of two secret digests.
 pub fn same_secret(a: &str, b: &str) -> bool {
     subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
+}
+
+/// The continuity copies a site holds, by tenant id.
+pub fn copies_held_by(conn: &Connection, site_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT tenant_uid FROM continuity_holders WHERE site_id = ?1 ORDER BY tenant_uid",
+        )?
+        .query_map([site_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }

@@ -927,3 +927,17 @@ pub async fn aggregates(pool: &Pool) -> Result<Vec<AggregateRow>, StoreError> {
         })
         .collect())
 }
+
+pub async fn copies_held_by(pool: &Pool, site_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(client(pool)
+        .await?
+        .query(
+            "SELECT tenant_uid FROM continuity_holders WHERE site_id = $1 ORDER BY tenant_uid",
+            &[&site_id],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}

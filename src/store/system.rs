@@ -14,6 +14,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::federation::SITE_BATCHES,
     super::federation::SITE_PULL,
     super::federation::SITE_PUBLICATIONS,
+    super::federation::SITE_HUB_KEY,
 ]);
 
 const V1: &str = "

@@ -2178,3 +2178,128 @@ async fn aggregates_on(engine: Engine) {
     }
     assert!(!stdout(&hub.cli(&["hub", "aggregates"])).contains("Fausse"));
 }
+
+/// A site with no link gets what the hub holds for it by hand: `hub export --site` writes
+/// the other holders' batches and the publications, signed with the hub's key, and
+/// `federation import` on the site applies them. Importing twice changes nothing; an
+/// altered file, an altered manifest and a bundle written for another site are refused
+/// before anything is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_with_no_link_gets_the_hubs_changes_by_hand() {
+    for engine in ENGINES {
+        hub_bundle_on(engine).await;
+    }
+}
+
+async fn hub_bundle_on(engine: Engine) {
+    let hub = Hub::start(engine);
+    let a = stopped_school().await;
+    join(&hub, &a, "Campus A");
+    let recovery = enable_copy(&a);
+    assert!(federation(&a, &["push"]).0);
+    let b = Appliance::init();
+    join(&hub, &b, "Campus B");
+    let (ok, text) = federation(
+        &b,
+        &[
+            "restore",
+            "--tenant",
+            "ecole",
+            "--recovery-key",
+            &recovery,
+            "--alongside",
+        ],
+    );
+    assert!(ok, "{text}");
+    // From now on B has no link. A writes and pushes; the federation publishes a framework.
+    let out = a.cli(&[
+        "user",
+        "add",
+        "--tenant",
+        "ecole",
+        "--username",
+        "nina",
+        "--given-name",
+        "Nina",
+        "--family-name",
+        "Nouvelle",
+        "--role",
+        "student",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(federation(&a, &["push"]).0);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cass-framework.jsonld"
+    );
+    assert!(
+        hub.cli(&["hub", "publish", "--framework", fixture])
+            .status
+            .success()
+    );
+    let (db_a, db_b) = (
+        a.data.join("tenants/ecole/tenant.db"),
+        b.data.join("tenants/ecole/tenant.db"),
+    );
+    assert_ne!(records(&db_a), records(&db_b));
+
+    let usb = tempfile::tempdir().unwrap();
+    let export = |site: &Appliance| {
+        let out = hub.cli(&[
+            "hub",
+            "export",
+            "--site",
+            &site_id(&site_key(site)),
+            "--to",
+            usb.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        PathBuf::from(stdout(&out).trim())
+    };
+    let for_b = export(&b);
+    // Refused before anything is applied: an altered batch, an altered manifest, a bundle
+    // written for another site.
+    let altered = usb.path().join("altered");
+    copy_dir(&for_b, &altered);
+    let batch = std::fs::read_dir(&altered)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("batch-")
+        })
+        .expect("A's batch is in the bundle");
+    let mut bytes = std::fs::read(&batch).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&batch, bytes).unwrap();
+    let (ok, text) = federation(&b, &["import", altered.to_str().unwrap()]);
+    assert!(!ok && text.contains("does not match its SHA-256"), "{text}");
+    copy_dir(&for_b, &altered);
+    let manifest = altered.join("hub-bundle.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replacen("\"after\": ", "\"after\": 1", 1)).unwrap();
+    let (ok, text) = federation(&b, &["import", altered.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("not signed by this site's hub"),
+        "{text}"
+    );
+    let for_a = export(&a);
+    let (ok, text) = federation(&b, &["import", for_a.to_str().unwrap()]);
+    assert!(!ok && text.contains("not for this site"), "{text}");
+    assert_ne!(records(&db_a), records(&db_b), "nothing was applied");
+
+    let (ok, text) = federation(&b, &["import", for_b.to_str().unwrap()]);
+    assert!(
+        ok && text.contains("Imported 1 batches") && text.contains("1 new publications"),
+        "{text}"
+    );
+    assert_eq!(records(&db_a), records(&db_b));
+    let (ok, text) = federation(&b, &["import", for_b.to_str().unwrap()]);
+    assert!(
+        ok && text.contains("Imported 0 batches") && text.contains("0 new publications"),
+        "{text}"
+    );
+}
