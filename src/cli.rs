@@ -89,8 +89,9 @@ enum Command {
         #[command(subcommand)]
         command: HubCommand,
     },
-    /// This site's link to its federation hub: join it, check it.
-    #[command(subcommand)]
+    /// This site's link to its federation hub: join it, check it, push, pull, export and
+    /// import by hand (also `ceredis sync …`).
+    #[command(subcommand, visible_alias = "sync")]
     Federation(FederationCommand),
     #[command(subcommand)]
     Config(ConfigCommand),

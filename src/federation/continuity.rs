@@ -586,9 +586,11 @@ async fn push_inner(
         )
         .await;
         match sent {
+            // The generation an interrupted push left is the one a `--full` asked for; one
+            // more only if an erasure pulled meanwhile asks for it.
             Ok(()) => {
                 pushed.resumed = true;
-                due = full;
+                due = st.generation_due;
             }
             Err(e) if is_taken(&e) => {
                 floor = floor.max(generation);

@@ -90,7 +90,8 @@ macro_rules! needs_generation {
 /// Appended to the tenant migrations: every change that batches do not carry marks the
 /// change log, so that the next push seals a generation and the hub's copy misses nothing.
 /// Evidence marks it unless derived from a statement (the statement carries it); the
-/// tenant's settings unless it is the sync clock.
+/// tenant's settings unless it is bookkeeping every copy keeps for itself (the sync clock,
+/// how far the statement index was merged) or a write of the same value.
 pub const V2: &str = concat!(
     needs_generation!(
         "orgs",
@@ -116,15 +117,16 @@ pub const V2: &str = concat!(
     needs_generation!(@mark "evidence"),
     " END;
      CREATE TRIGGER tenant_settings_needs_generation_insert AFTER INSERT ON tenant_settings
-     WHEN NEW.key <> 'sync.hlc' BEGIN ",
+     WHEN NEW.key NOT IN ('sync.hlc', 'xapi.index_merged_through') BEGIN ",
     needs_generation!(@mark "tenant_settings"),
     " END;
      CREATE TRIGGER tenant_settings_needs_generation_update AFTER UPDATE ON tenant_settings
-     WHEN NEW.key <> 'sync.hlc' BEGIN ",
+     WHEN NEW.key NOT IN ('sync.hlc', 'xapi.index_merged_through')
+      AND NEW.value IS NOT OLD.value BEGIN ",
     needs_generation!(@mark "tenant_settings"),
     " END;
      CREATE TRIGGER tenant_settings_needs_generation_delete AFTER DELETE ON tenant_settings
-     WHEN OLD.key <> 'sync.hlc' BEGIN ",
+     WHEN OLD.key NOT IN ('sync.hlc', 'xapi.index_merged_through') BEGIN ",
     needs_generation!(@mark "tenant_settings"),
     " END;"
 );

@@ -993,7 +993,12 @@ async fn a_site_with_no_link_carries_its_copy_to_the_hub_by_hand_on(engine: Engi
 
     let usb = tempfile::tempdir().unwrap();
     let usb_path = usb.path().to_str().unwrap();
-    let (ok, text) = federation(&a, &["export", "--to", usb_path]);
+    // As the operator types it: `sync` is another name for `federation`.
+    let out = a.cli(&["sync", "export", "--to", usb_path]);
+    let (ok, text) = (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    );
     assert!(ok, "{text}");
     let folder = PathBuf::from(
         text.lines()
