@@ -242,23 +242,19 @@ pub async fn import(
     }
     let mut done = Imported::default();
     for (p, data) in publications {
-        let (id, kind, name, uri, sha256) = (
-            p.id,
-            p.kind.clone(),
-            p.name.clone(),
-            p.uri.clone(),
-            p.sha256.clone(),
-        );
+        let row = crate::store::federation::Publication {
+            id: p.id,
+            kind: p.kind.clone(),
+            name: p.name.clone(),
+            uri: p.uri.clone(),
+            sha256: p.sha256.clone(),
+            bytes: data.len() as i64,
+            published_at: manifest.created_at,
+        };
         let added = system
-            .write(move |c| {
-                Ok(c.prepare_cached(
-                    "INSERT OR IGNORE INTO publications (id, kind, name, uri, sha256, data, fetched_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(rusqlite::params![id, kind, name, uri, sha256, data, now()])?)
-            })
+            .write(move |c| crate::store::federation::keep_publication(c, &row, &data, now()))
             .await?;
-        done.publications += added;
+        done.publications += usize::from(added);
     }
     let states = system.read(super::continuity::states).await?;
     for (copy, mut batches) in copies {

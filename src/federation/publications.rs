@@ -10,7 +10,6 @@
 //! SHA-256 is not the one the hub listed.
 
 use reqwest::Method;
-use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 
 use super::client::{FederationError, HubClient};
@@ -72,22 +71,7 @@ pub async fn fetch(
         }
         let row = p.clone();
         system
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT OR IGNORE INTO publications (id, kind, name, uri, sha256, data, fetched_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![
-                    row.id,
-                    row.kind,
-                    row.name,
-                    row.uri,
-                    row.sha256,
-                    data.to_vec(),
-                    now()
-                ])?;
-                Ok(())
-            })
+            .write(move |c| crate::store::federation::keep_publication(c, &row, &data, now()))
             .await?;
         fresh.push(p);
     }
@@ -97,24 +81,7 @@ pub async fn fetch(
 /// The publications this site holds.
 pub async fn held(system: &Database) -> Result<Vec<Publication>, StoreError> {
     system
-        .read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT id, kind, name, uri, sha256, length(data), fetched_at FROM publications
-                 ORDER BY id",
-            )?
-            .query_map([], |r| {
-                Ok(Publication {
-                    id: r.get(0)?,
-                    kind: r.get(1)?,
-                    name: r.get(2)?,
-                    uri: r.get(3)?,
-                    sha256: r.get(4)?,
-                    bytes: r.get(5)?,
-                    published_at: r.get(6)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?)
-        })
+        .read(crate::store::federation::kept_publications)
         .await
 }
 
@@ -142,14 +109,8 @@ pub async fn adopt(
     host: Option<&crate::apps::runtime::AppHost>,
     id: i64,
 ) -> Result<String, PublicationError> {
-    let found: Option<(String, Vec<u8>)> = system
-        .read(move |c| {
-            Ok(
-                c.prepare_cached("SELECT kind, data FROM publications WHERE id = ?1")?
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?,
-            )
-        })
+    let found = system
+        .read(move |c| crate::store::federation::kept_publication(c, id))
         .await?;
     let (kind, data) = found.ok_or(PublicationError::Unknown(id))?;
     let doc: Value =
@@ -202,14 +163,7 @@ pub async fn set_flag(
 ) -> Result<(), StoreError> {
     handle
         .db
-        .write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![key, if on { "1" } else { "0" }])?;
-            Ok(())
-        })
+        .write(move |c| crate::store::lrs::put_setting(c, key, if on { "1" } else { "0" }))
         .await
 }
 
@@ -234,17 +188,10 @@ pub async fn adopt_all(
             continue;
         }
         adopted.push(adopt(handle, system, None, p.id).await?);
-        let id = p.id;
+        let id = p.id.to_string();
         handle
             .db
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![ADOPTED_SETTING, id.to_string()])?;
-                Ok(())
-            })
+            .write(move |c| crate::store::lrs::put_setting(c, ADOPTED_SETTING, &id))
             .await?;
     }
     Ok(adopted)

@@ -145,18 +145,20 @@ pub fn publications(conn: &Connection) -> Result<Vec<Publication>, StoreError> {
             "SELECT id, kind, name, uri, sha256, length(data), published_at FROM publications
              ORDER BY id",
         )?
-        .query_map([], |r| {
-            Ok(Publication {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                name: r.get(2)?,
-                uri: r.get(3)?,
-                sha256: r.get(4)?,
-                bytes: r.get(5)?,
-                published_at: r.get(6)?,
-            })
-        })?
+        .query_map([], publication_row)?
         .collect::<Result<_, _>>()?)
+}
+
+fn publication_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Publication> {
+    Ok(Publication {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        name: r.get(2)?,
+        uri: r.get(3)?,
+        sha256: r.get(4)?,
+        bytes: r.get(5)?,
+        published_at: r.get(6)?,
+    })
 }
 
 pub fn publication(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1005,4 +1007,42 @@ pub fn copies_held_by(conn: &Connection, site_id: &str) -> Result<Vec<String>, S
         )?
         .query_map([site_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?)
+}
+
+/// Keeps a publication this site fetched (nothing if it holds it); returns whether it is new.
+pub fn keep_publication(
+    conn: &Connection,
+    p: &Publication,
+    data: &[u8],
+    at: i64,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO publications (id, kind, name, uri, sha256, data, fetched_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![p.id, p.kind, p.name, p.uri, p.sha256, data, at])?
+        > 0)
+}
+
+/// The publications this site holds (`published_at`: when it fetched them).
+pub fn kept_publications(conn: &Connection) -> Result<Vec<Publication>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, kind, name, uri, sha256, length(data), fetched_at FROM publications
+             ORDER BY id",
+        )?
+        .query_map([], publication_row)?
+        .collect::<Result<_, _>>()?)
+}
+
+/// A publication this site holds: its kind and bytes.
+pub fn kept_publication(
+    conn: &Connection,
+    id: i64,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT kind, data FROM publications WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
 }

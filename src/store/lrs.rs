@@ -139,6 +139,16 @@ pub fn fixed_home_page(conn: &Connection) -> Result<Option<String>, StoreError> 
     setting(conn, HOME_PAGE)
 }
 
+/// Sets a tenant setting.
+pub(crate) fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO tenant_settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
+}
+
 /// A tenant setting, if it is set.
 pub(crate) fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn

@@ -1084,6 +1084,16 @@ fn enable_copy(site: &Appliance) -> String {
     text.lines().next().unwrap().trim().to_string()
 }
 
+/// The rounds (`SYNC_FAULT_ROUNDS`, default 3) and seed (`SYNC_FAULT_SEED`, printed) of a
+/// randomized fault test.
+fn fault_run() -> (u64, u64) {
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let rounds = var("SYNC_FAULT_ROUNDS").unwrap_or(3);
+    let seed = var("SYNC_FAULT_SEED").unwrap_or_else(|| now() as u64 | 1);
+    println!("SYNC_FAULT_SEED={seed}");
+    (rounds, seed)
+}
+
 /// A small deterministic generator for the fault schedule (xorshift64*).
 struct Dice(u64);
 
@@ -1105,15 +1115,7 @@ impl Dice {
 /// `SYNC_FAULT_SEED` (printed) set the run; `benches/sync_faults.sh` runs 100 rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_continuity_copy_survives_random_crashes_cuts_and_duplicates() {
-    let rounds: u64 = std::env::var("SYNC_FAULT_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let seed: u64 = std::env::var("SYNC_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| now() as u64 | 1);
-    println!("SYNC_FAULT_SEED={seed}");
+    let (rounds, seed) = fault_run();
     for engine in ENGINES {
         faults_on(engine, rounds, seed).await;
     }
@@ -1677,15 +1679,7 @@ async fn two_sites_converge_on(engine: Engine) {
 /// `benches/sync_faults.sh` runs both 100 rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_between_two_holders_survive_random_crashes_cuts_and_duplicates() {
-    let rounds: u64 = std::env::var("SYNC_FAULT_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let seed: u64 = std::env::var("SYNC_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| now() as u64 | 1);
-    println!("SYNC_FAULT_SEED={seed}");
+    let (rounds, seed) = fault_run();
     for engine in ENGINES {
         batch_faults_on(engine, rounds, seed).await;
     }
