@@ -41,6 +41,8 @@ pub struct Metrics {
     pub apps: Family<AppLabel, Counter>,
     pub app_latency: Histogram,
     pub continuity: Family<AppLabel, Counter>,
+    pub pulls: Family<AppLabel, Counter>,
+    pub pulled_batches: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,9 +101,23 @@ impl Metrics {
             "Automatic pushes of tenants' continuity copies to the federation hub, by outcome (ok, failed)",
             continuity.clone(),
         );
+        let pulls = Family::<AppLabel, Counter>::default();
+        registry.register(
+            "ceredis_continuity_pulls",
+            "Automatic pulls of the other holders' batches from the federation hub, by outcome (ok, failed)",
+            pulls.clone(),
+        );
+        let pulled_batches = Counter::default();
+        registry.register(
+            "ceredis_continuity_batches_pulled",
+            "Batches of other sites applied here by automatic pulls",
+            pulled_batches.clone(),
+        );
         store.register(&mut registry);
         Metrics {
             continuity,
+            pulls,
+            pulled_batches,
             apps,
             app_latency,
             registry,
@@ -119,6 +135,12 @@ impl Metrics {
 
     pub fn continuity_push(&self, outcome: &'static str) {
         self.continuity.get_or_create(&AppLabel { outcome }).inc();
+    }
+
+    /// An automatic pull: its outcome and the batches it applied.
+    pub fn continuity_pull(&self, outcome: &'static str, batches: usize) {
+        self.pulls.get_or_create(&AppLabel { outcome }).inc();
+        self.pulled_batches.inc_by(batches as u64);
     }
 
     pub fn render(&self) -> String {

@@ -127,6 +127,10 @@ pub async fn run(state: AppState) {
                 &progress,
             )
             .await;
+            state.metrics.continuity_pull(
+                if pulled.is_ok() { "ok" } else { "failed" },
+                pulled.as_ref().map_or(0, |p| p.batches),
+            );
             let outcome = match pulled {
                 Err(e) => Err(e),
                 Ok(p) => {

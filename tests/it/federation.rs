@@ -941,6 +941,24 @@ async fn a_serving_site_pushes_by_itself_and_catches_up_after_the_hub_comes_back
     .await;
     let console = op.get("/operator").await.text().await.unwrap();
     assert!(!console.contains("cannot be reached"), "{console}");
+    // /metrics counts the pushes and the pulls, failed while the hub was away, then ok.
+    let metrics = a
+        .client()
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "ceredis_continuity_pushes_total{outcome=\"ok\"}",
+        "ceredis_continuity_pulls_total{outcome=\"ok\"}",
+        "ceredis_continuity_pulls_total{outcome=\"failed\"}",
+        "ceredis_continuity_batches_pulled_total",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     // What the hub holds has the user added while it was away.
     let b = Appliance::init();
     join(&hub, &b, "École B");
