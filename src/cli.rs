@@ -1436,8 +1436,16 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                     ),
                     Ok(p) => println!(
                         "{slug}: {} batches sent ({} bytes) after generation {}; the hub holds \
-                         the changes through {}",
-                        p.batches, p.bytes_sent, p.generation, p.batched
+                         the changes through {}{}",
+                        p.batches,
+                        p.bytes_sent,
+                        p.generation,
+                        p.batched,
+                        if p.holders > 1 {
+                            format!(" (the school is held by {} sites)", p.holders)
+                        } else {
+                            String::new()
+                        }
                     ),
                     Err(e) => {
                         failed = true;

@@ -1095,6 +1095,21 @@ async fn stopped_school() -> Appliance {
     a
 }
 
+/// `federation restore --alongside` of the test school on `site`; `(success, output)`.
+fn restore_alongside(site: &Appliance, recovery: &str) -> (bool, String) {
+    federation(
+        site,
+        &[
+            "restore",
+            "--tenant",
+            "ecole",
+            "--recovery-key",
+            recovery,
+            "--alongside",
+        ],
+    )
+}
+
 /// Turns the school's continuity copy on from the command line; its recovery key.
 fn enable_copy(site: &Appliance) -> String {
     let (ok, text) = federation(site, &["enable", "--tenant", "ecole"]);
@@ -1417,17 +1432,7 @@ async fn two_sites_converge_on(engine: Engine) {
     assert!(ok && text.contains("generation 1 committed"), "{text}");
     let mut b = Appliance::init();
     join(&hub, &b, "Campus B");
-    let (ok, text) = federation(
-        &b,
-        &[
-            "restore",
-            "--tenant",
-            "ecole",
-            "--recovery-key",
-            &recovery,
-            "--alongside",
-        ],
-    );
+    let (ok, text) = restore_alongside(&b, &recovery);
     assert!(ok && text.contains("beside the other sites"), "{text}");
 
     // Apart: the hub is gone.
@@ -1671,17 +1676,7 @@ async fn two_sites_converge_on(engine: Engine) {
     // A third appliance restored from the hub holds the same school.
     let c = Appliance::init();
     join(&hub, &c, "Campus C");
-    let (ok, text) = federation(
-        &c,
-        &[
-            "restore",
-            "--tenant",
-            "ecole",
-            "--recovery-key",
-            &recovery,
-            "--alongside",
-        ],
-    );
+    let (ok, text) = restore_alongside(&c, &recovery);
     assert!(ok, "{text}");
     let db_c = c.data.join("tenants/ecole/tenant.db");
     assert_eq!(records(&db_c), held);
@@ -1718,15 +1713,7 @@ async fn batch_faults_on(engine: Engine, rounds: u64, seed: u64) {
     let b = Appliance::init();
     let (ok, text) = federation(&b, &["join", &link_b.url, &hub.token("Campus B")]);
     assert!(ok, "{text}");
-    let restore = [
-        "restore",
-        "--tenant",
-        "ecole",
-        "--recovery-key",
-        &recovery,
-        "--alongside",
-    ];
-    let (ok, text) = federation(&b, &restore);
+    let (ok, text) = restore_alongside(&b, &recovery);
     assert!(ok, "{text}");
     let (db_a, db_b) = (
         a.data.join("tenants/ecole/tenant.db"),
@@ -2216,17 +2203,7 @@ async fn hub_bundle_on(engine: Engine) {
     assert!(federation(&a, &["push"]).0);
     let b = Appliance::init();
     join(&hub, &b, "Campus B");
-    let (ok, text) = federation(
-        &b,
-        &[
-            "restore",
-            "--tenant",
-            "ecole",
-            "--recovery-key",
-            &recovery,
-            "--alongside",
-        ],
-    );
+    let (ok, text) = restore_alongside(&b, &recovery);
     assert!(ok, "{text}");
     // From now on B has no link. A writes and pushes; the federation publishes a framework.
     let out = a.cli(&[
