@@ -95,7 +95,7 @@ pub async fn run(state: AppState) {
         if Instant::now() >= publications_next {
             publications_next = Instant::now() + interval.mul_f64(jitter());
             if let Ok((hub, _)) = client::client(&state.system, &state.config.data_dir).await {
-                publications(&state, &hub).await;
+                publish_and_adopt(&state, &hub).await;
             }
         }
         if due.is_empty() {
@@ -187,7 +187,7 @@ pub async fn run(state: AppState) {
 
 /// Fetches what the federation publishes, then adopts it into the schools that chose to,
 /// and sends the aggregates of the schools that chose to publish them.
-async fn publications(state: &AppState, hub: &client::HubClient) {
+async fn publish_and_adopt(state: &AppState, hub: &client::HubClient) {
     match super::publications::fetch(hub, &state.system).await {
         Ok(fresh) if !fresh.is_empty() => {
             tracing::info!(count = fresh.len(), "federation publications fetched");

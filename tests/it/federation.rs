@@ -1095,6 +1095,22 @@ async fn stopped_school() -> Appliance {
     a
 }
 
+/// A teacher's correction of an observation to rubric `level`.
+async fn correct(prof: &Session, evidence: i64, level: i64, comment: &str) {
+    let r = prof
+        .post(
+            &format!("/t/ecole/api/evidence/{evidence}/correction"),
+            json!({"level": level, "comment": comment}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+}
+
 /// `federation restore --alongside` of the test school on `site`; `(success, output)`.
 fn restore_alongside(site: &Appliance, recovery: &str) -> (bool, String) {
     federation(
@@ -1456,18 +1472,7 @@ async fn two_sites_converge_on(engine: Engine) {
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let prof_a = login(&a, "/t/ecole/login", "prof", PASSWORD).await.unwrap();
-    let r = prof_a
-        .post(
-            &format!("/t/ecole/api/evidence/{observed}/correction"),
-            json!({"level": 3, "comment": "relu à A"}),
-        )
-        .await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    correct(&prof_a, observed, 3, "relu à A").await;
     a.kill();
     b.start();
     let admin_b = login(&b, "/t/ecole/login", "admin-ecole", PASSWORD)
@@ -1492,18 +1497,7 @@ async fn two_sites_converge_on(engine: Engine) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let prof_b = login(&b, "/t/ecole/login", "prof", PASSWORD).await.unwrap();
-    let r = prof_b
-        .post(
-            &format!("/t/ecole/api/evidence/{observed}/correction"),
-            json!({"level": 4, "comment": "relu à B"}),
-        )
-        .await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
+    correct(&prof_b, observed, 4, "relu à B").await;
     let fresh = crate::assessment::json_of(
         prof_b
             .post(
