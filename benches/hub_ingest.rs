@@ -145,7 +145,9 @@ fn main() {
             rusqlite::Connection::open(site.data.join("tenants/ecole/tenant.db"))
                 .unwrap()
                 .execute(
-                    "INSERT INTO tenant_settings (key, value) VALUES ('ballast', randomblob(2097152))",
+                    "INSERT INTO research_projects (name, title, quasi_identifiers, k, max_suppressed,
+                                                    pseudonym_key, created_at)
+                     VALUES ('ballast', '', '[]', 5, 0, randomblob(2097152), 0)",
                     [],
                 )
                 .unwrap();

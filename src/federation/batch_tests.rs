@@ -101,6 +101,14 @@ enum Op {
         user: usize,
         value: u8,
     },
+    /// A setting of the tenant (`value` 0 removes it).
+    Setting {
+        value: u8,
+    },
+    /// An organisation of the roster renamed, made, or (`value` 0) deleted.
+    Org {
+        value: u8,
+    },
     Cut,
 }
 
@@ -115,6 +123,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize).prop_map(|user| Op::Erase { user }),
         3 => (0..3usize, 0..5u8).prop_map(|(user, value)| Op::Observe { user, value }),
         2 => (0..3usize, 0..5u8).prop_map(|(user, value)| Op::Correct { user, value }),
+        2 => (0..4u8).prop_map(|value| Op::Setting { value }),
+        2 => (0..4u8).prop_map(|value| Op::Org { value }),
         2 => Just(Op::Cut),
     ]
 }
@@ -318,6 +328,29 @@ impl Site {
                     .unwrap();
                 }
             }
+            Op::Setting { value: 0 } => {
+                c.execute(
+                    "DELETE FROM tenant_settings WHERE key = 'retention.statements_days'",
+                    [],
+                )
+                .unwrap();
+            }
+            Op::Setting { value } => {
+                sql::put_setting(c, "retention.statements_days", &format!("{value}00")).unwrap();
+            }
+            Op::Org { value: 0 } => {
+                c.execute("DELETE FROM orgs WHERE sourced_id = 'org-1'", [])
+                    .unwrap();
+            }
+            Op::Org { value } => {
+                c.execute(
+                    "INSERT INTO orgs (sourced_id, name, org_type, updated_at)
+                     VALUES ('org-1', ?1, 'school', 1)
+                     ON CONFLICT (sourced_id) DO UPDATE SET name = excluded.name",
+                    [format!("Collège {value}")],
+                )
+                .unwrap();
+            }
             Op::Cut => self.cut(),
         }
     }
@@ -358,6 +391,10 @@ fn dump(conn: &Connection) -> Vec<String> {
               FROM evidence e JOIN users u ON u.id = e.pupil_id
               JOIN competencies c ON c.id = e.competency_id
               LEFT JOIN evidence s ON s.id = e.supersedes"),
+        rows("SELECT json_array(key, value) FROM tenant_settings
+              WHERE key NOT IN ('sync.hlc', 'xapi.index_merged_through',
+                                'federation.adopted_through')"),
+        rows("SELECT json_array(sourced_id, name, org_type, active) FROM orgs"),
         rows("SELECT json_array(u.agent_name, c.uri, s.mastery_bp, s.evidence_count)
               FROM scores s JOIN users u ON u.id = s.pupil_id
               JOIN competencies c ON c.id = s.competency_id"),
@@ -653,6 +690,17 @@ fn every_table_of_a_tenant_database_is_carried_derived_local_or_marks_a_generati
             .unwrap();
         assert!(triggers >= 2, "{t} marks the change log on its changes");
     }
+    for t in ["tenant_settings", "orgs"] {
+        let triggers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1
+                 AND name LIKE '%\\_sync\\_%' ESCAPE '\\'",
+                [t],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 3, "{t} logs its rows' changes");
+    }
 }
 
 fn observe(site: &Site, value_bp: i64) -> i64 {
@@ -738,14 +786,21 @@ fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
     site.conn.execute(align, ["2"]).unwrap();
     assert_eq!(marks(&after(&site).unwrap()), ["activity_alignments"]);
     site.cut();
-    // So does a setting of the tenant.
+    // A setting of the tenant travels in the batch, as a row: no generation.
     site.conn
         .execute(
             "INSERT INTO tenant_settings (key, value) VALUES ('retention.statements_days', '400')",
             [],
         )
         .unwrap();
-    assert_eq!(marks(&after(&site).unwrap()), ["tenant_settings"]);
+    let batch = after(&site).unwrap();
+    assert!(!batch.needs_generation(), "{batch:?}");
+    assert!(
+        batch.items.iter().any(|i| matches!(i, Item::Field { op }
+            if op.e == "setting" && op.k == "retention.statements_days"
+               && op.v == json!({"value": "400"}))),
+        "{batch:?}"
+    );
     site.cut();
     // Another copy that applies these batches has the statement, the observation and its
     // estimate, and is told what it lacks.
@@ -755,14 +810,11 @@ fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
         lacking.extend(apply(&tx, b, "site-b", 1).unwrap().lacking);
         tx.commit().unwrap();
     }
-    assert_eq!(
-        lacking,
-        [
-            "activity_alignments",
-            "activity_alignments",
-            "tenant_settings"
-        ]
-    );
+    assert_eq!(lacking, ["activity_alignments", "activity_alignments"]);
+    let setting = |c: &Connection| -> Option<String> {
+        sql::setting(c, "retention.statements_days").unwrap()
+    };
+    assert_eq!(setting(&other.conn).as_deref(), Some("400"));
     assert_eq!(dump(&site.conn), dump(&other.conn));
 }
 
@@ -825,4 +877,102 @@ fn a_retention_run_deletes_the_same_records_in_every_copy() {
             report.problems
         );
     }
+}
+
+#[test]
+fn a_setting_changed_in_two_copies_keeps_the_later_value_and_records_the_other() {
+    let conn = base();
+    let mut a = Site::new("site-a", copy(&conn));
+    let mut b = Site::new("site-b", copy(&conn));
+    let key = "retention.statements_days";
+    sql::put_setting(&a.conn, key, "400").unwrap();
+    sql::put_setting(&b.conn, key, "200").unwrap();
+    a.cut();
+    b.cut();
+    for x in &a.outbox {
+        b.apply(x);
+    }
+    for x in &b.outbox {
+        a.apply(x);
+    }
+    let value = |s: &Site| sql::setting(&s.conn, key).unwrap();
+    // B wrote last: its value stays in both copies, and A's is on record as the loser.
+    assert_eq!(value(&a).as_deref(), Some("200"));
+    assert_eq!(value(&b).as_deref(), Some("200"));
+    for s in [&a, &b] {
+        let recorded = replica::conflicts(&s.conn).unwrap();
+        assert_eq!(recorded.len(), 1, "{}: {recorded:?}", s.name);
+        let c = &recorded[0];
+        assert_eq!((c.entity.as_str(), c.key.as_str()), ("setting", key));
+        assert_eq!(c.kept, json!({"value": "200"}));
+        assert_eq!(
+            (c.lost.clone(), c.lost_origin.as_str()),
+            (json!({"value": "400"}), "site-a")
+        );
+    }
+    // A's removal of it follows B's value: no conflict, gone in both.
+    a.conn
+        .execute("DELETE FROM tenant_settings WHERE key = ?1", [key])
+        .unwrap();
+    let sent = a.outbox.len();
+    a.cut();
+    for x in &a.outbox[sent..] {
+        b.apply(x);
+    }
+    assert_eq!(value(&b), None);
+    assert_eq!(replica::conflicts(&b.conn).unwrap().len(), 1);
+    assert_eq!(dump(&a.conn), dump(&b.conn));
+}
+
+#[test]
+fn a_batch_cannot_set_a_copys_own_bookkeeping_or_carry_a_row_that_is_not_one() {
+    let conn = base();
+    let b = Site::new("site-b", copy(&conn));
+    let op = |k: &str, v: serde_json::Value| FieldOp {
+        e: "setting".into(),
+        k: k.into(),
+        f: replica::ROW_FIELD.into(),
+        v,
+        h: 1 << 60,
+        p: 0,
+        po: String::new(),
+    };
+    let batch = |ops: Vec<FieldOp>| Batch {
+        format: FORMAT,
+        origin: "site-a".into(),
+        after: replica::cursor(&b.conn, "site-a").unwrap(),
+        last: replica::cursor(&b.conn, "site-a").unwrap() + 1,
+        items: ops.into_iter().map(|op| Item::Field { op }).collect(),
+    };
+    for local in replica::LOCAL_SETTINGS {
+        b.apply(&batch(vec![op(local, json!({"value": "0"}))]));
+    }
+    assert_eq!(
+        sql::setting(&b.conn, "xapi.index_merged_through").unwrap(),
+        None
+    );
+    assert_eq!(
+        sql::setting(&b.conn, "federation.adopted_through").unwrap(),
+        None
+    );
+    assert_ne!(
+        sql::setting(&b.conn, "sync.hlc").unwrap().as_deref(),
+        Some("0")
+    );
+    // A row that is not an object is refused, and the batch changes nothing.
+    let before = dump(&b.conn);
+    let tx = b.conn.unchecked_transaction().unwrap();
+    let refused = apply(
+        &tx,
+        &batch(vec![
+            op("retention.statements_days", json!({"value": "9"})),
+            op("ai.model", json!("9")),
+        ]),
+        "site-b",
+        1,
+    )
+    .unwrap_err();
+    drop(tx);
+    assert!(refused.to_string().contains("not an object"), "{refused}");
+    assert_eq!(dump(&b.conn), before);
 }

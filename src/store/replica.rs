@@ -169,13 +169,142 @@ CREATE UNIQUE INDEX evidence_superseded_once_here ON evidence(supersedes)
 CREATE INDEX evidence_by_supersedes ON evidence(supersedes) WHERE supersedes IS NOT NULL;
 ";
 
+/// The tenant's settings that are each copy's own bookkeeping, never carried: the sync
+/// clock, how far the statement index was merged, which publications this site adopted.
+pub const LOCAL_SETTINGS: &[&str] = &[
+    HLC_SETTING,
+    "xapi.index_merged_through",
+    "federation.adopted_through",
+];
+
+/// The field name of an operation that carries a whole row (see [`V4`]).
+pub const ROW_FIELD: &str = "row";
+
+/// Appended to the tenant migrations: the tenant's settings and organisations travel in
+/// batches, row by row. A trigger on each table turns every change of a row into an
+/// operation of the change log (kind `field`, field [`ROW_FIELD`], the new row as its
+/// value, `null` once deleted), stamped with the tenant's clock like a field of a user: the
+/// same per-row last-writer-wins rule and the same record of conflicts apply. The generic
+/// part (tick the clock, log the operation, record the version) is the `INSTEAD OF`
+/// trigger of the view `sync_row_change`; each table's triggers only say what its row is.
+/// Settings are text: a blob written there by hand is not a setting and stays here.
+/// (No `INSERT OR REPLACE` in them: the statement that fires a trigger imposes its own
+/// conflict rule on the trigger's statements.)
+pub const V4: &str = "
+DROP TRIGGER orgs_needs_generation_insert;
+DROP TRIGGER orgs_needs_generation_update;
+DROP TRIGGER orgs_needs_generation_delete;
+DROP TRIGGER tenant_settings_needs_generation_insert;
+DROP TRIGGER tenant_settings_needs_generation_update;
+DROP TRIGGER tenant_settings_needs_generation_delete;
+CREATE VIEW sync_row_change (entity, key, row) AS SELECT NULL, NULL, NULL WHERE 0;
+CREATE TRIGGER sync_row_change_logged INSTEAD OF INSERT ON sync_row_change
+BEGIN
+    UPDATE tenant_settings SET value = max(CAST(value AS INTEGER) + 1,
+                                           CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16)
+    WHERE key = 'sync.hlc';
+    INSERT INTO tenant_settings (key, value)
+    SELECT 'sync.hlc', CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16
+    WHERE NOT EXISTS (SELECT 1 FROM tenant_settings WHERE key = 'sync.hlc');
+    INSERT INTO change_log (at, kind, subject)
+    SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER), 'field',
+           json_object('e', NEW.entity, 'k', NEW.key, 'f', 'row', 'v', json(NEW.row),
+               'h', (SELECT CAST(value AS INTEGER) FROM tenant_settings WHERE key = 'sync.hlc'),
+               'p', coalesce(v.hlc, 0), 'po', coalesce(v.origin, ''))
+    FROM (SELECT 1) LEFT JOIN sync_versions v
+      ON v.entity = NEW.entity AND v.key = NEW.key AND v.field = 'row';
+    DELETE FROM sync_versions WHERE entity = NEW.entity AND key = NEW.key AND field = 'row';
+    INSERT INTO sync_versions (entity, key, field, value, hlc, origin)
+    VALUES (NEW.entity, NEW.key, 'row', coalesce(NEW.row, 'null'),
+            (SELECT CAST(value AS INTEGER) FROM tenant_settings WHERE key = 'sync.hlc'), '');
+END;
+CREATE TRIGGER tenant_settings_sync_insert AFTER INSERT ON tenant_settings
+WHEN NEW.key NOT IN ('sync.hlc', 'xapi.index_merged_through', 'federation.adopted_through')
+ AND typeof(NEW.value) <> 'blob'
+ AND NOT EXISTS (SELECT 1 FROM sync_versions WHERE entity = 'setting' AND key = NEW.key
+                 AND field = 'row' AND value = json_object('value', NEW.value))
+BEGIN
+    INSERT INTO sync_row_change VALUES ('setting', NEW.key, json_object('value', NEW.value));
+END;
+CREATE TRIGGER tenant_settings_sync_update AFTER UPDATE ON tenant_settings
+WHEN NEW.key NOT IN ('sync.hlc', 'xapi.index_merged_through', 'federation.adopted_through')
+ AND typeof(NEW.value) <> 'blob' AND (NEW.value IS NOT OLD.value OR NEW.key IS NOT OLD.key)
+BEGIN
+    INSERT INTO sync_row_change SELECT 'setting', OLD.key, NULL WHERE OLD.key IS NOT NEW.key;
+    INSERT INTO sync_row_change VALUES ('setting', NEW.key, json_object('value', NEW.value));
+END;
+CREATE TRIGGER tenant_settings_sync_delete AFTER DELETE ON tenant_settings
+WHEN OLD.key NOT IN ('sync.hlc', 'xapi.index_merged_through', 'federation.adopted_through')
+BEGIN
+    INSERT INTO sync_row_change VALUES ('setting', OLD.key, NULL);
+END;
+CREATE TRIGGER orgs_sync_insert AFTER INSERT ON orgs
+BEGIN
+    INSERT INTO sync_row_change VALUES ('org', NEW.sourced_id, json_object(
+        'active', NEW.active, 'identifier', NEW.identifier, 'name', NEW.name,
+        'org_type', NEW.org_type, 'parent_sourced_id', NEW.parent_sourced_id));
+END;
+CREATE TRIGGER orgs_sync_update AFTER UPDATE ON orgs
+WHEN (NEW.sourced_id, NEW.active, NEW.identifier, NEW.name, NEW.org_type,
+      NEW.parent_sourced_id)
+  IS NOT (OLD.sourced_id, OLD.active, OLD.identifier, OLD.name, OLD.org_type,
+          OLD.parent_sourced_id)
+BEGIN
+    INSERT INTO sync_row_change SELECT 'org', OLD.sourced_id, NULL
+    WHERE OLD.sourced_id IS NOT NEW.sourced_id;
+    INSERT INTO sync_row_change VALUES ('org', NEW.sourced_id, json_object(
+        'active', NEW.active, 'identifier', NEW.identifier, 'name', NEW.name,
+        'org_type', NEW.org_type, 'parent_sourced_id', NEW.parent_sourced_id));
+END;
+CREATE TRIGGER orgs_sync_delete AFTER DELETE ON orgs
+BEGIN
+    INSERT INTO sync_row_change VALUES ('org', OLD.sourced_id, NULL);
+END;
+";
+
+/// A table whose rows travel whole (see [`V4`]): the entity its operations name, its key
+/// column, the columns its row carries, and a column set to the time of a merge.
+struct RowTable {
+    entity: &'static str,
+    table: &'static str,
+    key: &'static str,
+    columns: &'static [&'static str],
+    touched: Option<&'static str>,
+}
+
+const ROW_TABLES: &[RowTable] = &[
+    RowTable {
+        entity: "setting",
+        table: "tenant_settings",
+        key: "key",
+        columns: &["value"],
+        touched: None,
+    },
+    RowTable {
+        entity: "org",
+        table: "orgs",
+        key: "sourced_id",
+        columns: &[
+            "active",
+            "identifier",
+            "name",
+            "org_type",
+            "parent_sourced_id",
+        ],
+        touched: Some("updated_at"),
+    },
+];
+
 /// How each table of a tenant database reaches another copy of the tenant. Every table is
 /// in exactly one of these lists (a test checks it, so a new table cannot be forgotten).
 ///
 /// Carried by batches: statements with their attachments, documents, users, classes and
 /// enrolments (field by field), evidence other than what statements give, and level
-/// decisions (append-only, by their global ids).
+/// decisions (append-only, by their global ids), the tenant's settings and organisations
+/// (row by row, see [`V4`]).
 pub const CARRIED: &[&str] = &[
+    "tenant_settings",
+    "orgs",
     "xapi_statements",
     "xapi_attachments",
     "xapi_statement_attachments",
@@ -213,11 +342,9 @@ pub const LOCAL: &[&str] = &[
     "sync_cursors",
     "sync_tombstones",
 ];
-/// Carried only by a generation: each change marks the change log (see [`V2`]), as do the
-/// tenant's settings but the sync clock. (Evidence and level decisions still mark it when
+/// Carried only by a generation: each change marks the change log (see [`V2`]). (Evidence and level decisions still mark it when
 /// deleted otherwise than by an erasure: a retention run, which only a generation carries.)
 pub const GENERATION_ONLY: &[&str] = &[
-    "orgs",
     "api_credentials",
     "frameworks",
     "competencies",
@@ -229,7 +356,6 @@ pub const GENERATION_ONLY: &[&str] = &[
     "apps",
     "app_kv",
     "app_history",
-    "tenant_settings",
 ];
 
 const HLC_SETTING: &str = "sync.hlc";
@@ -752,6 +878,9 @@ pub fn apply_field(
     me: &str,
     at: i64,
 ) -> Result<Merged, StoreError> {
+    if op.f == ROW_FIELD {
+        return apply_row(conn, op, origin, me, at);
+    }
     let shape = match op.e.as_str() {
         "user" => &USER,
         "class" => &CLASS,
@@ -862,4 +991,84 @@ fn write_field(conn: &Connection, op: &FieldOp, at: i64) -> Result<(), StoreErro
         }
     }
     Ok(())
+}
+
+/// Merges a row operation from copy `origin` and, when it wins, writes the row (or deletes
+/// it). A copy's own bookkeeping settings are never taken from another.
+fn apply_row(
+    conn: &Connection,
+    op: &FieldOp,
+    origin: &str,
+    me: &str,
+    at: i64,
+) -> Result<Merged, StoreError> {
+    let Some(table) = ROW_TABLES.iter().find(|t| t.entity == op.e) else {
+        return Err(StoreError::Conflict(format!(
+            "unknown record kind `{}`",
+            op.e
+        )));
+    };
+    let values = match &op.v {
+        Value::Null => None,
+        Value::Object(row) => Some(
+            table
+                .columns
+                .iter()
+                .map(|c| sql_param(row.get(*c).unwrap_or(&Value::Null)))
+                .collect::<Vec<_>>(),
+        ),
+        _ => {
+            return Err(StoreError::Conflict(format!(
+                "the row of {} `{}` is not an object",
+                op.e, op.k
+            )));
+        }
+    };
+    if op.e == "setting" && LOCAL_SETTINGS.contains(&op.k.as_str()) {
+        return Ok(Merged::Lost);
+    }
+    let merged = merge_field(conn, op, origin, me, at)?;
+    if !matches!(merged, Merged::Followed | Merged::Won) {
+        return Ok(merged);
+    }
+    match values {
+        None => {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {} WHERE {} = ?1",
+                table.table, table.key
+            ))?
+            .execute([&op.k])?;
+        }
+        Some(values) => {
+            let mut columns: Vec<&str> = table.columns.to_vec();
+            let mut params: Vec<rusqlite::types::Value> = values;
+            if let Some(touched) = table.touched {
+                columns.push(touched);
+                params.push(rusqlite::types::Value::Integer(at));
+            }
+            let sql = format!(
+                "INSERT INTO {t} ({k}, {cols}) VALUES ({marks})
+                 ON CONFLICT ({k}) DO UPDATE SET {set}",
+                t = table.table,
+                k = table.key,
+                cols = columns.join(", "),
+                marks = (1..=columns.len() + 1)
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                set = columns
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            let mut all = vec![rusqlite::types::Value::Text(op.k.clone())];
+            all.extend(params);
+            conn.prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(all))?;
+        }
+    }
+    // The write's own trigger stamped the row as a change made here: it is the merged one.
+    set_version(conn, op, origin)?;
+    Ok(merged)
 }

@@ -20,6 +20,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::replica::V1,
     super::replica::V2,
     super::replica::V3,
+    super::replica::V4,
 ]);
 
 const V1: &str = "

@@ -736,7 +736,9 @@ async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks_on(
     rusqlite::Connection::open(a.data.join("tenants/ecole/tenant.db"))
         .unwrap()
         .execute(
-            "INSERT INTO tenant_settings (key, value) VALUES ('ballast', randomblob(3145728))",
+            "INSERT INTO research_projects (name, title, quasi_identifiers, k, max_suppressed,
+                                            pseudonym_key, created_at)
+             VALUES ('ballast', '', '[]', 5, 0, randomblob(3145728), 0)",
             [],
         )
         .unwrap();
@@ -1187,7 +1189,10 @@ async fn faults_on(engine: Engine, rounds: u64, seed: u64) {
         rusqlite::Connection::open(&source)
             .unwrap()
             .execute(
-                "INSERT OR REPLACE INTO tenant_settings (key, value) VALUES (?1, randomblob(?2))",
+                "INSERT OR REPLACE INTO research_projects (name, title, quasi_identifiers, k,
+                                                           max_suppressed, pseudonym_key,
+                                                           created_at)
+                 VALUES (?1, '', '[]', 5, 0, randomblob(?2), 0)",
                 rusqlite::params![format!("round-{}", round % 4), size as i64],
             )
             .unwrap();
@@ -1348,6 +1353,11 @@ fn records(db: &Path) -> Vec<String> {
         ),
         rows("SELECT 'erased ' || agent_name FROM sync_tombstones"),
         rows(
+            "SELECT 'setting ' || json_array(key, value) FROM tenant_settings
+              WHERE key NOT IN ('sync.hlc', 'xapi.index_merged_through',
+                                'federation.adopted_through') AND typeof(value) = 'text'",
+        ),
+        rows(
             "SELECT 'evidence ' || json_array(e.uid, u.agent_name, c.uri, e.source, e.kind,
                      s.uid, e.value_bp, e.comment, e.at)
               FROM evidence e JOIN users u ON u.id = e.pupil_id
@@ -1471,6 +1481,15 @@ async fn two_sites_converge_on(engine: Engine) {
         )
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The school admin, at A, publishes the school's aggregates from now on: a setting.
+    let r = admin_a
+        .json(
+            reqwest::Method::PUT,
+            "/t/ecole/api/federation/policy",
+            json!({"publish_aggregates": true}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     let prof_a = login(&a, "/t/ecole/login", "prof", PASSWORD).await.unwrap();
     correct(&prof_a, observed, 3, "relu à A").await;
     a.kill();
@@ -1564,6 +1583,12 @@ async fn two_sites_converge_on(engine: Engine) {
     let rounds = converged.expect("the two sites converge within 3 rounds");
     println!("{engine:?}: converged in {rounds} rounds");
     let held = records(&db_a);
+    // A's policy holds at B too.
+    assert!(
+        held.iter()
+            .any(|r| r == r#"setting ["federation.publish_aggregates","1"]"#),
+        "{held:?}"
+    );
     // Léa is gone, with everything of hers, from both.
     let lea_name = lea["account"]["name"].as_str().unwrap();
     let tom_name = tom["account"]["name"].as_str().unwrap();
