@@ -149,7 +149,7 @@ pub async fn serve(
         .filter_map(|g| Capability::parse(g))
         .collect();
     let call = CallCtx {
-        pseudonym: app_pseudonym(&served.key, &served.row.name, m.user.id),
+        pseudonym: app_pseudonym(&served.key, &served.row.name, &m.user.agent_name),
         tenant: m.tenant.clone(),
         user: m.user.clone(),
         app: served.row.name.clone(),

@@ -305,18 +305,60 @@ pub fn kv_keys(
 }
 
 /// A user's id as one app sees it: keyed by the tenant's secret and the app's name, so two
-/// apps cannot link their users and the id says nothing about the person.
-pub fn user_pseudonym(key: &[u8], app: &str, user_id: i64) -> String {
+/// apps cannot link their users and the id says nothing about the person. It is made from
+/// the user's agent name, the same in every copy of the tenant (local row ids are not), so
+/// that a user's data in an app means the same at every site holding the school.
+pub fn user_pseudonym(key: &[u8], app: &str, agent_name: &str) -> String {
+    pseudonym_of(key, &format!("app:{app}:agent:{agent_name}"))
+}
+
+fn pseudonym_of(key: &[u8], what: &str) -> String {
     let tag = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
-        format!("app:{app}:user:{user_id}").as_bytes(),
+        what.as_bytes(),
     );
     format!("u_{}", crate::competency::mastery::hex(&tag.as_ref()[..12]))
 }
 
+/// The setting that says a tenant's per-user app keys are under [`user_pseudonym`].
+const KEYED_BY_AGENT: &str = "apps.user_keys_by_agent";
+
+/// Moves every user's app keys from the pseudonym of their local row id (the one used
+/// before) to [`user_pseudonym`], once per database. Returns how many keys moved.
+pub fn rekey_user_keys(conn: &Connection) -> Result<i64, StoreError> {
+    if super::lrs::setting(conn, KEYED_BY_AGENT)?.is_some() {
+        return Ok(0);
+    }
+    let key = super::ai::pseudonym_key(conn)?;
+    let apps: Vec<String> = conn
+        .prepare_cached("SELECT name FROM apps")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let users: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT id, agent_name FROM users WHERE agent_name IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut moved = 0;
+    for app in &apps {
+        for (id, agent) in &users {
+            let old = format!("u/{}/", pseudonym_of(&key, &format!("app:{app}:user:{id}")));
+            let new = format!("u/{}/", user_pseudonym(&key, app, agent));
+            let end = format!("{}0", &old[..old.len() - 1]);
+            moved += conn
+                .prepare_cached(
+                    "UPDATE app_kv SET key = ?4 || substr(key, length(?2) + 1)
+                     WHERE app = ?1 AND key >= ?2 AND key < ?3",
+                )?
+                .execute(params![app, old, end, new])? as i64;
+        }
+    }
+    super::lrs::put_setting(conn, KEYED_BY_AGENT, "1")?;
+    Ok(moved)
+}
+
 /// Erases what every app keeps about one user: the keys under `u/<pseudonym>/`, the
 /// namespace the WIT reserves for per-user data. Returns how many keys went.
-pub fn erase_user_keys(conn: &Connection, user_id: i64) -> Result<i64, StoreError> {
+pub fn erase_user_keys(conn: &Connection, agent_name: &str) -> Result<i64, StoreError> {
     let key = super::ai::pseudonym_key(conn)?;
     let names: Vec<String> = conn
         .prepare_cached("SELECT name FROM apps")?
@@ -324,7 +366,7 @@ pub fn erase_user_keys(conn: &Connection, user_id: i64) -> Result<i64, StoreErro
         .collect::<Result<_, _>>()?;
     let mut erased = 0;
     for app in names {
-        let prefix = format!("u/{}/", user_pseudonym(&key, &app, user_id));
+        let prefix = format!("u/{}/", user_pseudonym(&key, &app, agent_name));
         // The pseudonym is hex and `/` sorts before `0`: every key with the prefix lies in
         // [prefix, prefix with its last `/` raised to `0`).
         let end = format!("{}0", &prefix[..prefix.len() - 1]);
@@ -333,4 +375,78 @@ pub fn erase_user_keys(conn: &Connection, user_id: i64) -> Result<i64, StoreErro
             .execute(params![app, prefix, end])? as i64;
     }
     Ok(erased)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_user_app_keys_move_once_to_the_agents_pseudonym_and_erasure_finds_them() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(
+            &mut conn,
+            std::path::Path::new("test"),
+            super::super::tenant::MIGRATIONS,
+        )
+        .unwrap();
+        super::super::tenant::seed(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (id, agent_name, username, given_name, family_name, role,
+                                created_at, updated_at)
+             VALUES (7, 'a7', 'lea', 'Léa', 'M', 'student', 0, 0),
+                    (8, 'a8', 'tom', 'Tom', 'B', 'student', 0, 0);
+             INSERT INTO apps (name, version, manifest, sha256, component, grants,
+                               installed_at, installed_by, updated_at)
+             VALUES ('quiz', '1', '{}', '', x'00', '[]', 0, '', 0);",
+        )
+        .unwrap();
+        let key = super::super::ai::pseudonym_key(&conn).unwrap();
+        // Keys as the pseudonym of the local row id made them.
+        let old = |id: i64| format!("u/{}/", pseudonym_of(&key, &format!("app:quiz:user:{id}")));
+        for (k, v) in [
+            (format!("{}score", old(7)), "lea"),
+            (format!("{}score", old(8)), "tom"),
+            ("shared/top".to_string(), "all"),
+        ] {
+            conn.execute(
+                "INSERT INTO app_kv (app, key, value) VALUES ('quiz', ?1, ?2)",
+                params![k, v.as_bytes()],
+            )
+            .unwrap();
+        }
+        // A database that was keyed by row id has no mark yet.
+        conn.execute(
+            "DELETE FROM tenant_settings WHERE key = ?1",
+            [KEYED_BY_AGENT],
+        )
+        .unwrap();
+        assert_eq!(rekey_user_keys(&conn).unwrap(), 2);
+        assert_eq!(rekey_user_keys(&conn).unwrap(), 0, "once only");
+        let lea = format!("u/{}/score", user_pseudonym(&key, "quiz", "a7"));
+        assert_eq!(
+            kv_get(&conn, "quiz", &lea).unwrap().as_deref(),
+            Some(&b"lea"[..])
+        );
+        assert_eq!(
+            kv_get(&conn, "quiz", &format!("{}score", old(7))).unwrap(),
+            None
+        );
+        assert_eq!(
+            kv_get(&conn, "quiz", "shared/top").unwrap().as_deref(),
+            Some(&b"all"[..])
+        );
+        // Another copy where Léa's row id differs finds the same key; erasing her takes
+        // her key and nothing else.
+        assert_ne!(
+            user_pseudonym(&key, "quiz", "a7"),
+            user_pseudonym(&key, "quiz", "a8")
+        );
+        assert_eq!(erase_user_keys(&conn, "a7").unwrap(), 1);
+        assert_eq!(kv_get(&conn, "quiz", &lea).unwrap(), None);
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM app_kv", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 2);
+    }
 }

@@ -42,7 +42,7 @@ pub fn erase_user(
         .unwrap_or_default();
     let records = super::lrs::erase_agent(conn, &index_key, &ifi)?;
     let assessment = super::competency::erase_assessment(conn, user.id)?;
-    let app_keys = super::apps::erase_user_keys(conn, user.id)?;
+    let app_keys = super::apps::erase_user_keys(conn, &user.agent_name)?;
     super::shared::delete_sessions_of(conn, user.id)?;
     conn.prepare_cached("DELETE FROM users WHERE id = ?1")?
         .execute([user.id])?;

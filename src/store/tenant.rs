@@ -84,7 +84,9 @@ CREATE TABLE api_credentials (
 /// the AI principal's pseudonym key.
 pub fn seed(conn: &Connection) -> Result<(), StoreError> {
     super::competency::seed_builtin(conn)?;
-    super::ai::seed_key(conn)
+    super::ai::seed_key(conn)?;
+    super::apps::rekey_user_keys(conn)?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
