@@ -944,6 +944,11 @@ fn a_batch_cannot_set_a_copys_own_bookkeeping_or_carry_a_row_that_is_not_one() {
         last: replica::cursor(&b.conn, "site-a").unwrap() + 1,
         items: ops.into_iter().map(|op| Item::Field { op }).collect(),
     };
+    let listed: Vec<String> = replica::LOCAL_SETTINGS
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect();
+    assert_eq!(replica::LOCAL_SETTINGS_SQL, listed.join(", "));
     for local in replica::LOCAL_SETTINGS {
         b.apply(&batch(vec![op(local, json!({"value": "0"}))]));
     }

@@ -169,6 +169,16 @@ CREATE UNIQUE INDEX evidence_superseded_once_here ON evidence(supersedes)
 CREATE INDEX evidence_by_supersedes ON evidence(supersedes) WHERE supersedes IS NOT NULL;
 ";
 
+/// [`LOCAL_SETTINGS`] as an SQL list, for the triggers of [`V4`].
+macro_rules! local_settings_sql {
+    () => {
+        "'sync.hlc', 'xapi.index_merged_through', 'federation.adopted_through'"
+    };
+}
+
+/// [`LOCAL_SETTINGS`] as the SQL list the triggers of [`V4`] hold (a test checks they agree).
+pub const LOCAL_SETTINGS_SQL: &str = local_settings_sql!();
+
 /// The tenant's settings that are each copy's own bookkeeping, never carried: the sync
 /// clock, how far the statement index was merged, which publications this site adopted.
 pub const LOCAL_SETTINGS: &[&str] = &[
@@ -190,7 +200,8 @@ pub const ROW_FIELD: &str = "row";
 /// Settings are text: a blob written there by hand is not a setting and stays here.
 /// (No `INSERT OR REPLACE` in them: the statement that fires a trigger imposes its own
 /// conflict rule on the trigger's statements.)
-pub const V4: &str = "
+pub const V4: &str = concat!(
+    "
 DROP TRIGGER orgs_needs_generation_insert;
 DROP TRIGGER orgs_needs_generation_update;
 DROP TRIGGER orgs_needs_generation_delete;
@@ -219,7 +230,9 @@ BEGIN
             (SELECT CAST(value AS INTEGER) FROM tenant_settings WHERE key = 'sync.hlc'), '');
 END;
 CREATE TRIGGER tenant_settings_sync_insert AFTER INSERT ON tenant_settings
-WHEN NEW.key NOT IN ('sync.hlc', 'xapi.index_merged_through', 'federation.adopted_through')
+WHEN NEW.key NOT IN (",
+    local_settings_sql!(),
+    ")
  AND typeof(NEW.value) <> 'blob'
  AND NOT EXISTS (SELECT 1 FROM sync_versions WHERE entity = 'setting' AND key = NEW.key
                  AND field = 'row' AND value = json_object('value', NEW.value))
@@ -227,14 +240,18 @@ BEGIN
     INSERT INTO sync_row_change VALUES ('setting', NEW.key, json_object('value', NEW.value));
 END;
 CREATE TRIGGER tenant_settings_sync_update AFTER UPDATE ON tenant_settings
-WHEN NEW.key NOT IN ('sync.hlc', 'xapi.index_merged_through', 'federation.adopted_through')
+WHEN NEW.key NOT IN (",
+    local_settings_sql!(),
+    ")
  AND typeof(NEW.value) <> 'blob' AND (NEW.value IS NOT OLD.value OR NEW.key IS NOT OLD.key)
 BEGIN
     INSERT INTO sync_row_change SELECT 'setting', OLD.key, NULL WHERE OLD.key IS NOT NEW.key;
     INSERT INTO sync_row_change VALUES ('setting', NEW.key, json_object('value', NEW.value));
 END;
 CREATE TRIGGER tenant_settings_sync_delete AFTER DELETE ON tenant_settings
-WHEN OLD.key NOT IN ('sync.hlc', 'xapi.index_merged_through', 'federation.adopted_through')
+WHEN OLD.key NOT IN (",
+    local_settings_sql!(),
+    ")
 BEGIN
     INSERT INTO sync_row_change VALUES ('setting', OLD.key, NULL);
 END;
@@ -260,7 +277,8 @@ CREATE TRIGGER orgs_sync_delete AFTER DELETE ON orgs
 BEGIN
     INSERT INTO sync_row_change VALUES ('org', OLD.sourced_id, NULL);
 END;
-";
+"
+);
 
 /// A table whose rows travel whole (see [`V4`]): the entity its operations name, its key
 /// column, the columns its row carries, and a column set to the time of a merge.
