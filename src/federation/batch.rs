@@ -388,9 +388,12 @@ pub fn apply(conn: &Connection, batch: &Batch, me: &str, at: i64) -> Result<Appl
             } => done.statements += apply_statements(conn, &home, *stored, list, blobs)?,
             Item::Field { op } => {
                 done.fields += 1;
-                let merged = replica::apply_field(conn, op, &batch.origin, me, at)?;
-                if matches!(merged, replica::Merged::Won | replica::Merged::Lost) {
-                    done.conflicts += 1;
+                match replica::apply_field(conn, op, &batch.origin, me, at)? {
+                    replica::Outcome::Merged(replica::Merged::Won | replica::Merged::Lost) => {
+                        done.conflicts += 1;
+                    }
+                    // Held back until what it names is here: tried again below.
+                    replica::Outcome::Merged(_) | replica::Outcome::Lacking(_) => {}
                 }
             }
             Item::Document {
@@ -440,6 +443,11 @@ pub fn apply(conn: &Connection, batch: &Batch, me: &str, at: i64) -> Result<Appl
                 let merged = crate::store::competency::merge_level(conn, l, &batch.origin, at)?;
                 note_merge(&mut done, merged);
             }
+        }
+    }
+    for what in replica::retry_waiting(conn, me, at)? {
+        if !done.lacking.contains(&what) {
+            done.lacking.push(what);
         }
     }
     replica::mark_merged(conn, before, &batch.origin)?;

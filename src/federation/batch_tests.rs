@@ -109,6 +109,21 @@ enum Op {
     Org {
         value: u8,
     },
+    /// A framework imported (again, `value` in its names): two competencies, a level, a
+    /// relation, and an activity aligned to the second.
+    Framework {
+        value: u8,
+    },
+    /// The app installed (`value` its version; 0 removes it), one of its keys and one
+    /// under the pupil's pseudonym written.
+    App {
+        user: usize,
+        value: u8,
+    },
+    /// The pupil made a member of the research project (made if need be).
+    Research {
+        user: usize,
+    },
     Cut,
 }
 
@@ -125,6 +140,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..3usize, 0..5u8).prop_map(|(user, value)| Op::Correct { user, value }),
         2 => (0..4u8).prop_map(|value| Op::Setting { value }),
         2 => (0..4u8).prop_map(|value| Op::Org { value }),
+        1 => (0..3u8).prop_map(|value| Op::Framework { value }),
+        2 => (0..3usize, 0..3u8).prop_map(|(user, value)| Op::App { user, value }),
+        1 => (0..3usize).prop_map(|user| Op::Research { user }),
         2 => Just(Op::Cut),
     ]
 }
@@ -186,6 +204,8 @@ impl Site {
             | Op::Document { user, .. }
             | Op::Observe { user, .. }
             | Op::Correct { user, .. }
+            | Op::App { user, .. }
+            | Op::Research { user }
             | Op::Erase { user } => Some(*user),
             _ => None,
         };
@@ -351,6 +371,89 @@ impl Site {
                 )
                 .unwrap();
             }
+            Op::Framework { value } => {
+                let text = |what: &str| crate::competency::Text::same(&format!("{what} {value}"));
+                let competency = |n: u8| crate::competency::FrameworkCompetency {
+                    uri: format!("{HOME}fw/c{n}"),
+                    code: format!("C{n}"),
+                    name: text("compétence"),
+                    description: text("décrite"),
+                    level_code: None,
+                    levels: vec![crate::competency::FrameworkLevel {
+                        uri: format!("{HOME}fw/c{n}/l"),
+                        code: "L".into(),
+                        name: text("niveau"),
+                        description: text("atteint"),
+                    }],
+                };
+                let f = crate::competency::Framework {
+                    uri: format!("{HOME}fw"),
+                    version: value.to_string(),
+                    name: text("référentiel"),
+                    description: text("local"),
+                    source: "local".into(),
+                    competencies: vec![competency(1), competency(2)],
+                    relations: vec![crate::competency::Relation {
+                        uri: None,
+                        source: format!("{HOME}fw/c2"),
+                        target: format!("{HOME}fw/c1"),
+                        kind: crate::competency::RelationKind::Narrows,
+                    }],
+                };
+                crate::store::competency::store_framework(c, &f, 1).unwrap();
+                let second: i64 = c
+                    .query_row(
+                        "SELECT id FROM competencies WHERE uri = ?1",
+                        [format!("{HOME}fw/c2")],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                crate::store::competency::align(c, &format!("{HOME}quiz/{value}"), second).unwrap();
+            }
+            Op::App { value: 0, .. } => {
+                crate::store::apps::remove(c, "quiz", self.name, 1).unwrap();
+            }
+            Op::App { value, .. } => {
+                crate::store::apps::install(
+                    c,
+                    &crate::store::apps::NewApp {
+                        name: "quiz".into(),
+                        version: value.to_string(),
+                        manifest: "{}".into(),
+                        sha256: format!("{value:064}"),
+                        component: vec![0, *value, 0xff],
+                        grants: vec!["kv".into()],
+                        actor: self.name.into(),
+                    },
+                    1,
+                )
+                .unwrap();
+                let secret = crate::store::ai::pseudonym_key(c).unwrap();
+                let mine = crate::store::apps::user_pseudonym(
+                    &secret,
+                    "quiz",
+                    &self.agent(id as usize - 1),
+                );
+                for key in ["progress".to_string(), format!("u/{mine}/score")] {
+                    crate::store::apps::kv_set(c, "quiz", &key, &[*value, 0], 1 << 20).unwrap();
+                }
+            }
+            Op::Research { .. } => {
+                c.execute(
+                    "INSERT OR IGNORE INTO research_projects (name, title, quasi_identifiers, k,
+                                                             max_suppressed, pseudonym_key,
+                                                             created_by, created_at)
+                     VALUES ('étude', 'Lecture', '[]', 5, 0.1, x'00ff', ?1, 1)",
+                    [id],
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT OR IGNORE INTO research_members (project_id, user_id)
+                     SELECT id, ?1 FROM research_projects WHERE name = 'étude'",
+                    [id],
+                )
+                .unwrap();
+            }
             Op::Cut => self.cut(),
         }
     }
@@ -398,6 +501,26 @@ fn dump(conn: &Connection) -> Vec<String> {
         rows("SELECT json_array(u.agent_name, c.uri, s.mastery_bp, s.evidence_count)
               FROM scores s JOIN users u ON u.id = s.pupil_id
               JOIN competencies c ON c.id = s.competency_id"),
+        rows("SELECT json_array(uri, version, name, description, source) FROM frameworks"),
+        rows("SELECT json_array(c.uri, f.uri, c.code, c.name, c.level_code, c.position)
+              FROM competencies c JOIN frameworks f ON f.id = c.framework_id"),
+        rows("SELECT json_array(s.uri, t.uri, r.kind, r.uri) FROM competency_relations r
+              JOIN competencies s ON s.id = r.source_id JOIN competencies t ON t.id = r.target_id"),
+        rows("SELECT json_array(c.uri, l.code, l.name, l.rank) FROM competency_levels l
+              JOIN competencies c ON c.id = l.competency_id"),
+        rows("SELECT json_array(a.activity_iri, c.uri) FROM activity_alignments a
+              JOIN competencies c ON c.id = a.competency_id"),
+        rows("SELECT json_array(key_id, hex(secret_sha256), label, scopes, u.agent_name,
+                                revoked_at) FROM api_credentials a
+              LEFT JOIN users u ON u.id = a.created_by"),
+        rows("SELECT json_array(name, title, k, hex(pseudonym_key), u.agent_name)
+              FROM research_projects p LEFT JOIN users u ON u.id = p.created_by"),
+        rows("SELECT json_array(p.name, u.agent_name) FROM research_members m
+              JOIN research_projects p ON p.id = m.project_id JOIN users u ON u.id = m.user_id"),
+        rows("SELECT json_array(name, version, sha256, hex(component), grants, enabled)
+              FROM apps"),
+        rows("SELECT json_array(app, key, hex(value)) FROM app_kv"),
+        rows("SELECT json_array(at, app, action, version, actor) FROM app_history"),
     ]
     .concat()
 }
@@ -502,7 +625,12 @@ proptest! {
         prop_assert_eq!(&dc, &dump(&once.conn), "repeats changed the result");
         prop_assert_eq!(conflicts(&c.conn), conflicts(&once.conn), "repeats recorded conflicts again");
         // Every field both sites changed has a conflict on record everywhere, and no other.
-        let gone = erased(&a.outbox.iter().chain(&b.outbox).collect::<Vec<_>>());
+        // An erased pupil is named by their agent name, and in an app by their pseudonym.
+        let secret = crate::store::ai::pseudonym_key(&a.conn).unwrap();
+        let gone: Vec<String> = erased(&a.outbox.iter().chain(&b.outbox).collect::<Vec<_>>())
+            .into_iter()
+            .flat_map(|g| [format!("u/{}/", crate::store::apps::user_pseudonym(&secret, "quiz", &g)), g])
+            .collect();
         let both: BTreeSet<_> = written(&a.outbox)
             .intersection(&written(&b.outbox))
             .filter(|(_, k, _)| !gone.iter().any(|g| k.contains(g.as_str())))
@@ -656,7 +784,7 @@ fn a_batch_that_skips_ahead_is_refused_and_changes_nothing() {
 }
 
 #[test]
-fn every_table_of_a_tenant_database_is_carried_derived_local_or_marks_a_generation() {
+fn every_table_of_a_tenant_database_is_carried_derived_or_local() {
     let conn = base();
     let tables: BTreeSet<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
@@ -665,12 +793,7 @@ fn every_table_of_a_tenant_database_is_carried_derived_local_or_marks_a_generati
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    let lists = [
-        replica::CARRIED,
-        replica::DERIVED,
-        replica::LOCAL,
-        replica::GENERATION_ONLY,
-    ];
+    let lists = [replica::CARRIED, replica::DERIVED, replica::LOCAL];
     let mut classified = BTreeSet::new();
     for t in lists.concat() {
         assert!(classified.insert(t.to_string()), "{t} is in two lists");
@@ -679,18 +802,7 @@ fn every_table_of_a_tenant_database_is_carried_derived_local_or_marks_a_generati
         tables, classified,
         "each table says how it reaches another copy of the tenant"
     );
-    for t in replica::GENERATION_ONLY {
-        let triggers: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1
-                 AND name LIKE '%needs_generation%'",
-                [t],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert!(triggers >= 2, "{t} marks the change log on its changes");
-    }
-    for t in ["tenant_settings", "orgs"] {
+    for t in replica::row_tables() {
         let triggers: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1
@@ -701,6 +813,18 @@ fn every_table_of_a_tenant_database_is_carried_derived_local_or_marks_a_generati
             .unwrap();
         assert_eq!(triggers, 3, "{t} logs its rows' changes");
     }
+    // What only a generation carries: assessment rows deleted by an old retention run.
+    let marking: Vec<String> = conn
+        .prepare(
+            "SELECT DISTINCT tbl_name FROM sqlite_master WHERE type = 'trigger'
+             AND name LIKE '%needs_generation%' ORDER BY tbl_name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(marking, ["evidence", "level_decisions"]);
 }
 
 fn observe(site: &Site, value_bp: i64) -> i64 {
@@ -772,19 +896,19 @@ fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
     );
     site.cut();
     assert!(after(&site).is_none());
-    // A framework's alignment does not: the batch marks it, and the next push seals a
-    // generation.
+    // A framework's alignment travels too, as a row named by the activity and the
+    // competency's URI.
     let align = "INSERT OR IGNORE INTO activity_alignments
                  SELECT 'https://ecole.example/quiz/' || ?1, id FROM competencies LIMIT 1";
     site.conn.execute(align, ["1"]).unwrap();
     let batch = after(&site).unwrap();
-    assert!(batch.needs_generation());
-    assert_eq!(marks(&batch), ["activity_alignments"]);
-    // Once that batch is sent, the next such change is marked again (regression: a mark
-    // skipped because the last row was the same mark, already at the hub).
-    site.cut();
-    site.conn.execute(align, ["2"]).unwrap();
-    assert_eq!(marks(&after(&site).unwrap()), ["activity_alignments"]);
+    assert!(!batch.needs_generation(), "{batch:?}");
+    assert!(
+        batch.items.iter().any(|i| matches!(i, Item::Field { op }
+            if op.e == "activity_alignment" && op.k.starts_with("[\"https://ecole.example/quiz/1\",\"")
+               && op.v == json!({}))),
+        "{batch:?}"
+    );
     site.cut();
     // A setting of the tenant travels in the batch, as a row: no generation.
     site.conn
@@ -810,12 +934,26 @@ fn a_change_that_batches_do_not_carry_makes_the_next_push_a_generation() {
         lacking.extend(apply(&tx, b, "site-b", 1).unwrap().lacking);
         tx.commit().unwrap();
     }
-    assert_eq!(lacking, ["activity_alignments", "activity_alignments"]);
+    assert!(lacking.is_empty(), "{lacking:?}");
     let setting = |c: &Connection| -> Option<String> {
         sql::setting(c, "retention.statements_days").unwrap()
     };
     assert_eq!(setting(&other.conn).as_deref(), Some("400"));
     assert_eq!(dump(&site.conn), dump(&other.conn));
+    // Evidence deleted otherwise than by an erasure (an old retention run, which named
+    // nothing) is not carried: the batch marks it, and the next push seals a generation.
+    let forget = "DELETE FROM evidence WHERE id = (SELECT max(id) FROM evidence)";
+    site.conn.execute(forget, []).unwrap();
+    let batch = after(&site).unwrap();
+    assert!(batch.needs_generation());
+    assert_eq!(marks(&batch), ["evidence"]);
+    // Once that batch is sent, the next such change is marked again (regression: a mark
+    // skipped because the last row was the same mark, already at the hub).
+    site.cut();
+    observe(&site, 5000);
+    site.cut();
+    site.conn.execute(forget, []).unwrap();
+    assert_eq!(marks(&after(&site).unwrap()), ["evidence"]);
 }
 
 #[test]
@@ -980,4 +1118,97 @@ fn a_batch_cannot_set_a_copys_own_bookkeeping_or_carry_a_row_that_is_not_one() {
     drop(tx);
     assert!(refused.to_string().contains("not an object"), "{refused}");
     assert_eq!(dump(&b.conn), before);
+}
+
+#[test]
+fn a_row_that_arrives_before_the_one_it_names_waits_for_it_and_an_erasure_clears_it() {
+    let origin = base();
+    let mut a = Site::new("site-a", copy(&origin));
+    let mut b = Site::new("site-b", copy(&origin));
+    let c = Site::new("site-c", copy(&origin));
+    let d = Site::new("site-d", copy(&origin));
+    // A creates a project; B, once it has it, adds two pupils.
+    a.conn
+        .execute(
+            "INSERT INTO research_projects (name, title, quasi_identifiers, k, max_suppressed,
+                                            pseudonym_key, created_by, created_at)
+             VALUES ('lecture', 'Lecture', '[]', 5, 0.1, x'00ff', NULL, 1)",
+            [],
+        )
+        .unwrap();
+    a.cut();
+    for x in &a.outbox {
+        b.apply(x);
+    }
+    for user in [1, 2] {
+        b.conn
+            .execute(
+                "INSERT INTO research_members (project_id, user_id)
+                 SELECT id, ?1 FROM research_projects WHERE name = 'lecture'",
+                [user],
+            )
+            .unwrap();
+    }
+    b.cut();
+    let members = |s: &Site| -> Vec<String> {
+        let mut stmt = s
+            .conn
+            .prepare(
+                "SELECT u.username FROM research_members m JOIN users u ON u.id = m.user_id
+                 ORDER BY 1",
+            )
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let waiting = |s: &Site| -> i64 {
+        s.conn
+            .query_row("SELECT count(*) FROM sync_waiting", [], |r| r.get(0))
+            .unwrap()
+    };
+    // C gets B's batches first: the memberships wait, and C says what it lacks.
+    let apply = |s: &Site, x: &Batch| -> Vec<String> {
+        let tx = s.conn.unchecked_transaction().unwrap();
+        let done = apply(&tx, x, s.name, 1).unwrap();
+        tx.commit().unwrap();
+        done.lacking
+    };
+    let lacking: Vec<String> = b.outbox.iter().flat_map(|x| apply(&c, x)).collect();
+    assert_eq!(lacking, ["research_projects \"lecture\""]);
+    assert!(members(&c).is_empty());
+    assert_eq!(waiting(&c), 2);
+    // A's batch brings the project: both memberships follow, nothing waits.
+    let lacking: Vec<String> = a.outbox.iter().flat_map(|x| apply(&c, x)).collect();
+    assert!(lacking.is_empty(), "{lacking:?}");
+    assert_eq!(members(&c), ["eleve0", "eleve1"]);
+    assert_eq!(members(&c), members(&b));
+    assert_eq!(waiting(&c), 0);
+    // D gets B's batches, then B erases one of the two pupils: the erasure clears what
+    // waited for them, and the project brings only the other membership.
+    for x in &b.outbox {
+        apply(&d, x);
+    }
+    let pupil = tenant::user_by_id(&b.conn, 2).unwrap().unwrap();
+    crate::store::erasure::erase_user(&b.conn, &pupil, HOME, &Actor::System, 1)
+        .unwrap()
+        .unwrap();
+    let sent = b.outbox.len();
+    b.cut();
+    for x in &b.outbox[sent..] {
+        apply(&d, x);
+    }
+    assert_eq!(waiting(&d), 1);
+    let held: String = d
+        .conn
+        .query_row("SELECT op FROM sync_waiting", [], |r| r.get(0))
+        .unwrap();
+    assert!(!held.contains(&pupil.agent_name), "{held}");
+    for x in &a.outbox {
+        apply(&d, x);
+    }
+    assert_eq!(members(&d), ["eleve0"]);
+    assert_eq!(members(&d), members(&b));
+    assert_eq!(waiting(&d), 0);
 }

@@ -360,8 +360,9 @@ pub fn rekey_user_keys(conn: &Connection) -> Result<i64, StoreError> {
 /// namespace the WIT reserves for per-user data. Returns how many keys went.
 pub fn erase_user_keys(conn: &Connection, agent_name: &str) -> Result<i64, StoreError> {
     let key = super::ai::pseudonym_key(conn)?;
+    // Keys may outlive their app (see `replica::V5`): every app that has any.
     let names: Vec<String> = conn
-        .prepare_cached("SELECT name FROM apps")?
+        .prepare_cached("SELECT DISTINCT app FROM app_kv")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut erased = 0;

@@ -46,6 +46,9 @@ pub fn erase_user(
     super::shared::delete_sessions_of(conn, user.id)?;
     conn.prepare_cached("DELETE FROM users WHERE id = ?1")?
         .execute([user.id])?;
+    // Like a credential's author (`ON DELETE SET NULL`): the id may be given again.
+    conn.prepare_cached("UPDATE research_projects SET created_by = NULL WHERE created_by = ?1")?
+        .execute([user.id])?;
     let removed = json!({
         "statements": records.statements,
         "documents": records.documents,

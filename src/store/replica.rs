@@ -61,8 +61,8 @@ CREATE TABLE sync_tombstones (
 ";
 
 /// A change-log row that says "a change here that only a generation carries": written by
-/// triggers on the tables of [`GENERATION_ONLY`], one per row changed (a batch carries one
-/// mark per run of them). The triggers cannot skip a mark when the last row is the same
+/// the triggers of [`V2`] that later migrations kept (evidence and level decisions
+/// deleted), one per row changed (a batch carries one mark per run of them). The triggers cannot skip a mark when the last row is the same
 /// mark: that row may already be at the hub.
 pub const GENERATION_KIND: &str = "generation";
 
@@ -280,13 +280,328 @@ END;
 "
 );
 
-/// A table whose rows travel whole (see [`V4`]): the entity its operations name, its key
-/// column, the columns its row carries, and a column set to the time of a merge.
+/// Triggers that send every change of a table's rows through `sync_row_change` (see
+/// [`V4`]), in place of the marks of [`V2`]: the entity, the row's key and its row as SQL,
+/// once over `NEW` and once over `OLD`. A key that does not resolve (a row whose parent
+/// just went: a pupil erased, whose erasure is what travels) logs nothing.
+macro_rules! rows_travel {
+    ($table:literal, $entity:literal, ($new_key:literal, $old_key:literal),
+     ($new_row:literal, $old_row:literal)) => {
+        concat!(
+            "DROP TRIGGER IF EXISTS ",
+            $table,
+            "_needs_generation_insert;\n",
+            "DROP TRIGGER IF EXISTS ",
+            $table,
+            "_needs_generation_update;\n",
+            "DROP TRIGGER IF EXISTS ",
+            $table,
+            "_needs_generation_delete;\n",
+            "CREATE TRIGGER ",
+            $table,
+            "_sync_insert AFTER INSERT ON ",
+            $table,
+            " WHEN ",
+            $new_key,
+            " IS NOT NULL BEGIN INSERT INTO sync_row_change VALUES ('",
+            $entity,
+            "', ",
+            $new_key,
+            " || '', ",
+            $new_row,
+            "); END;\n",
+            "CREATE TRIGGER ",
+            $table,
+            "_sync_update AFTER UPDATE ON ",
+            $table,
+            " WHEN ",
+            $new_key,
+            " IS NOT ",
+            $old_key,
+            " OR ",
+            $new_row,
+            " IS NOT ",
+            $old_row,
+            " BEGIN INSERT INTO sync_row_change SELECT '",
+            $entity,
+            "', ",
+            $old_key,
+            " || '', NULL WHERE ",
+            $old_key,
+            " IS NOT ",
+            $new_key,
+            " AND ",
+            $old_key,
+            " IS NOT NULL;",
+            " INSERT INTO sync_row_change SELECT '",
+            $entity,
+            "', ",
+            $new_key,
+            " || '', ",
+            $new_row,
+            " WHERE ",
+            $new_key,
+            " IS NOT NULL; END;\n",
+            "CREATE TRIGGER ",
+            $table,
+            "_sync_delete AFTER DELETE ON ",
+            $table,
+            " WHEN ",
+            $old_key,
+            " IS NOT NULL BEGIN INSERT INTO sync_row_change VALUES ('",
+            $entity,
+            "', ",
+            $old_key,
+            " || '', NULL); END;\n",
+        )
+    };
+}
+
+/// Appended to the tenant migrations: every other table a generation alone carried travels
+/// in batches too, row by row, like the settings (see [`V4`]). A row is named by what names
+/// it in every copy, never by a local id: a framework or a competency by its URI, a level
+/// by its competency's URI and its code, a research member by the project's name and the
+/// pupil's agent name, an app's key by the app and the key. A reference to another row is
+/// carried the same way (a competency's framework as the framework's URI, a credential's
+/// author as an agent name), and blobs as hex. The install history is append-only: its
+/// whole content is its key, with the entry's rank among identical ones (the same action
+/// twice in one millisecond stays two entries).
+pub const V5: &str = concat!(
+    rows_travel!(
+        "frameworks",
+        "framework",
+        ("NEW.uri", "OLD.uri"),
+        (
+            "json_object('version', NEW.version, 'name', NEW.name,
+                         'description', NEW.description, 'source', NEW.source)",
+            "json_object('version', OLD.version, 'name', OLD.name,
+                         'description', OLD.description, 'source', OLD.source)"
+        )
+    ),
+    rows_travel!(
+        "competencies",
+        "competency",
+        ("NEW.uri", "OLD.uri"),
+        (
+            "json_object('framework_id', (SELECT uri FROM frameworks WHERE id = NEW.framework_id),
+                         'code', NEW.code, 'name', NEW.name, 'description', NEW.description,
+                         'level_code', NEW.level_code, 'position', NEW.position)",
+            "json_object('framework_id', (SELECT uri FROM frameworks WHERE id = OLD.framework_id),
+                         'code', OLD.code, 'name', OLD.name, 'description', OLD.description,
+                         'level_code', OLD.level_code, 'position', OLD.position)"
+        )
+    ),
+    rows_travel!(
+        "competency_relations",
+        "competency_relation",
+        (
+            "(SELECT json_array(s.uri, t.uri, NEW.kind) FROM competencies s, competencies t
+              WHERE s.id = NEW.source_id AND t.id = NEW.target_id)",
+            "(SELECT json_array(s.uri, t.uri, OLD.kind) FROM competencies s, competencies t
+              WHERE s.id = OLD.source_id AND t.id = OLD.target_id)"
+        ),
+        ("json_object('uri', NEW.uri)", "json_object('uri', OLD.uri)")
+    ),
+    rows_travel!(
+        "competency_levels",
+        "competency_level",
+        (
+            "(SELECT json_array(c.uri, NEW.code) FROM competencies c WHERE c.id = NEW.competency_id)",
+            "(SELECT json_array(c.uri, OLD.code) FROM competencies c WHERE c.id = OLD.competency_id)"
+        ),
+        (
+            "json_object('uri', NEW.uri, 'name', NEW.name, 'description', NEW.description,
+                         'rank', NEW.rank)",
+            "json_object('uri', OLD.uri, 'name', OLD.name, 'description', OLD.description,
+                         'rank', OLD.rank)"
+        )
+    ),
+    rows_travel!(
+        "activity_alignments",
+        "activity_alignment",
+        (
+            "(SELECT json_array(NEW.activity_iri, c.uri) FROM competencies c
+              WHERE c.id = NEW.competency_id)",
+            "(SELECT json_array(OLD.activity_iri, c.uri) FROM competencies c
+              WHERE c.id = OLD.competency_id)"
+        ),
+        ("json_object()", "json_object()")
+    ),
+    rows_travel!(
+        "api_credentials",
+        "api_credential",
+        ("NEW.key_id", "OLD.key_id"),
+        (
+            "json_object('secret_sha256', hex(NEW.secret_sha256), 'label', NEW.label,
+                         'scopes', NEW.scopes,
+                         'created_by', (SELECT agent_name FROM users WHERE id = NEW.created_by),
+                         'created_at', NEW.created_at, 'revoked_at', NEW.revoked_at)",
+            "json_object('secret_sha256', hex(OLD.secret_sha256), 'label', OLD.label,
+                         'scopes', OLD.scopes,
+                         'created_by', (SELECT agent_name FROM users WHERE id = OLD.created_by),
+                         'created_at', OLD.created_at, 'revoked_at', OLD.revoked_at)"
+        )
+    ),
+    rows_travel!(
+        "research_projects",
+        "research_project",
+        ("NEW.name", "OLD.name"),
+        (
+            "json_object('title', NEW.title, 'quasi_identifiers', NEW.quasi_identifiers,
+                         'k', NEW.k, 'max_suppressed', NEW.max_suppressed,
+                         'pseudonym_key', hex(NEW.pseudonym_key),
+                         'created_by', (SELECT agent_name FROM users WHERE id = NEW.created_by),
+                         'created_at', NEW.created_at)",
+            "json_object('title', OLD.title, 'quasi_identifiers', OLD.quasi_identifiers,
+                         'k', OLD.k, 'max_suppressed', OLD.max_suppressed,
+                         'pseudonym_key', hex(OLD.pseudonym_key),
+                         'created_by', (SELECT agent_name FROM users WHERE id = OLD.created_by),
+                         'created_at', OLD.created_at)"
+        )
+    ),
+    rows_travel!(
+        "research_members",
+        "research_member",
+        (
+            "(SELECT json_array(p.name, u.agent_name) FROM research_projects p, users u
+              WHERE p.id = NEW.project_id AND u.id = NEW.user_id)",
+            "(SELECT json_array(p.name, u.agent_name) FROM research_projects p, users u
+              WHERE p.id = OLD.project_id AND u.id = OLD.user_id)"
+        ),
+        ("json_object()", "json_object()")
+    ),
+    rows_travel!(
+        "apps",
+        "app",
+        ("NEW.name", "OLD.name"),
+        (
+            "json_object('version', NEW.version, 'manifest', NEW.manifest, 'sha256', NEW.sha256,
+                         'component', hex(NEW.component), 'grants', NEW.grants,
+                         'enabled', NEW.enabled, 'installed_at', NEW.installed_at,
+                         'installed_by', NEW.installed_by)",
+            "json_object('version', OLD.version, 'manifest', OLD.manifest, 'sha256', OLD.sha256,
+                         'component', hex(OLD.component), 'grants', OLD.grants,
+                         'enabled', OLD.enabled, 'installed_at', OLD.installed_at,
+                         'installed_by', OLD.installed_by)"
+        )
+    ),
+    // An app's keys merge one by one, whether or not the app is here: a key written in
+    // one copy while another removed the app stays in both (the removal deleted the keys
+    // it saw), rather than in one copy only. So no foreign key to the app.
+    "CREATE TABLE app_kv_merged (
+         app    TEXT NOT NULL,
+         key    TEXT NOT NULL,
+         value  BLOB NOT NULL,
+         PRIMARY KEY (app, key)
+     ) WITHOUT ROWID;
+     INSERT INTO app_kv_merged SELECT app, key, value FROM app_kv;
+     DROP TABLE app_kv;
+     ALTER TABLE app_kv_merged RENAME TO app_kv;
+     CREATE TABLE sync_waiting (
+         id      INTEGER PRIMARY KEY,
+         origin  TEXT NOT NULL,
+         op      TEXT NOT NULL,
+         lacking TEXT NOT NULL
+     );\n",
+    rows_travel!(
+        "app_kv",
+        "app_kv",
+        (
+            "json_array(NEW.app, NEW.key)",
+            "json_array(OLD.app, OLD.key)"
+        ),
+        (
+            "json_object('value', hex(NEW.value))",
+            "json_object('value', hex(OLD.value))"
+        )
+    ),
+    rows_travel!(
+        "app_history",
+        "app_history",
+        (
+            "json_array(NEW.at, NEW.app, NEW.action, NEW.version, NEW.sha256, NEW.grants,
+                        NEW.actor,
+                        (SELECT count(*) + 1 FROM app_history h WHERE h.id < NEW.id
+                           AND h.at = NEW.at AND h.app = NEW.app AND h.action = NEW.action
+                           AND h.version = NEW.version AND h.sha256 = NEW.sha256
+                           AND h.grants = NEW.grants AND h.actor = NEW.actor))",
+            "json_array(OLD.at, OLD.app, OLD.action, OLD.version, OLD.sha256, OLD.grants,
+                        OLD.actor,
+                        (SELECT count(*) + 1 FROM app_history h WHERE h.id < OLD.id
+                           AND h.at = OLD.at AND h.app = OLD.app AND h.action = OLD.action
+                           AND h.version = OLD.version AND h.sha256 = OLD.sha256
+                           AND h.grants = OLD.grants AND h.actor = OLD.actor))"
+        ),
+        ("json_object()", "json_object()")
+    ),
+);
+
+/// A column of a row that travels whole, as its row carries it.
+#[derive(Clone, Copy)]
+enum Col {
+    /// As it is.
+    Plain(&'static str),
+    /// A blob, as hex.
+    Hex(&'static str),
+    /// A reference to a row of `table` (its column `id`), carried as that row's `by`
+    /// column. A user is named by agent name: one erased makes a required reference drop
+    /// the row, an optional one empty. Another row not here is what this copy lacks (see
+    /// [`apply_row`]).
+    Ref {
+        column: &'static str,
+        table: &'static str,
+        id: &'static str,
+        by: &'static str,
+        required: bool,
+    },
+}
+
+impl Col {
+    fn name(self) -> &'static str {
+        match self {
+            Col::Plain(c) | Col::Hex(c) | Col::Ref { column: c, .. } => c,
+        }
+    }
+}
+
+const fn plain(c: &'static str) -> Col {
+    Col::Plain(c)
+}
+
+const fn parent(column: &'static str, table: &'static str, by: &'static str) -> Col {
+    Col::Ref {
+        column,
+        table,
+        id: "id",
+        by,
+        required: true,
+    }
+}
+
+const fn author(column: &'static str) -> Col {
+    Col::Ref {
+        column,
+        table: "users",
+        id: "id",
+        by: "agent_name",
+        required: false,
+    }
+}
+
+const COMPETENCY: &str = "competencies";
+
+/// A table whose rows travel whole (see [`V4`], [`V5`]): the entity its operations name,
+/// the columns of its key (one: the key is its value; more: a JSON array of their values),
+/// the other columns its row carries, those set to the time of the merge when a merge
+/// makes the row, and one set to it at every merge. A `ranked` table's rows may be
+/// identical: its key ends with the row's rank among them (1 for the first, by `id`).
 struct RowTable {
     entity: &'static str,
     table: &'static str,
-    key: &'static str,
-    columns: &'static [&'static str],
+    key: &'static [Col],
+    ranked: bool,
+    columns: &'static [Col],
+    created: &'static [&'static str],
     touched: Option<&'static str>,
 }
 
@@ -294,22 +609,184 @@ const ROW_TABLES: &[RowTable] = &[
     RowTable {
         entity: "setting",
         table: "tenant_settings",
-        key: "key",
-        columns: &["value"],
+        ranked: false,
+        key: &[plain("key")],
+        columns: &[plain("value")],
+        created: &[],
         touched: None,
     },
     RowTable {
         entity: "org",
         table: "orgs",
-        key: "sourced_id",
+        ranked: false,
+        key: &[plain("sourced_id")],
         columns: &[
-            "active",
-            "identifier",
-            "name",
-            "org_type",
-            "parent_sourced_id",
+            plain("active"),
+            plain("identifier"),
+            plain("name"),
+            plain("org_type"),
+            plain("parent_sourced_id"),
         ],
+        created: &[],
         touched: Some("updated_at"),
+    },
+    RowTable {
+        entity: "framework",
+        table: "frameworks",
+        ranked: false,
+        key: &[plain("uri")],
+        columns: &[
+            plain("version"),
+            plain("name"),
+            plain("description"),
+            plain("source"),
+        ],
+        created: &["created_at"],
+        touched: Some("updated_at"),
+    },
+    RowTable {
+        entity: "competency",
+        table: COMPETENCY,
+        ranked: false,
+        key: &[plain("uri")],
+        columns: &[
+            parent("framework_id", "frameworks", "uri"),
+            plain("code"),
+            plain("name"),
+            plain("description"),
+            plain("level_code"),
+            plain("position"),
+        ],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "competency_relation",
+        table: "competency_relations",
+        ranked: false,
+        key: &[
+            parent("source_id", COMPETENCY, "uri"),
+            parent("target_id", COMPETENCY, "uri"),
+            plain("kind"),
+        ],
+        columns: &[plain("uri")],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "competency_level",
+        table: "competency_levels",
+        ranked: false,
+        key: &[parent("competency_id", COMPETENCY, "uri"), plain("code")],
+        columns: &[
+            plain("uri"),
+            plain("name"),
+            plain("description"),
+            plain("rank"),
+        ],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "activity_alignment",
+        table: "activity_alignments",
+        ranked: false,
+        key: &[
+            plain("activity_iri"),
+            parent("competency_id", COMPETENCY, "uri"),
+        ],
+        columns: &[],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "api_credential",
+        table: "api_credentials",
+        ranked: false,
+        key: &[plain("key_id")],
+        columns: &[
+            Col::Hex("secret_sha256"),
+            plain("label"),
+            plain("scopes"),
+            author("created_by"),
+            plain("created_at"),
+            plain("revoked_at"),
+        ],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "research_project",
+        table: "research_projects",
+        ranked: false,
+        key: &[plain("name")],
+        columns: &[
+            plain("title"),
+            plain("quasi_identifiers"),
+            plain("k"),
+            plain("max_suppressed"),
+            Col::Hex("pseudonym_key"),
+            author("created_by"),
+            plain("created_at"),
+        ],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "research_member",
+        table: "research_members",
+        ranked: false,
+        key: &[
+            parent("project_id", "research_projects", "name"),
+            parent("user_id", "users", "agent_name"),
+        ],
+        columns: &[],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "app",
+        table: "apps",
+        ranked: false,
+        key: &[plain("name")],
+        columns: &[
+            plain("version"),
+            plain("manifest"),
+            plain("sha256"),
+            Col::Hex("component"),
+            plain("grants"),
+            plain("enabled"),
+            plain("installed_at"),
+            plain("installed_by"),
+        ],
+        created: &[],
+        touched: Some("updated_at"),
+    },
+    RowTable {
+        entity: "app_kv",
+        table: "app_kv",
+        ranked: false,
+        key: &[plain("app"), plain("key")],
+        columns: &[Col::Hex("value")],
+        created: &[],
+        touched: None,
+    },
+    RowTable {
+        entity: "app_history",
+        table: "app_history",
+        ranked: true,
+        key: &[
+            plain("at"),
+            plain("app"),
+            plain("action"),
+            plain("version"),
+            plain("sha256"),
+            plain("grants"),
+            plain("actor"),
+        ],
+        columns: &[],
+        created: &[],
+        touched: None,
     },
 ];
 
@@ -318,11 +795,11 @@ const ROW_TABLES: &[RowTable] = &[
 ///
 /// Carried by batches: statements with their attachments, documents, users, classes and
 /// enrolments (field by field), evidence other than what statements give, and level
-/// decisions (append-only, by their global ids), the tenant's settings and organisations
-/// (row by row, see [`V4`]).
+/// decisions (append-only, by their global ids), and the other tables row by row (see
+/// [`V4`], [`V5`]). (Evidence and level decisions deleted otherwise than by an erasure, by
+/// a retention run logged before runs named what they deleted, mark the change log: only a
+/// generation carries those, see [`V2`].)
 pub const CARRIED: &[&str] = &[
-    "tenant_settings",
-    "orgs",
     "xapi_statements",
     "xapi_attachments",
     "xapi_statement_attachments",
@@ -332,7 +809,25 @@ pub const CARRIED: &[&str] = &[
     "enrolments",
     "evidence",
     "level_decisions",
+    "tenant_settings",
+    "orgs",
+    "frameworks",
+    "competencies",
+    "competency_relations",
+    "competency_levels",
+    "activity_alignments",
+    "api_credentials",
+    "research_projects",
+    "research_members",
+    "apps",
+    "app_kv",
+    "app_history",
 ];
+
+/// The tables whose rows travel whole (see [`V4`], [`V5`]).
+pub fn row_tables() -> impl Iterator<Item = &'static str> {
+    ROW_TABLES.iter().map(|t| t.table)
+}
 /// Derived where a batch is applied, from what it carries: the statement index, activity
 /// definitions, evidence from statements, estimates, each copy's own journal of its
 /// recalculations, the AI principal's pseudonymised tables and its suggestions (the model
@@ -359,23 +854,8 @@ pub const LOCAL: &[&str] = &[
     "sync_conflicts",
     "sync_cursors",
     "sync_tombstones",
+    "sync_waiting",
 ];
-/// Carried only by a generation: each change marks the change log (see [`V2`]). (Evidence and level decisions still mark it when
-/// deleted otherwise than by an erasure: a retention run, which only a generation carries.)
-pub const GENERATION_ONLY: &[&str] = &[
-    "api_credentials",
-    "frameworks",
-    "competencies",
-    "competency_relations",
-    "competency_levels",
-    "activity_alignments",
-    "research_projects",
-    "research_members",
-    "apps",
-    "app_kv",
-    "app_history",
-];
-
 const HLC_SETTING: &str = "sync.hlc";
 
 fn wall_ms() -> i64 {
@@ -619,6 +1099,32 @@ pub enum Merged {
     Lost,
 }
 
+/// What merging `op` from copy `origin` would do, and the version it meets, changing
+/// nothing (`me`: this copy's own name, for versions stored with origin `''`).
+fn merging(
+    conn: &Connection,
+    op: &FieldOp,
+    origin: &str,
+    me: &str,
+) -> Result<(Merged, Option<(Version, String)>), StoreError> {
+    let named = |o: &str| if o.is_empty() { me } else { o }.to_string();
+    let Some(current) = version(conn, &op.e, &op.k, &op.f)? else {
+        return Ok((Merged::Followed, None));
+    };
+    let current_origin = named(&current.origin);
+    // The same copy wrote this row again since: it had seen its own earlier write.
+    let merged = if current_origin == origin && op.h <= current.hlc {
+        Merged::Known
+    } else if current.hlc == op.p && current_origin == named(&op.po) {
+        Merged::Followed
+    } else if (op.h, origin) > (current.hlc, current_origin.as_str()) {
+        Merged::Won
+    } else {
+        Merged::Lost
+    };
+    Ok((merged, Some((current, current_origin))))
+}
+
 /// Merges a field operation from copy `origin` (`me`: this copy's own name, for versions
 /// stored with origin `''`). The caller writes the winning value into its table.
 pub fn merge_field(
@@ -629,61 +1135,36 @@ pub fn merge_field(
     at: i64,
 ) -> Result<Merged, StoreError> {
     observe(conn, op.h)?;
-    let current = version(conn, &op.e, &op.k, &op.f)?;
-    let named = |o: &str| {
-        if o.is_empty() {
-            me.to_string()
-        } else {
-            o.to_string()
-        }
-    };
-    let Some(current) = current else {
-        set_version(conn, op, origin)?;
-        return Ok(Merged::Followed);
-    };
-    let current_origin = named(&current.origin);
-    if current.hlc == op.h && current_origin == origin {
-        return Ok(Merged::Known);
+    let (merged, current) = merging(conn, op, origin, me)?;
+    if let (Merged::Won | Merged::Lost, Some((current, current_origin))) = (merged, current) {
+        let here = (&current.value, current.hlc, current_origin.as_str());
+        let there = (&op.v, op.h, origin);
+        let (kept, lost) = match merged {
+            Merged::Won => (there, here),
+            _ => (here, there),
+        };
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO sync_conflicts
+                 (entity, key, field, kept, kept_hlc, kept_origin, lost, lost_hlc, lost_origin, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            op.e,
+            op.k,
+            op.f,
+            kept.0.to_string(),
+            kept.1,
+            kept.2,
+            lost.0.to_string(),
+            lost.1,
+            lost.2,
+            at
+        ])?;
     }
-    if current.hlc == op.p && current_origin == named(&op.po) {
+    if matches!(merged, Merged::Followed | Merged::Won) {
         set_version(conn, op, origin)?;
-        return Ok(Merged::Followed);
     }
-    let wins = (op.h, origin) > (current.hlc, current_origin.as_str());
-    let (kept, lost) = if wins {
-        (
-            (&op.v, op.h, origin),
-            (&current.value, current.hlc, current_origin.as_str()),
-        )
-    } else {
-        (
-            (&current.value, current.hlc, current_origin.as_str()),
-            (&op.v, op.h, origin),
-        )
-    };
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO sync_conflicts
-             (entity, key, field, kept, kept_hlc, kept_origin, lost, lost_hlc, lost_origin, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        op.e,
-        op.k,
-        op.f,
-        kept.0.to_string(),
-        kept.1,
-        kept.2,
-        lost.0.to_string(),
-        lost.1,
-        lost.2,
-        at
-    ])?;
-    if wins {
-        set_version(conn, op, origin)?;
-        Ok(Merged::Won)
-    } else {
-        Ok(Merged::Lost)
-    }
+    Ok(merged)
 }
 
 /// A recorded conflict: which value stayed and which lost.
@@ -784,10 +1265,18 @@ pub fn last_change(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 /// Marks the change log rows after `after` as merged from `origin`: what applying its
-/// batch wrote is not this copy's to send.
+/// batch wrote is not this copy's to send. A row that the merge deleted with its parent
+/// (an app's key only this copy had, when the app's removal arrives) is this copy's
+/// change, still its current version: it goes out in the next batch.
 pub fn mark_merged(conn: &Connection, after: i64, origin: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE change_log SET origin = ?2 WHERE seq > ?1")?
-        .execute(params![after, origin])?;
+    conn.prepare_cached(
+        "UPDATE change_log SET origin = ?2 WHERE seq > ?1 AND NOT (kind = 'field' AND EXISTS (
+             SELECT 1 FROM sync_versions v
+             WHERE v.entity = json_extract(subject, '$.e') AND v.key = json_extract(subject, '$.k')
+               AND v.field = json_extract(subject, '$.f') AND v.origin = ''
+               AND v.hlc = json_extract(subject, '$.h')))",
+    )?
+    .execute(params![after, origin])?;
     Ok(())
 }
 
@@ -827,8 +1316,8 @@ pub fn set_cursor(conn: &Connection, origin: &str, applied: i64) -> Result<(), S
     Ok(())
 }
 
-/// Forgets the field versions and logged operations of an erased user (and their
-/// enrolments), and remembers that they were erased: a batch that still names them
+/// Forgets the field versions and logged operations of an erased user (and of their
+/// enrolments, research memberships and apps' keys), and remembers that they were erased: a batch that still names them
 /// brings nothing of theirs back.
 pub fn erase(conn: &Connection, agent_name: &str, at: i64) -> Result<(), StoreError> {
     let enrolment_keys = format!("%/{agent_name}");
@@ -851,6 +1340,37 @@ pub fn erase(conn: &Connection, agent_name: &str, at: i64) -> Result<(), StoreEr
     )?
     .execute(params![agent_name, enrolment_keys])?;
     conn.prepare_cached("DELETE FROM sync_versions WHERE entity = 'doc' AND instr(key, ?1) > 0")?
+        .execute([agent_name])?;
+    // Rows that name them: research memberships by agent name, apps' keys by pseudonym
+    // (the second part of the row's key, which these prefixes start, `/` ended).
+    let mut traces = vec![("research_member", format!("{agent_name}/"))];
+    let secret = super::ai::pseudonym_key(conn)?;
+    let apps: Vec<String> = conn
+        .prepare_cached(
+            "SELECT DISTINCT json_extract(key, '$[0]') FROM sync_versions WHERE entity = 'app_kv'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for app in apps {
+        let pseudonym = super::apps::user_pseudonym(&secret, &app, agent_name);
+        traces.push(("app_kv", format!("u/{pseudonym}/")));
+    }
+    for (entity, prefix) in &traces {
+        for sql in [
+            "DELETE FROM sync_versions WHERE entity = ?1
+               AND substr(json_extract(key, '$[1]') || '/', 1, length(?2)) = ?2",
+            "DELETE FROM sync_conflicts WHERE entity = ?1
+               AND substr(json_extract(key, '$[1]') || '/', 1, length(?2)) = ?2",
+            "DELETE FROM change_log WHERE kind = 'field' AND CASE
+               WHEN json_extract(subject, '$.e') = ?1 AND json_extract(subject, '$.f') = 'row'
+               THEN substr(json_extract(json_extract(subject, '$.k'), '$[1]') || '/',
+                           1, length(?2)) = ?2 END",
+        ] {
+            conn.prepare_cached(sql)?.execute(params![entity, prefix])?;
+        }
+    }
+    // A change held back that names them (a membership waiting for its project).
+    conn.prepare_cached("DELETE FROM sync_waiting WHERE instr(op, ?1) > 0")?
         .execute([agent_name])?;
     conn.prepare_cached("INSERT OR IGNORE INTO sync_tombstones (agent_name, at) VALUES (?1, ?2)")?
         .execute(params![agent_name, at])?;
@@ -886,18 +1406,58 @@ fn sql_param(v: &Value) -> rusqlite::types::Value {
     }
 }
 
+/// Applies again the rows held back because they name one not here (another copy's
+/// batch may bring it later: batches of different copies arrive in any order), until
+/// none applies; returns what those still waiting lack.
+pub fn retry_waiting(conn: &Connection, me: &str, at: i64) -> Result<Vec<String>, StoreError> {
+    loop {
+        let waiting: Vec<(i64, String, String)> = conn
+            .prepare_cached("SELECT id, origin, op FROM sync_waiting ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut applied = false;
+        for (id, origin, op) in waiting {
+            let op: FieldOp = serde_json::from_str(&op).map_err(|e| {
+                StoreError::Conflict(format!("a waiting change is unreadable: {e}"))
+            })?;
+            if let Outcome::Merged(_) = apply_row(conn, &op, &origin, me, at)? {
+                conn.prepare_cached("DELETE FROM sync_waiting WHERE id = ?1")?
+                    .execute([id])?;
+                applied = true;
+            }
+        }
+        if !applied {
+            return Ok(conn
+                .prepare_cached("SELECT DISTINCT lacking FROM sync_waiting ORDER BY 1")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?);
+        }
+    }
+}
+
 /// Merges a field operation from copy `origin` and, when it wins, writes its value into
 /// the record (creating the record when this is its first field here). Returns what the
-/// merge did.
+/// merge did, or what the record names that is not here.
 pub fn apply_field(
     conn: &Connection,
     op: &FieldOp,
     origin: &str,
     me: &str,
     at: i64,
-) -> Result<Merged, StoreError> {
+) -> Result<Outcome, StoreError> {
     if op.f == ROW_FIELD {
-        return apply_row(conn, op, origin, me, at);
+        let outcome = apply_row(conn, op, origin, me, at)?;
+        if let Outcome::Lacking(what) = &outcome {
+            conn.prepare_cached(
+                "INSERT INTO sync_waiting (origin, op, lacking) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                origin,
+                serde_json::to_string(op).unwrap_or_default(),
+                what
+            ])?;
+        }
+        return Ok(outcome);
     }
     let shape = match op.e.as_str() {
         "user" => &USER,
@@ -926,13 +1486,13 @@ pub fn apply_field(
                 .transpose()?
                 == Some(true)
     {
-        return Ok(Merged::Lost);
+        return Ok(Outcome::Merged(Merged::Lost));
     }
     let merged = merge_field(conn, op, origin, me, at)?;
     if matches!(merged, Merged::Followed | Merged::Won) {
         write_field(conn, op, at)?;
     }
-    Ok(merged)
+    Ok(Outcome::Merged(merged))
 }
 
 fn write_field(conn: &Connection, op: &FieldOp, at: i64) -> Result<(), StoreError> {
@@ -1011,28 +1571,59 @@ fn write_field(conn: &Connection, op: &FieldOp, at: i64) -> Result<(), StoreErro
     Ok(())
 }
 
+/// What applying a field or row operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Merged(Merged),
+    /// The row names another that is not here (`what`): nothing changed, and the version
+    /// is not recorded, so that the row is taken when it comes again.
+    Lacking(String),
+}
+
 /// Merges a row operation from copy `origin` and, when it wins, writes the row (or deletes
-/// it). A copy's own bookkeeping settings are never taken from another.
+/// it). A copy's own bookkeeping settings are never taken from another. References are
+/// resolved first: to an erased pupil, the row is dropped (a required reference) or loses
+/// it (an optional one); to another row not here, nothing is applied and that row is
+/// reported lacking. An app's key under the pseudonym of an erased pupil is dropped.
 fn apply_row(
     conn: &Connection,
     op: &FieldOp,
     origin: &str,
     me: &str,
     at: i64,
-) -> Result<Merged, StoreError> {
+) -> Result<Outcome, StoreError> {
+    use rusqlite::types::Value as Sql;
     let Some(table) = ROW_TABLES.iter().find(|t| t.entity == op.e) else {
         return Err(StoreError::Conflict(format!(
             "unknown record kind `{}`",
             op.e
         )));
     };
-    let values = match &op.v {
+    let not_a_key = || StoreError::Conflict(format!("`{}` is not the key of a {}", op.k, op.e));
+    let len = table.key.len() + usize::from(table.ranked);
+    let mut key: Vec<Value> = if len == 1 {
+        vec![Value::from(op.k.clone())]
+    } else {
+        match serde_json::from_str::<Vec<Value>>(&op.k) {
+            Ok(parts) if parts.len() == len => parts,
+            _ => return Err(not_a_key()),
+        }
+    };
+    // The row's rank among identical ones: held when this copy has that many.
+    let rank = match table.ranked {
+        false => 1,
+        true => match key.pop().and_then(|r| r.as_i64()) {
+            Some(r) if r >= 1 => r,
+            _ => return Err(not_a_key()),
+        },
+    };
+    let row = match &op.v {
         Value::Null => None,
         Value::Object(row) => Some(
             table
                 .columns
                 .iter()
-                .map(|c| sql_param(row.get(*c).unwrap_or(&Value::Null)))
+                .map(|c| row.get(c.name()).cloned().unwrap_or(Value::Null))
                 .collect::<Vec<_>>(),
         ),
         _ => {
@@ -1042,51 +1633,204 @@ fn apply_row(
             )));
         }
     };
-    if op.e == "setting" && LOCAL_SETTINGS.contains(&op.k.as_str()) {
-        return Ok(Merged::Lost);
+    if op.e == "setting" && LOCAL_SETTINGS.contains(&op.k.as_str())
+        || op.e == "app_kv" && under_erased_pseudonym(conn, &key)?
+    {
+        return Ok(Outcome::Merged(Merged::Lost));
+    }
+    let mut key_params = Vec::with_capacity(key.len());
+    for (col, value) in table.key.iter().zip(&key) {
+        match resolve(conn, *col, value)? {
+            Resolved::Value(v) => key_params.push(v),
+            Resolved::Erased => return Ok(Outcome::Merged(Merged::Lost)),
+            // A row that is not here cannot be deleted here.
+            Resolved::Missing(_) if row.is_none() => {
+                return merge_field(conn, op, origin, me, at).map(Outcome::Merged);
+            }
+            Resolved::Missing(what) => return lacking(conn, op, origin, me, at, what),
+        }
+    }
+    let mut row_params = Vec::new();
+    for (col, value) in table.columns.iter().zip(row.iter().flatten()) {
+        match resolve(conn, *col, value)? {
+            Resolved::Value(v) => row_params.push(v),
+            Resolved::Erased => return Ok(Outcome::Merged(Merged::Lost)),
+            Resolved::Missing(what) => return lacking(conn, op, origin, me, at, what),
+        }
     }
     let merged = merge_field(conn, op, origin, me, at)?;
     if !matches!(merged, Merged::Followed | Merged::Won) {
-        return Ok(merged);
+        return Ok(Outcome::Merged(merged));
     }
-    match values {
-        None => {
-            conn.prepare_cached(&format!(
-                "DELETE FROM {} WHERE {} = ?1",
-                table.table, table.key
-            ))?
-            .execute([&op.k])?;
+    let found = table
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} IS ?{}", c.name(), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let held =
+        conn.prepare_cached(&format!(
+            "SELECT count(*) FROM {} WHERE {found}",
+            table.table
+        ))?
+        .query_row(rusqlite::params_from_iter(&key_params), |r| {
+            r.get::<_, i64>(0)
+        })? >= rank;
+    let mut set: Vec<&str> = table.columns.iter().map(|c| c.name()).collect();
+    if let Some(touched) = table.touched {
+        set.push(touched);
+        row_params.push(Sql::Integer(at));
+    }
+    match (row, held) {
+        (None, _) if table.ranked => {
+            let sql = format!(
+                "DELETE FROM {0} WHERE rowid = (SELECT rowid FROM {0} WHERE {found}
+                                                ORDER BY rowid LIMIT 1 OFFSET {1})",
+                table.table,
+                rank - 1
+            );
+            conn.prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(&key_params))?;
         }
-        Some(values) => {
-            let mut columns: Vec<&str> = table.columns.to_vec();
-            let mut params: Vec<rusqlite::types::Value> = values;
-            if let Some(touched) = table.touched {
-                columns.push(touched);
-                params.push(rusqlite::types::Value::Integer(at));
+        (None, _) => {
+            conn.prepare_cached(&format!("DELETE FROM {} WHERE {found}", table.table))?
+                .execute(rusqlite::params_from_iter(&key_params))?;
+        }
+        (Some(_), true) if !set.is_empty() => {
+            let n = key_params.len();
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {found}",
+                table.table,
+                set.iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{c} = ?{}", n + i + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            key_params.extend(row_params);
+            conn.prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(&key_params))?;
+        }
+        (Some(_), true) => {}
+        (Some(_), false) => {
+            let mut columns: Vec<&str> = table.key.iter().map(|c| c.name()).collect();
+            columns.extend(set);
+            key_params.extend(row_params);
+            for created in table.created {
+                columns.push(created);
+                key_params.push(Sql::Integer(at));
             }
             let sql = format!(
-                "INSERT INTO {t} ({k}, {cols}) VALUES ({marks})
-                 ON CONFLICT ({k}) DO UPDATE SET {set}",
-                t = table.table,
-                k = table.key,
-                cols = columns.join(", "),
-                marks = (1..=columns.len() + 1)
+                "INSERT INTO {} ({}) VALUES ({})",
+                table.table,
+                columns.join(", "),
+                (1..=columns.len())
                     .map(|i| format!("?{i}"))
                     .collect::<Vec<_>>()
-                    .join(", "),
-                set = columns
-                    .iter()
-                    .map(|c| format!("{c} = excluded.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                    .join(", ")
             );
-            let mut all = vec![rusqlite::types::Value::Text(op.k.clone())];
-            all.extend(params);
             conn.prepare_cached(&sql)?
-                .execute(rusqlite::params_from_iter(all))?;
+                .execute(rusqlite::params_from_iter(&key_params))?;
         }
     }
     // The write's own trigger stamped the row as a change made here: it is the merged one.
     set_version(conn, op, origin)?;
-    Ok(merged)
+    Ok(Outcome::Merged(merged))
+}
+
+/// A row that refers to one not here: lacking, unless what this copy holds of it wins
+/// anyway (a later deletion here of the row and its parent), a conflict like any other.
+fn lacking(
+    conn: &Connection,
+    op: &FieldOp,
+    origin: &str,
+    me: &str,
+    at: i64,
+    what: String,
+) -> Result<Outcome, StoreError> {
+    match merging(conn, op, origin, me)?.0 {
+        Merged::Known | Merged::Lost => merge_field(conn, op, origin, me, at).map(Outcome::Merged),
+        Merged::Followed | Merged::Won => Ok(Outcome::Lacking(what)),
+    }
+}
+
+/// A value of a row as this copy's database holds it.
+enum Resolved {
+    Value(rusqlite::types::Value),
+    /// A reference to an erased pupil that the row cannot lose.
+    Erased,
+    /// A reference to a row not here.
+    Missing(String),
+}
+
+fn resolve(conn: &Connection, col: Col, value: &Value) -> Result<Resolved, StoreError> {
+    use rusqlite::types::Value as Sql;
+    match (col, value) {
+        (_, Value::Null) => Ok(Resolved::Value(Sql::Null)),
+        (Col::Plain(_), v) => Ok(Resolved::Value(sql_param(v))),
+        (Col::Hex(c), v) => v
+            .as_str()
+            .and_then(hex_bytes)
+            .map(|b| Resolved::Value(Sql::Blob(b)))
+            .ok_or_else(|| StoreError::Conflict(format!("`{c}` is not hex"))),
+        (
+            Col::Ref {
+                table,
+                id,
+                by,
+                required,
+                ..
+            },
+            v,
+        ) => {
+            let local: Option<Sql> = conn
+                .prepare_cached(&format!("SELECT {id} FROM {table} WHERE {by} = ?1"))?
+                .query_row([sql_param(v)], |r| r.get(0))
+                .optional()?;
+            Ok(match local {
+                Some(local) => Resolved::Value(local),
+                None if table == "users"
+                    && v.as_str()
+                        .is_some_and(|a| is_erased(conn, a).unwrap_or(false)) =>
+                {
+                    if required {
+                        Resolved::Erased
+                    } else {
+                        Resolved::Value(Sql::Null)
+                    }
+                }
+                None if !required => Resolved::Value(Sql::Null),
+                None => Resolved::Missing(format!("{table} {v}")),
+            })
+        }
+    }
+}
+
+fn hex_bytes(h: &str) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Whether an app's key (`[app, key]`) is under the pseudonym of an erased pupil.
+fn under_erased_pseudonym(conn: &Connection, key: &[Value]) -> Result<bool, StoreError> {
+    let (Some(app), Some(k)) = (key[0].as_str(), key[1].as_str()) else {
+        return Ok(false);
+    };
+    let Some(pseudonym) = k.strip_prefix("u/").and_then(|rest| rest.split('/').next()) else {
+        return Ok(false);
+    };
+    let erased = erased_agents(conn)?;
+    if erased.is_empty() {
+        return Ok(false);
+    }
+    let secret = super::ai::pseudonym_key(conn)?;
+    Ok(erased
+        .iter()
+        .any(|a| super::apps::user_pseudonym(&secret, app, a) == pseudonym))
 }

@@ -21,6 +21,7 @@ pub const MIGRATIONS: Migrations = Migrations(&[
     super::replica::V2,
     super::replica::V3,
     super::replica::V4,
+    super::replica::V5,
 ]);
 
 const V1: &str = "
