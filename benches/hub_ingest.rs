@@ -145,9 +145,8 @@ fn main() {
             rusqlite::Connection::open(site.data.join("tenants/ecole/tenant.db"))
                 .unwrap()
                 .execute(
-                    "INSERT INTO research_projects (name, title, quasi_identifiers, k, max_suppressed,
-                                                    pseudonym_key, created_at)
-                     VALUES ('ballast', '', '[]', 5, 0, randomblob(2097152), 0)",
+                    "INSERT INTO xapi_attachments (sha2, content_type, length, content)
+                     VALUES ('ballast', 'application/octet-stream', 2097152, randomblob(2097152))",
                     [],
                 )
                 .unwrap();

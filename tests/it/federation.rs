@@ -733,15 +733,7 @@ async fn a_push_cut_mid_transfer_resumes_and_resends_only_what_the_hub_lacks_on(
     let hub = Hub::start(engine);
     let a = stopped_school().await;
     // 3 MiB that do not compress: the copy takes 4 chunks and more.
-    rusqlite::Connection::open(a.data.join("tenants/ecole/tenant.db"))
-        .unwrap()
-        .execute(
-            "INSERT INTO research_projects (name, title, quasi_identifiers, k, max_suppressed,
-                                            pseudonym_key, created_at)
-             VALUES ('ballast', '', '[]', 5, 0, randomblob(3145728), 0)",
-            [],
-        )
-        .unwrap();
+    ballast(&a, "ballast", 3 << 20);
     let link = relay(hub.base.replace("https://", "")).await;
     let (relay, budget) = (link.url.clone(), link.budget.clone());
     let (ok, text) = federation(&a, &["join", &relay, &hub.token("École A")]);
@@ -1088,6 +1080,19 @@ async fn a_site_with_no_link_carries_its_copy_to_the_hub_by_hand_on(engine: Engi
     );
 }
 
+/// Puts `size` random bytes (which do not compress) in the school's database, as an
+/// attachment that no statement names yet: the continuity copy holds it, no batch does.
+fn ballast(site: &Appliance, name: &str, size: u64) {
+    rusqlite::Connection::open(site.data.join("tenants/ecole/tenant.db"))
+        .unwrap()
+        .execute(
+            "INSERT OR REPLACE INTO xapi_attachments (sha2, content_type, length, content)
+             VALUES (?1, 'application/octet-stream', ?2, randomblob(?2))",
+            rusqlite::params![name, size as i64],
+        )
+        .unwrap();
+}
+
 /// A site with the test school, stopped.
 async fn stopped_school() -> Appliance {
     let mut a = Appliance::init();
@@ -1186,16 +1191,7 @@ async fn faults_on(engine: Engine, rounds: u64, seed: u64) {
     for round in 0..rounds {
         // The school changes: 1 to 3 MiB that do not compress (2 to 4 chunks).
         let size = (1 + dice.next(3)) << 20;
-        rusqlite::Connection::open(&source)
-            .unwrap()
-            .execute(
-                "INSERT OR REPLACE INTO research_projects (name, title, quasi_identifiers, k,
-                                                           max_suppressed, pseudonym_key,
-                                                           created_at)
-                 VALUES (?1, '', '[]', 5, 0, randomblob(?2), 0)",
-                rusqlite::params![format!("round-{}", round % 4), size as i64],
-            )
-            .unwrap();
+        ballast(&a, &format!("round-{}", round % 4), size);
         let fault = ["kill-site", "kill-hub", "cut-link", "twice"][dice.next(4) as usize];
         *tally.entry(fault).or_default() += 1;
         let push = || {
