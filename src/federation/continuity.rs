@@ -771,6 +771,10 @@ async fn send_generation(
         })
         .await?;
     std::fs::remove_dir_all(dir)?;
+    handle
+        .db
+        .write(move |c| crate::store::replica::compact(c, 0, covers))
+        .await?;
     pushed.generation = generation;
     pushed.chunks = chunks;
     pushed.batched = pushed.batched.max(covers);
@@ -885,6 +889,10 @@ async fn send_batches(
             })
             .await?;
         std::fs::remove_file(&spool)?;
+        handle
+            .db
+            .write(move |c| crate::store::replica::compact(c, after, last))
+            .await?;
         pushed.batches += 1;
         pushed.batched = last;
         progress(format!("{}: changes through {last} sent", handle.slug));

@@ -1250,6 +1250,19 @@ pub fn forget_generation_marks(conn: &Connection, after: i64) -> Result<(), Stor
     Ok(())
 }
 
+/// Forgets the rows' operations of the change log after `after` through `through`, once
+/// the hub holds them: a row's operation carries the whole row (an app's component, a
+/// research project's key), which the table and its version already hold. Statements,
+/// documents and the other changes stay: they name their records rather than copy them.
+pub fn compact(conn: &Connection, after: i64, through: i64) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM change_log WHERE seq > ?1 AND seq <= ?2 AND kind = 'field'
+               AND json_extract(subject, '$.f') = 'row'",
+        )?
+        .execute(params![after, through])?)
+}
+
 /// How many local changes wait after `after`.
 pub fn pending_changes(conn: &Connection, after: i64) -> Result<i64, StoreError> {
     Ok(conn

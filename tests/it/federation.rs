@@ -1579,6 +1579,22 @@ async fn two_sites_converge_on(engine: Engine) {
     let rounds = converged.expect("the two sites converge within 3 rounds");
     println!("{engine:?}: converged in {rounds} rounds");
     let held = records(&db_a);
+    // Once the hub holds a site's changes, its change log forgets the copies of whole rows
+    // they carried (A's policy among them: the settings table and its version keep it).
+    for (site, db) in [(&a, &db_a), (&b, &db_b)] {
+        let through = sent_through(site);
+        assert!(through > 0);
+        let rows: i64 = rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM change_log WHERE seq <= ?1 AND kind = 'field'
+                   AND json_extract(subject, '$.f') = 'row'",
+                [through],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 0, "{}", site.data.display());
+    }
     // A's policy holds at B too.
     assert!(
         held.iter()
