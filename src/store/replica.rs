@@ -62,8 +62,8 @@ CREATE TABLE sync_tombstones (
 
 /// A change-log row that says "a change here that only a generation carries": written by
 /// the triggers of [`V2`] that later migrations kept (evidence and level decisions
-/// deleted), one per row changed (a batch carries one mark per run of them). The triggers cannot skip a mark when the last row is the same
-/// mark: that row may already be at the hub.
+/// deleted), one per row changed (a batch carries one mark per run of them). The triggers
+/// cannot skip a mark when the last row is the same mark: that row may already be at the hub.
 pub const GENERATION_KIND: &str = "generation";
 
 /// Writes, after each insert, update and delete on a table, a change-log row of kind
@@ -543,14 +543,13 @@ enum Col {
     Plain(&'static str),
     /// A blob, as hex.
     Hex(&'static str),
-    /// A reference to a row of `table` (its column `id`), carried as that row's `by`
-    /// column. A user is named by agent name: one erased makes a required reference drop
-    /// the row, an optional one empty. Another row not here is what this copy lacks (see
-    /// [`apply_row`]).
+    /// A reference to a row of `table` (by its `id`), carried as that row's `by` column.
+    /// A user is named by agent name: one erased makes a required reference drop the row,
+    /// an optional one empty. A row that names one not here waits for it (see
+    /// [`retry_waiting`]).
     Ref {
         column: &'static str,
         table: &'static str,
-        id: &'static str,
         by: &'static str,
         required: bool,
     },
@@ -572,7 +571,6 @@ const fn parent(column: &'static str, table: &'static str, by: &'static str) -> 
     Col::Ref {
         column,
         table,
-        id: "id",
         by,
         required: true,
     }
@@ -582,7 +580,6 @@ const fn author(column: &'static str) -> Col {
     Col::Ref {
         column,
         table: "users",
-        id: "id",
         by: "agent_name",
         required: false,
     }
@@ -1278,18 +1275,10 @@ pub fn last_change(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 /// Marks the change log rows after `after` as merged from `origin`: what applying its
-/// batch wrote is not this copy's to send. A row that the merge deleted with its parent
-/// (an app's key only this copy had, when the app's removal arrives) is this copy's
-/// change, still its current version: it goes out in the next batch.
+/// batch wrote is not this copy's to send.
 pub fn mark_merged(conn: &Connection, after: i64, origin: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE change_log SET origin = ?2 WHERE seq > ?1 AND NOT (kind = 'field' AND EXISTS (
-             SELECT 1 FROM sync_versions v
-             WHERE v.entity = json_extract(subject, '$.e') AND v.key = json_extract(subject, '$.k')
-               AND v.field = json_extract(subject, '$.f') AND v.origin = ''
-               AND v.hlc = json_extract(subject, '$.h')))",
-    )?
-    .execute(params![after, origin])?;
+    conn.prepare_cached("UPDATE change_log SET origin = ?2 WHERE seq > ?1")?
+        .execute(params![after, origin])?;
     Ok(())
 }
 
@@ -1589,7 +1578,7 @@ fn write_field(conn: &Connection, op: &FieldOp, at: i64) -> Result<(), StoreErro
 pub enum Outcome {
     Merged(Merged),
     /// The row names another that is not here (`what`): nothing changed, and the version
-    /// is not recorded, so that the row is taken when it comes again.
+    /// is not recorded; [`apply_field`] keeps the operation until that row comes.
     Lacking(String),
 }
 
@@ -1597,7 +1586,8 @@ pub enum Outcome {
 /// it). A copy's own bookkeeping settings are never taken from another. References are
 /// resolved first: to an erased pupil, the row is dropped (a required reference) or loses
 /// it (an optional one); to another row not here, nothing is applied and that row is
-/// reported lacking. An app's key under the pseudonym of an erased pupil is dropped.
+/// lacking (unless this copy's version wins anyway). An app's key under the pseudonym of an
+/// erased pupil is dropped.
 fn apply_row(
     conn: &Connection,
     op: &FieldOp,
@@ -1790,7 +1780,6 @@ fn resolve(conn: &Connection, col: Col, value: &Value) -> Result<Resolved, Store
         (
             Col::Ref {
                 table,
-                id,
                 by,
                 required,
                 ..
@@ -1798,7 +1787,7 @@ fn resolve(conn: &Connection, col: Col, value: &Value) -> Result<Resolved, Store
             v,
         ) => {
             let local: Option<Sql> = conn
-                .prepare_cached(&format!("SELECT {id} FROM {table} WHERE {by} = ?1"))?
+                .prepare_cached(&format!("SELECT id FROM {table} WHERE {by} = ?1"))?
                 .query_row([sql_param(v)], |r| r.get(0))
                 .optional()?;
             Ok(match local {
