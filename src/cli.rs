@@ -1370,9 +1370,10 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                 };
                 let handle = state.tenants.handle(&slug, &Authorized::console()).await?;
                 let waiting = continuity::pending(&handle, c.batched).await?;
+                let awaited = continuity::awaited(&handle).await?;
                 println!(
                     "  {}: continuity copy generation {} committed {}; changes through {} sent \
-                     {}, {waiting} waiting; other sites' changes pulled {}{}{}",
+                     {}, {waiting} waiting; other sites' changes pulled {}{}{}{}",
                     slug,
                     c.committed,
                     when(c.committed_at),
@@ -1382,6 +1383,14 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                     c.lacking
                         .map(|l| format!("; not here (only in a generation): {l}"))
                         .unwrap_or_default(),
+                    if awaited.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; other sites' changes waiting for records not here yet: {}",
+                            awaited.join(", ")
+                        )
+                    },
                     c.last_error
                         .map(|e| format!("; last sync failed {}: {e}", when(c.last_error_at)))
                         .unwrap_or_default()
@@ -1477,6 +1486,13 @@ async fn federation_command(config: Config, command: FederationCommand) -> Resul
                                 "{slug}: changes that only a generation carries were made at \
                                  {}; they are in the hub's copy, not here",
                                 p.lacking.join("; ")
+                            );
+                        }
+                        if !p.awaiting.is_empty() {
+                            println!(
+                                "{slug}: changes from other sites wait for records not here yet \
+                                 (their sites' batches will bring them): {}",
+                                p.awaiting.join(", ")
                             );
                         }
                     }

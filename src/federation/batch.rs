@@ -344,8 +344,11 @@ pub struct Applied {
     /// Statements and evidence deleted by another copy's retention run.
     pub retained: usize,
     /// What this copy lacks of the batch: changes that only a generation carries (by table
-    /// or kind), and changes that name something not here.
+    /// or kind), and evidence that names something not here.
     pub lacking: Vec<String>,
+    /// The rows not here yet that rows of this or earlier batches wait for (see
+    /// [`replica::retry_waiting`]).
+    pub awaiting: Vec<String>,
 }
 
 fn bad(why: String) -> StoreError {
@@ -445,11 +448,7 @@ pub fn apply(conn: &Connection, batch: &Batch, me: &str, at: i64) -> Result<Appl
             }
         }
     }
-    for what in replica::retry_waiting(conn, me, at)? {
-        if !done.lacking.contains(&what) {
-            done.lacking.push(what);
-        }
-    }
+    done.awaiting = replica::retry_waiting(conn, me, at)?;
     replica::mark_merged(conn, before, &batch.origin)?;
     replica::set_cursor(conn, &batch.origin, batch.last)?;
     Ok(done)

@@ -1173,10 +1173,12 @@ fn a_row_that_arrives_before_the_one_it_names_waits_for_it_and_an_erasure_clears
         let tx = s.conn.unchecked_transaction().unwrap();
         let done = apply(&tx, x, s.name, 1).unwrap();
         tx.commit().unwrap();
-        done.lacking
+        assert!(done.lacking.is_empty(), "{:?}", done.lacking);
+        done.awaiting
     };
     let lacking: Vec<String> = b.outbox.iter().flat_map(|x| apply(&c, x)).collect();
     assert_eq!(lacking, ["research_projects \"lecture\""]);
+    assert_eq!(replica::awaited(&c.conn).unwrap(), lacking);
     assert!(members(&c).is_empty());
     assert_eq!(waiting(&c), 2);
     // A's batch brings the project: both memberships follow, nothing waits.

@@ -296,6 +296,11 @@ pub fn states(conn: &rusqlite::Connection) -> Result<Vec<(String, State)>, Store
 }
 
 /// How many changes of the tenant wait for the hub (those after `batched`).
+/// The rows not here yet that rows from other sites wait for.
+pub async fn awaited(handle: &TenantHandle) -> Result<Vec<String>, StoreError> {
+    handle.db.read(crate::store::replica::awaited).await
+}
+
 pub async fn pending(handle: &TenantHandle, batched: i64) -> Result<i64, StoreError> {
     handle
         .db
@@ -1362,6 +1367,8 @@ pub struct Pulled {
     /// What another site changed that is not here (changes only a generation carries, or
     /// that name something not here): `site: what, …`.
     pub lacking: Vec<String>,
+    /// The rows not here yet that rows from other sites wait for, after the last batch.
+    pub awaiting: Vec<String>,
 }
 
 /// Applies the batches of the other sites that hold the tenant, each site's in order, each
@@ -1445,6 +1452,7 @@ async fn pull_inner(
                 .lacking
                 .push(format!("{origin}: {}", done.lacking.join(", ")));
         }
+        pulled.awaiting = done.awaiting;
         progress(format!(
             "{}: batch {}/{} from {origin} applied",
             handle.slug,

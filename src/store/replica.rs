@@ -1429,12 +1429,17 @@ pub fn retry_waiting(conn: &Connection, me: &str, at: i64) -> Result<Vec<String>
             }
         }
         if !applied {
-            return Ok(conn
-                .prepare_cached("SELECT DISTINCT lacking FROM sync_waiting ORDER BY 1")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?);
+            return awaited(conn);
         }
     }
+}
+
+/// The rows not here that rows held back wait for (see [`retry_waiting`]).
+pub fn awaited(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT DISTINCT lacking FROM sync_waiting ORDER BY 1")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// Merges a field operation from copy `origin` and, when it wins, writes its value into
