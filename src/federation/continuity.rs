@@ -295,12 +295,12 @@ pub fn states(conn: &rusqlite::Connection) -> Result<Vec<(String, State)>, Store
         .collect::<Result<_, _>>()?)
 }
 
-/// How many changes of the tenant wait for the hub (those after `batched`).
 /// The rows not here yet that rows from other sites wait for.
 pub async fn awaited(handle: &TenantHandle) -> Result<Vec<String>, StoreError> {
     handle.db.read(crate::store::replica::awaited).await
 }
 
+/// How many changes of the tenant wait for the hub (those after `batched`).
 pub async fn pending(handle: &TenantHandle, batched: i64) -> Result<i64, StoreError> {
     handle
         .db

@@ -1460,7 +1460,8 @@ pub fn apply_field(
             )?
             .execute(params![
                 origin,
-                serde_json::to_string(op).unwrap_or_default(),
+                serde_json::to_string(op)
+                    .map_err(|e| StoreError::Conflict(format!("a change cannot wait: {e}")))?,
                 what
             ])?;
         }
@@ -1795,18 +1796,13 @@ fn resolve(conn: &Connection, col: Col, value: &Value) -> Result<Resolved, Store
                 .prepare_cached(&format!("SELECT id FROM {table} WHERE {by} = ?1"))?
                 .query_row([sql_param(v)], |r| r.get(0))
                 .optional()?;
+            let erased = match (&local, table, v.as_str()) {
+                (None, "users", Some(agent)) => is_erased(conn, agent)?,
+                _ => false,
+            };
             Ok(match local {
                 Some(local) => Resolved::Value(local),
-                None if table == "users"
-                    && v.as_str()
-                        .is_some_and(|a| is_erased(conn, a).unwrap_or(false)) =>
-                {
-                    if required {
-                        Resolved::Erased
-                    } else {
-                        Resolved::Value(Sql::Null)
-                    }
-                }
+                None if erased && required => Resolved::Erased,
                 None if !required => Resolved::Value(Sql::Null),
                 None => Resolved::Missing(format!("{table} {v}")),
             })
